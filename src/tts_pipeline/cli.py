@@ -1,0 +1,128 @@
+"""The `tts-pipeline` command: one sub-command per stage, a thin shell over the stage modules.
+
+Stage modules are imported only when their command runs, so `--help` and configuration
+errors answer in well under two seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, ConfigError, format_config, load_config
+from .errors import PipelineError
+
+log = logging.getLogger("tts_pipeline")
+
+#: sub-command -> (module, one-line help). Each module defines
+#: `add_arguments(parser)` and `run(cfg, args) -> int | None`.
+STAGES: dict[str, tuple[str, str]] = {
+    "collect": ("collect", "Codex project (GitLab or local) -> raw/audio + metadata.csv"),
+    "preprocess": ("preprocess", "raw audio -> 16 kHz mono 16-bit WAV, loudness-normalised, measured"),
+    "speakers": ("speakers", "speaker embeddings, clustering, review page, corrections"),
+    "dataset": ("dataset", "preprocessed clips + speakers -> Hugging Face dataset"),
+    "train": ("train", "fine-tune an MMS-TTS (VITS) model"),
+    "evaluate": ("evaluate", "synthesize the validation set, measure, listening page"),
+    "synthesize": ("synthesize", "voice the verses nobody recorded; optional write-back"),
+    "demo": ("webdemo", "local web page to try the trained voice"),
+    "run": ("run", "run the whole pipeline for a language through DVC"),
+}
+
+
+def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        required=config_required,
+        metavar="FILE",
+        help="language config, e.g. languages/hsn.yaml",
+    )
+    parser.add_argument(
+        "--params", metavar="FILE", default=None, help="generic defaults (default: params.yaml)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: INFO)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tts-pipeline",
+        description="Turn the recorded verses of a Codex project into a fine-tuned MMS-TTS voice.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name, (module_name, help_text) in STAGES.items():
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text)
+        _common(stage_parser)
+        stage_parser.set_defaults(module=module_name)
+        module = _import_stage(module_name, soft=True)
+        if module is not None and hasattr(module, "add_arguments"):
+            module.add_arguments(stage_parser)
+
+    config_parser = sub.add_parser("config", help="inspect the effective configuration")
+    config_sub = config_parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print every setting and the file it came from")
+    _common(show)
+    check = config_sub.add_parser("check", help="validate the configuration and exit")
+    _common(check)
+    return parser
+
+
+def _import_stage(module_name: str, soft: bool = False):
+    try:
+        return importlib.import_module(f".{module_name}", __package__)
+    except ModuleNotFoundError as exc:
+        if soft and exc.name and exc.name.startswith(f"{__package__}.{module_name}"):
+            return None
+        raise
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        cfg: Config = load_config(args.config, args.params)
+    except ConfigError as exc:
+        print(f"tts-pipeline: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        if args.config_command == "show":
+            print(format_config(cfg))
+        else:
+            print(f"{cfg.config_path}: OK (language '{cfg.code}')")
+        return 0
+    module = _import_stage(args.module)
+    try:
+        result = module.run(cfg, args)
+    except KeyboardInterrupt:
+        log.error("interrupted; finished work is kept, re-run to continue")
+        return 130
+    except ConfigError as exc:
+        print(f"tts-pipeline: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"tts-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

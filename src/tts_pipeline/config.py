@@ -1,0 +1,447 @@
+"""Typed, validated configuration: params.yaml (generic defaults) + languages/<code>.yaml.
+
+Why a hand-written validator: every stage must fail *before any work* with a message that
+names the file and the key, and PyYAML reads `1e-4` as a string, so numbers need coercion.
+Each setting also remembers which file it came from, for `tts-pipeline config show`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key it concerns in the message."""
+
+
+def _range(minimum: float | None = None, maximum: float | None = None, **kw: Any) -> Any:
+    return field(metadata={"min": minimum, "max": maximum}, **kw)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class LanguageSection:
+    code: str = ""
+    name: str | None = None
+
+
+@dataclass
+class SourceSection:
+    """Where the Codex project comes from. The GitLab token is read from `token_env` only."""
+
+    type: Literal["local", "gitlab"] = "local"
+    path: str | None = None
+    url: str | None = None
+    project: str | None = None  # numeric id or "group/name"
+    ref: str | None = None  # branch, tag or commit; null = the project's default branch
+    token_env: str = "GITLAB_TOKEN"
+
+    def token(self) -> str | None:
+        """The GitLab token from the environment (never stored in the config)."""
+        return os.environ.get(self.token_env) or None
+
+
+@dataclass
+class PathsSection:
+    """Per-language directories; empty strings are filled with data/<code>/... defaults."""
+
+    raw_dataset: str = ""
+    preprocessed: str = ""
+    speaker_analysis: str = ""
+    hf_dataset: str = ""
+    checkpoints: str = ""
+    model: str = ""
+    reports: str = ""
+    synthesized: str = ""
+    metrics: str = ""
+    cache: str = ".cache/tts-pipeline"
+
+
+@dataclass
+class CollectSection:
+    text_source: Literal["cell", "transcription"] = "cell"
+    download_workers: int = _range(1, 256, default=8)
+    max_retries: int = _range(0, 100, default=5)
+    timeout_s: float = _range(0.1, 3600, default=60.0)
+
+
+@dataclass
+class AudioSection:
+    sample_rate: int = _range(8000, 48000, default=16000)
+    channels: int = _range(1, 1, default=1)
+    target_db: float = _range(-70, 0, default=-20.0)
+    peak_ceiling_db: float = _range(-30, 0, default=-1.0)
+    trim_silence: bool = True
+    trim_threshold_db: float = _range(-100, 0, default=-40.0)
+    trim_margin_s: float = _range(0, 5, default=0.1)
+
+
+@dataclass
+class PreprocessSection:
+    workers: int | None = _range(1, 1024, default=None)
+    min_duration_s: float = _range(0, None, default=0.3)
+    max_duration_s: float = _range(0, None, default=20.0)
+    max_clipping_ratio: float = _range(0, 1, default=0.001)
+    min_snr_db: float | None = _range(-100, 100, default=5.0)
+    min_chars_per_second: float | None = _range(0, None, default=2.0)
+    max_chars_per_second: float | None = _range(0, None, default=30.0)
+
+
+@dataclass
+class SpeakerSection:
+    backend: Literal["resemblyzer", "pyannote", "speechbrain"] = "resemblyzer"
+    model: str | None = None
+    clustering_method: Literal["hdbscan", "kmeans"] = "hdbscan"
+    min_speakers: int | None = _range(1, 1000, default=None)
+    max_speakers: int | None = _range(1, 1000, default=None)
+    min_cluster_size: int = _range(2, 100000, default=3)
+    review_clips_per_speaker: int = _range(1, 100, default=5)
+
+
+@dataclass
+class DatasetSection:
+    train_split: float = _range(0, 1, default=0.9)
+    validation_split: float = _range(0, 1, default=0.1)
+    test_split: float = _range(0, 1, default=0.0)
+    shuffle: bool = True
+    seed: int = 42
+    unicode_normalization: Literal["NFC", "NFKC", "NFD", "NFKD", "none"] = "NFC"
+    lowercase: bool = True
+    punctuation_map: dict[str, str] = field(default_factory=dict)
+    oov_policy: Literal["drop_char", "map", "uroman", "drop_clip"] = "drop_char"
+    oov_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingSection:
+    base_model: str | None = "facebook/mms-tts-cmn"
+    scratch_model: dict[str, Any] = field(default_factory=dict)
+    discriminator_checkpoint: str | None = None
+    num_epochs: int = _range(1, None, default=250)
+    max_steps: int | None = _range(1, None, default=None)
+    learning_rate: float = _range(0, 1, default=1e-4)
+    adam_beta1: float = _range(0, 1, default=0.8)
+    adam_beta2: float = _range(0, 1, default=0.99)
+    weight_decay: float = _range(0, 1, default=0.01)
+    lr_decay: float = _range(0, 1, default=0.999875)
+    batch_size: int | None = _range(1, 4096, default=None)
+    gradient_accumulation_steps: int = _range(1, 4096, default=4)
+    max_grad_norm: float = _range(0, None, default=10.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    save_steps: int = _range(1, None, default=25)
+    save_total_limit: int = _range(1, None, default=3)
+    logging_steps: int = _range(1, None, default=10)
+    eval_steps: int = _range(1, None, default=100)
+    warmup_steps: int = _range(0, None, default=500)
+    segment_size: int = _range(256, None, default=8192)
+    max_audio_s: float = _range(0.1, None, default=15.0)
+    weight_mel: float = _range(0, None, default=35.0)
+    weight_kl: float = _range(0, None, default=1.5)
+    weight_duration: float = _range(0, None, default=1.0)
+    weight_generator: float = _range(0, None, default=1.0)
+    weight_feature_matching: float = _range(0, None, default=1.0)
+    seed: int = 42
+    num_workers: int = _range(0, 64, default=2)
+    max_nonfinite_steps: int = _range(1, None, default=20)
+
+
+@dataclass
+class EvaluationSection:
+    max_samples: int = _range(1, None, default=50)
+    compare_base_model: bool = True
+
+
+@dataclass
+class SynthesisSection:
+    speaker: str | None = None
+    checkpoint: str = "final"
+    max_chars: int = _range(10, None, default=200)
+    pause_s: float = _range(0, 10, default=0.3)
+    format: Literal["webm", "wav"] = "webm"
+
+
+SECTIONS: dict[str, type] = {
+    "language": LanguageSection,
+    "source": SourceSection,
+    "paths": PathsSection,
+    "collect": CollectSection,
+    "audio": AudioSection,
+    "preprocess": PreprocessSection,
+    "speaker_diarization": SpeakerSection,
+    "dataset": DatasetSection,
+    "training": TrainingSection,
+    "evaluation": EvaluationSection,
+    "synthesis": SynthesisSection,
+}
+#: Sections only a language file may set (they make no sense as generic defaults).
+LANGUAGE_ONLY = {"language", "source", "paths"}
+#: Top-level keys of params.yaml that are not stage settings.
+PARAMS_EXTRA_KEYS = {"languages"}
+
+
+@dataclass
+class Config:
+    """The effective configuration of one language."""
+
+    language: LanguageSection
+    source: SourceSection
+    paths: PathsSection
+    collect: CollectSection
+    audio: AudioSection
+    preprocess: PreprocessSection
+    speaker_diarization: SpeakerSection
+    dataset: DatasetSection
+    training: TrainingSection
+    evaluation: EvaluationSection
+    synthesis: SynthesisSection
+    config_path: Path = Path()
+    params_path: Path = Path()
+    #: "section.key" -> file (or "default") that set it.
+    origins: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def code(self) -> str:
+        return self.language.code
+
+    def path(self, name: str) -> Path:
+        """A per-language path from the `paths` section."""
+        return Path(getattr(self.paths, name))
+
+    def flat_items(self) -> list[tuple[str, Any, str]]:
+        """(dotted key, value, origin) for every setting, for display and MLflow."""
+        rows = []
+        for section in SECTIONS:
+            for f in dataclasses.fields(getattr(self, section)):
+                key = f"{section}.{f.name}"
+                value = getattr(getattr(self, section), f.name)
+                rows.append((key, value, self.origins.get(key, "default")))
+        return rows
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain dict of every section (secrets are never part of the config)."""
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against type hint `tp`, converting the few safe cases (1e-4 strings)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {tp}")  # pragma: no cover
+
+
+def _build_section(
+    name: str, layers: list[tuple[Path, dict[str, Any]]], origins: dict[str, str]
+) -> Any:
+    cls = SECTIONS[name]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for path, data in layers:
+        section = data.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: section '{name}' must be a mapping, got {section!r}")
+        for key, raw in section.items():
+            where = f"{path}: {name}.{key}"
+            if key not in fields:
+                raise ConfigError(
+                    f"{where}: unknown setting{_suggest(str(key), fields)}; "
+                    f"known: {', '.join(sorted(fields))}"
+                )
+            value = _coerce(raw, hints[key], where)
+            meta = fields[key].metadata
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lo, hi = meta.get("min"), meta.get("max")
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+                    raise ConfigError(f"{where}: {value} is outside the allowed range {bounds}")
+            values[key] = value
+            origins[f"{name}.{key}"] = str(path)
+    return cls(**values)
+
+
+def _default_paths(paths: PathsSection, code: str) -> None:
+    defaults = {
+        "raw_dataset": f"data/{code}/raw",
+        "preprocessed": f"data/{code}/preprocessed",
+        "speaker_analysis": f"data/{code}/speakers",
+        "hf_dataset": f"data/{code}/dataset",
+        "checkpoints": f"models/{code}/checkpoints",
+        "model": f"models/{code}/model",
+        "reports": f"reports/{code}",
+        "synthesized": f"data/{code}/synthesized",
+        "metrics": f"metrics/{code}",
+    }
+    for key, value in defaults.items():
+        if not getattr(paths, key):
+            setattr(paths, key, value)
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules that a single type hint cannot express."""
+    where = cfg.config_path
+    if not cfg.language.code:
+        raise ConfigError(f"{where}: language.code is required (e.g. 'hsn')")
+    if not cfg.language.code.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{where}: language.code {cfg.language.code!r} must be alphanumeric")
+    src = cfg.source
+    if src.type == "local" and not src.path:
+        raise ConfigError(f"{where}: source.path is required when source.type is 'local'")
+    if src.type == "gitlab" and not (src.url and src.project):
+        raise ConfigError(f"{where}: source.url and source.project are required for gitlab")
+    sd = cfg.speaker_diarization
+    if sd.min_speakers and sd.max_speakers and sd.min_speakers > sd.max_speakers:
+        raise ConfigError(
+            f"{cfg.origins.get('speaker_diarization.max_speakers', where)}: "
+            f"speaker_diarization.min_speakers ({sd.min_speakers}) > max_speakers ({sd.max_speakers})"
+        )
+    ds = cfg.dataset
+    total = ds.train_split + ds.validation_split + ds.test_split
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"{cfg.origins.get('dataset.train_split', where)}: dataset splits must add up to 1 "
+            f"(train {ds.train_split} + validation {ds.validation_split} + test {ds.test_split} = {total:g})"
+        )
+    pp = cfg.preprocess
+    if pp.min_duration_s > pp.max_duration_s:
+        raise ConfigError(f"{where}: preprocess.min_duration_s > preprocess.max_duration_s")
+
+
+def load_config(config_path: str | Path, params_path: str | Path | None = None) -> Config:
+    """Load params.yaml then the language file on top; validate everything, do no work."""
+    config_path = Path(config_path)
+    if params_path is None:
+        params_path = DEFAULT_PARAMS
+        if not params_path.is_file():  # run from elsewhere: params.yaml beside languages/
+            candidate = config_path.resolve().parent.parent / "params.yaml"
+            params_path = candidate if candidate.is_file() else params_path
+    params_path = Path(params_path)
+    params = _read_yaml(params_path, "params file")
+    language = _read_yaml(config_path, "language config file")
+
+    for key in params:
+        if key in PARAMS_EXTRA_KEYS:
+            continue
+        if key in LANGUAGE_ONLY:
+            raise ConfigError(f"{params_path}: section '{key}' belongs in a language file")
+        if key not in SECTIONS:
+            raise ConfigError(f"{params_path}: unknown section '{key}'{_suggest(key, SECTIONS)}")
+    for key in language:
+        if key not in SECTIONS:
+            raise ConfigError(f"{config_path}: unknown section '{key}'{_suggest(key, SECTIONS)}")
+
+    origins: dict[str, str] = {}
+    layers = [(params_path, params), (config_path, language)]
+    sections = {name: _build_section(name, layers, origins) for name in SECTIONS}
+    cfg = Config(**sections, config_path=config_path, params_path=params_path, origins=origins)
+    if not cfg.language.code:
+        cfg.language.code = config_path.stem
+        origins["language.code"] = f"{config_path} (file name)"
+    _default_paths(cfg.paths, cfg.language.code)
+    _check(cfg)
+    return cfg
+
+
+def languages_in_params(params_path: str | Path = DEFAULT_PARAMS) -> list[str]:
+    """The language codes params.yaml asks the DVC pipeline to build."""
+    data = _read_yaml(Path(params_path), "params file")
+    langs = data.get("languages", [])
+    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
+        raise ConfigError(f"{params_path}: 'languages' must be a list of language codes")
+    return langs
+
+
+def format_config(cfg: Config) -> str:
+    """Human-readable effective config: one `key = value  # origin` line per setting."""
+    lines = [f"# effective config for language '{cfg.code}'"]
+    for key, value, origin in cfg.flat_items():
+        lines.append(f"{key} = {value!r}  # {origin}")
+    return "\n".join(lines)

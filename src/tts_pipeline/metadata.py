@@ -1,0 +1,69 @@
+"""metadata.csv: the file contract between stages.
+
+`file_name,transcription` always come first (the Hugging Face audiofolder convention),
+then any further columns. Rows are read lazily so memory stays flat in corpus size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .fsutil import atomic_write_text
+
+FIRST_COLUMNS = ("file_name", "transcription")
+
+
+class MetadataError(ValueError):
+    """A metadata.csv that cannot be used, with the file (and row) in the message."""
+
+
+def iter_metadata(path: str | Path) -> Iterator[dict[str, str]]:
+    """Yield rows of a metadata.csv as dicts, checking the required columns first."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetadataError(f"{path}: metadata file not found")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in FIRST_COLUMNS if c not in header]
+        if missing:
+            raise MetadataError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header)})")
+        for line_no, row in enumerate(reader, start=2):
+            if None in row:
+                raise MetadataError(f"{path}:{line_no}: more fields than the header has")
+            yield row
+
+
+def read_metadata(path: str | Path) -> list[dict[str, str]]:
+    return list(iter_metadata(path))
+
+
+def columns_for(rows: Iterable[dict[str, object]], extra_first: Iterable[str] = ()) -> list[str]:
+    """Column order: file_name, transcription, then `extra_first`, then the rest in first-seen order."""
+    columns = list(FIRST_COLUMNS)
+    for name in extra_first:
+        if name not in columns:
+            columns.append(name)
+    for row in rows:
+        for name in row:
+            if name not in columns:
+                columns.append(name)
+    return columns
+
+
+def format_metadata(rows: list[dict[str, object]], columns: list[str] | None = None) -> str:
+    columns = columns or columns_for(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return buffer.getvalue()
+
+
+def write_metadata(path: str | Path, rows: list[dict[str, object]], columns: list[str] | None = None) -> None:
+    """Write rows atomically with file_name,transcription first; `None` becomes an empty cell."""
+    atomic_write_text(path, format_metadata(rows, columns))

@@ -1,0 +1,173 @@
+"""The VITS model as every stage sees it: build, save, load, and synthesize.
+
+Shared by train (build/save), evaluate, synthesize and the web demo (load + synthesize),
+so there is one definition of "a model directory":
+
+    <model_dir>/config.json, model.safetensors      VitsModel.save_pretrained
+    <model_dir>/vocab.json, tokenizer_config.json   VitsTokenizer.save_pretrained
+    <model_dir>/speakers.json                       {"0": {"name": ..., ...}, ...}
+
+Heavy imports (torch, transformers) stay inside functions so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import PipelineError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import VitsModel, VitsTokenizer
+
+log = logging.getLogger(__name__)
+
+SPEAKERS_FILE = "speakers.json"
+PAD_SYMBOL = "_"  # id 0; VitsTokenizer pads with the id-0 symbol
+
+
+def build_vocab(texts: Iterable[str], extra: str = " ") -> dict[str, int]:
+    """A character vocabulary for a model trained from scratch: pad symbol first (id 0)."""
+    chars = sorted({c for text in texts for c in text} | set(extra))
+    chars = [c for c in chars if c != PAD_SYMBOL and not unicodedata.category(c).startswith("C")]
+    return {PAD_SYMBOL: 0, **{c: i + 1 for i, c in enumerate(chars)}}
+
+
+def make_tokenizer(vocab: dict[str, int], directory: str | Path) -> VitsTokenizer:
+    """A VitsTokenizer over `vocab` (written to `directory`/vocab.json), no phonemizer needed."""
+    from transformers import VitsTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file = directory / "vocab.json"
+    vocab_file.write_text(json.dumps(vocab, ensure_ascii=False, indent=1), encoding="utf-8")
+    pad = next(ch for ch, idx in vocab.items() if idx == 0)
+    return VitsTokenizer(
+        vocab_file=str(vocab_file),
+        pad_token=pad,
+        unk_token=pad,
+        add_blank=True,
+        normalize=True,
+        phonemize=False,
+        is_uroman=False,
+    )
+
+
+def build_scratch_model(
+    overrides: dict[str, Any], vocab: dict[str, int], num_speakers: int = 1, sampling_rate: int = 16000
+) -> VitsModel:
+    """A randomly initialised VitsModel (the demo's tiny model, or tests')."""
+    from transformers import VitsConfig, VitsModel
+
+    settings = dict(overrides)
+    settings.setdefault("speaker_embedding_size", 16 if num_speakers > 1 else 0)
+    if num_speakers <= 1:
+        settings["speaker_embedding_size"] = 0
+    config = VitsConfig(
+        vocab_size=len(vocab),
+        num_speakers=max(1, num_speakers),
+        sampling_rate=sampling_rate,
+        pad_token_id=0,
+        layerdrop=0.0,
+        **settings,
+    )
+    return VitsModel(config)
+
+
+def remove_decoder_weight_norm(model: VitsModel) -> None:
+    """Fold the decoder's weight-norm parametrizations so save/reload is bit-identical."""
+    import torch
+
+    for module in model.decoder.modules():
+        if torch.nn.utils.parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                torch.nn.utils.parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+def save_speakers(directory: str | Path, speakers: dict[int, dict[str, Any]]) -> None:
+    payload = {str(k): v for k, v in sorted(speakers.items())}
+    (Path(directory) / SPEAKERS_FILE).write_text(
+        json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
+def load_speakers(directory: str | Path) -> dict[int, dict[str, Any]]:
+    path = Path(directory) / SPEAKERS_FILE
+    if not path.is_file():
+        return {0: {"name": "speaker_0"}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: broken JSON: {exc}") from None
+    return {int(k): v for k, v in data.items()}
+
+
+@dataclass
+class LoadedVoice:
+    """A model ready to speak: the generator, its tokenizer and its speakers."""
+
+    model: VitsModel
+    tokenizer: VitsTokenizer
+    speakers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    directory: Path = Path()
+
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.model.config.sampling_rate)
+
+    def speaker_id(self, speaker: str | int | None) -> int:
+        """Resolve a speaker name or id; None = the speaker with the most hours."""
+        if speaker is None or speaker == "":
+            if not self.speakers:
+                return 0
+            return max(self.speakers, key=lambda k: (self.speakers[k].get("hours", 0.0), -k))
+        if isinstance(speaker, int) or str(speaker).isdigit():
+            sid = int(speaker)
+            if sid not in self.speakers and not (sid == 0 and not self.speakers):
+                raise PipelineError(f"speaker id {sid} not in {self.directory / SPEAKERS_FILE}")
+            return sid
+        for sid, info in self.speakers.items():
+            if info.get("name") == speaker:
+                return sid
+        names = ", ".join(str(v.get("name")) for v in self.speakers.values())
+        raise PipelineError(f"speaker {speaker!r} not found in {self.directory / SPEAKERS_FILE} (has: {names})")
+
+    def synthesize(self, text: str, speaker_id: int = 0, seed: int | None = 0) -> np.ndarray:
+        """Speech for `text` as float32 at `sampling_rate`; empty array if nothing tokenises."""
+        import torch
+
+        inputs = self.tokenizer(text, return_tensors="pt")
+        if inputs["input_ids"].shape[-1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        if seed is not None:
+            torch.manual_seed(seed)
+        kwargs: dict[str, Any] = {}
+        if self.model.config.num_speakers > 1:
+            kwargs["speaker_id"] = int(speaker_id)
+        with torch.no_grad():
+            output = self.model(**inputs, **kwargs)
+        return output.waveform[0].float().cpu().numpy()
+
+
+def load_voice(model_dir: str | Path, device: str = "cpu") -> LoadedVoice:
+    """Load a saved model directory (ours, or a hub id such as facebook/mms-tts-cmn)."""
+    from transformers import VitsModel, VitsTokenizer
+
+    model_dir_str = str(model_dir)
+    local = Path(model_dir_str)
+    if local.exists() and not (local / "config.json").is_file():
+        raise PipelineError(f"{local}: not a model directory (no config.json); has training finished?")
+    try:
+        model = VitsModel.from_pretrained(model_dir_str).to(device).eval()
+        tokenizer = VitsTokenizer.from_pretrained(model_dir_str)
+    except OSError as exc:
+        raise PipelineError(f"cannot load model {model_dir_str!r}: {exc}") from None
+    speakers = load_speakers(local) if local.exists() else {0: {"name": "speaker_0"}}
+    return LoadedVoice(model=model, tokenizer=tokenizer, speakers=speakers, directory=local)
