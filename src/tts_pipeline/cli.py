@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import Config, ConfigError, format_config, load_config
+from .config import Config, ConfigError, format_config, freeze_stage_settings, load_config
 from .errors import PipelineError
 
 log = logging.getLogger("tts_pipeline")
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
     check = config_sub.add_parser("check", help="validate the configuration and exit")
     _common(check)
+    freeze = config_sub.add_parser(
+        "freeze", help="write each stage's effective settings to OUTPUT_DIR/<stage>.json (used by dvc.yaml)"
+    )
+    _common(freeze)
+    freeze.add_argument("--output_dir", required=True, help="e.g. build/<code>")
     return parser
 
 
@@ -106,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         if args.config_command == "show":
             print(format_config(cfg))
+        elif args.config_command == "freeze":
+            for path in freeze_stage_settings(cfg, args.output_dir):
+                log.info("wrote %s", path)
         else:
             print(f"{cfg.config_path}: OK (language '{cfg.code}')")
         return 0

@@ -431,12 +431,57 @@ def load_config(config_path: str | Path, params_path: str | Path | None = None) 
 
 
 def languages_in_params(params_path: str | Path = DEFAULT_PARAMS) -> list[str]:
-    """The language codes params.yaml asks the DVC pipeline to build."""
+    """The language codes params.yaml asks the DVC pipeline to build (keys of `languages`)."""
     data = _read_yaml(Path(params_path), "params file")
-    langs = data.get("languages", [])
-    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
-        raise ConfigError(f"{params_path}: 'languages' must be a list of language codes")
-    return langs
+    langs = data.get("languages") or {}
+    if isinstance(langs, list):
+        return [str(x) for x in langs]
+    if not isinstance(langs, dict) or not all(isinstance(v, dict) and "source" in v for v in langs.values()):
+        raise ConfigError(
+            f"{params_path}: 'languages' must map each language code to {{source: <path DVC watches>}}"
+        )
+    return [str(k) for k in langs]
+
+
+#: What each DVC stage depends on: whole sections or single "section.key" settings.
+STAGE_SETTINGS: dict[str, list[str]] = {
+    "collect": ["language", "source", "collect"],
+    "preprocess": ["audio", "preprocess"],
+    "speakers": ["audio.sample_rate", "speaker_diarization"],
+    "dataset": ["audio.sample_rate", "dataset", "training.base_model"],
+    "train": ["audio.sample_rate", "training"],
+    "evaluate": ["audio.sample_rate", "evaluation", "speaker_diarization", "training.base_model"],
+    "synthesize": ["source", "collect.text_source", "dataset", "synthesis"],
+}
+
+
+def stage_settings(cfg: Config, stage: str) -> dict[str, Any]:
+    """The effective settings one stage depends on, as a nested plain dict."""
+    full = cfg.to_dict()
+    out: dict[str, Any] = {}
+    for item in STAGE_SETTINGS[stage]:
+        section, _, key = item.partition(".")
+        if key:
+            out.setdefault(section, {})[key] = full[section][key]
+        else:
+            out[section] = full[section]
+    return out
+
+
+def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
+    """Write build/<code>/<stage>.json per stage: DVC re-runs a stage only when its own file changes."""
+    import json
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stage in STAGE_SETTINGS:
+        path = output_dir / f"{stage}.json"
+        text = json.dumps(stage_settings(cfg, stage), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
 
 
 def format_config(cfg: Config) -> str:

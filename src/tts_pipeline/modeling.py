@@ -171,3 +171,83 @@ def load_voice(model_dir: str | Path, device: str = "cpu") -> LoadedVoice:
         raise PipelineError(f"cannot load model {model_dir_str!r}: {exc}") from None
     speakers = load_speakers(local) if local.exists() else {0: {"name": "speaker_0"}}
     return LoadedVoice(model=model, tokenizer=tokenizer, speakers=speakers, directory=local)
+
+
+# --------------------------------------------------------------------------- checkpoints
+#
+# Layout written by the train stage (a persisted DVC output):
+#
+#     <checkpoints_dir>/index.json                  {"checkpoints": [{"step", "epoch", "val_loss", "dir"}, ...]}
+#     <checkpoints_dir>/checkpoint-<step>/model/    a model directory (same contract as above)
+#     <checkpoints_dir>/checkpoint-<step>/state/    training state (discriminator, optimisers, RNG, ...)
+
+CHECKPOINT_INDEX = "index.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def list_checkpoints(checkpoints_dir: str | Path) -> list[dict[str, Any]]:
+    """Checkpoints that hold a loadable model, oldest first: dicts with step, epoch, val_loss, dir.
+
+    Reads index.json when present (it has the validation losses); otherwise scans the folder,
+    so a checkpoint directory copied without its index still resolves (without losses).
+    """
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    entries: dict[int, dict[str, Any]] = {}
+    index = root / CHECKPOINT_INDEX
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{index}: broken JSON ({exc}); delete it to rescan the checkpoints") from None
+        for item in data.get("checkpoints", []):
+            entries[int(item["step"])] = dict(item)
+    for child in root.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = child.name[len(CHECKPOINT_PREFIX) :]
+        if suffix.isdigit() and int(suffix) not in entries:
+            entries[int(suffix)] = {"step": int(suffix), "epoch": None, "val_loss": None, "dir": child.name}
+    result = []
+    for step in sorted(entries):
+        item = entries[step]
+        item.setdefault("dir", f"{CHECKPOINT_PREFIX}{step}")
+        if (root / item["dir"] / "model" / "config.json").is_file():
+            result.append(item)
+    return result
+
+
+def resolve_checkpoint(model_dir: str | Path, checkpoints_dir: str | Path, which: str = "final") -> Path:
+    """The model directory (loadable by `load_voice`) for `which`.
+
+    `final`: the trained model (`model_dir`); `latest`: the newest checkpoint; `best`: the
+    checkpoint with the lowest validation loss recorded by training (the newest one, with a
+    warning, when no validation loss was recorded); `<step>`: `checkpoint-<step>`.
+    """
+    which = str(which).strip().lower()
+    if which == "final":
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise PipelineError(f"{path}: no trained model here (no config.json); run the train stage first")
+        return path
+    root = Path(checkpoints_dir)
+    checkpoints = list_checkpoints(root)
+    if not checkpoints:
+        raise PipelineError(f"{root}: no checkpoints with a model/ folder; run the train stage first")
+    if which == "latest":
+        chosen = checkpoints[-1]
+    elif which == "best":
+        scored = [c for c in checkpoints if c.get("val_loss") is not None]
+        if scored:
+            chosen = min(scored, key=lambda c: (float(c["val_loss"]), -int(c["step"])))
+        else:
+            log.warning("%s: no validation loss recorded; using the latest checkpoint as 'best'", root)
+            chosen = checkpoints[-1]
+    elif which.isdigit():
+        matches = [c for c in checkpoints if int(c["step"]) == int(which)]
+        if not matches:
+            steps = ", ".join(str(c["step"]) for c in checkpoints)
+            raise PipelineError(f"{root}: no checkpoint for step {which} (have: {steps})")
+        chosen = matches[0]
+    else:
+        raise PipelineError(f"checkpoint {which!r}: expected final, latest, best or a step number")
+    return root / chosen["dir"] / "model"

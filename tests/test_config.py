@@ -1,0 +1,165 @@
+"""Config: params.yaml + language file -> one typed, validated object with origins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tts_pipeline.config import (
+    ConfigError,
+    format_config,
+    freeze_stage_settings,
+    languages_in_params,
+    load_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def params(tmp_path: Path) -> Path:
+    return write(tmp_path / "params.yaml", (REPO / "params.yaml").read_text())
+
+
+def lang(tmp_path: Path, body: str, name: str = "xx") -> Path:
+    return write(tmp_path / "languages" / f"{name}.yaml", body)
+
+
+def test_repo_configs_load() -> None:
+    hsn = load_config(REPO / "languages/hsn.yaml", REPO / "params.yaml")
+    assert hsn.training.num_epochs == 300
+    assert hsn.origins["training.num_epochs"].endswith("hsn.yaml")
+    assert hsn.training.base_model == "facebook/mms-tts-cmn"
+    assert hsn.source.type == "gitlab"
+    assert hsn.paths.hf_dataset == "data/hsn/dataset"
+    demo = load_config(REPO / "languages/demo.yaml", REPO / "params.yaml")
+    assert demo.training.base_model is None
+    assert demo.dataset.seed == 42 and demo.dataset.shuffle
+
+
+def test_seed_style_exponent_is_a_float(tmp_path: Path, params: Path) -> None:
+    # PyYAML reads 1e-4 (no dot) as a string; the typed config must accept it as a number.
+    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\ntraining: {learning_rate: 5e-5}\n"), params)
+    assert cfg.training.learning_rate == pytest.approx(5e-5)
+    assert isinstance(cfg.training.learning_rate, float)
+
+
+def test_show_names_the_origin_of_each_value() -> None:
+    text = format_config(load_config(REPO / "languages/hsn.yaml", REPO / "params.yaml"))
+    assert "training.num_epochs = 300  # " in text
+    line = next(x for x in text.splitlines() if x.startswith("training.num_epochs"))
+    assert line.endswith("hsn.yaml")
+    lr = next(x for x in text.splitlines() if x.startswith("training.learning_rate"))
+    assert lr.endswith("params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("source: {type: local, path: p}\ntraining: {learnig_rate: 0.1}\n", "training.learnig_rate"),
+        ("source: {type: local, path: p}\ntrainig: {}\n", "did you mean 'training'"),
+        ("source: {type: local, path: p}\ntraining: {num_epochs: many}\n", "expected an integer"),
+        ("source: {type: local, path: p}\ntraining: {learning_rate: fast}\n", "expected a number"),
+        ("source: {type: local, path: p}\ntraining: {learning_rate: 7}\n", "outside the allowed range"),
+        ("source: {type: local, path: p}\ntraining: {mixed_precision: fp8}\n", "not one of"),
+        ("source: {type: local, path: p}\ndataset: {shuffle: 'yes'}\n", "expected true or false"),
+        ("source: {type: local}\n", "source.path is required"),
+        ("source: {type: gitlab, url: 'https://x'}\n", "source.project"),
+        ("source: {type: local, path: p}\ndataset: {train_split: 0.5}\n", "add up to 1"),
+        ("source: {type: local, path: p}\nspeaker_diarization: {min_speakers: 5, max_speakers: 2}\n", "min_speakers"),
+        ("source: [1, 2]\n", "must be a mapping"),
+        ("source: {type: local, path: p\n", "not valid YAML"),
+    ],
+)
+def test_bad_language_file_names_file_and_key(tmp_path: Path, params: Path, body: str, fragment: str) -> None:
+    path = lang(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, params)
+    assert fragment in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_language_file(tmp_path: Path, params: Path) -> None:
+    with pytest.raises(ConfigError, match="language config file not found: .*nope.yaml"):
+        load_config(tmp_path / "languages/nope.yaml", params)
+
+
+def test_unknown_key_in_params_names_params_file(tmp_path: Path) -> None:
+    params = write(tmp_path / "params.yaml", "languages: {}\naudio: {sample_rte: 16000}\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: audio.sample_rte: unknown setting \(did you mean 'sample_rate'"):
+        load_config(lang(tmp_path, "source: {type: local, path: p}\n"), params)
+
+
+def test_language_code_defaults_to_file_name_and_paths_follow(tmp_path: Path, params: Path) -> None:
+    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\npaths: {checkpoints: /ckpt}\n", "abc"), params)
+    assert cfg.code == "abc"
+    assert cfg.paths.raw_dataset == "data/abc/raw"
+    assert cfg.paths.checkpoints == "/ckpt"
+
+
+def test_token_only_from_environment(tmp_path: Path, params: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = "source: {type: gitlab, url: 'https://g', project: a/b, token_env: MY_TOKEN}\n"
+    cfg = load_config(lang(tmp_path, body), params)
+    monkeypatch.delenv("MY_TOKEN", raising=False)
+    assert cfg.source.token() is None
+    monkeypatch.setenv("MY_TOKEN", "s3cret")
+    assert cfg.source.token() == "s3cret"
+    assert "s3cret" not in format_config(cfg)
+    assert "s3cret" not in json.dumps(cfg.to_dict())
+
+
+def test_freeze_writes_only_what_each_stage_uses(tmp_path: Path, params: Path) -> None:
+    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\ntraining: {num_epochs: 7}\n"), params)
+    freeze_stage_settings(cfg, tmp_path / "build")
+    collect = json.loads((tmp_path / "build/collect.json").read_text())
+    train = json.loads((tmp_path / "build/train.json").read_text())
+    assert "training" not in collect
+    assert train["training"]["num_epochs"] == 7
+    before = (tmp_path / "build/collect.json").read_bytes()
+    cfg.training.num_epochs = 8
+    freeze_stage_settings(cfg, tmp_path / "build")
+    assert (tmp_path / "build/collect.json").read_bytes() == before
+
+
+def test_languages_in_params() -> None:
+    assert "demo" in languages_in_params(REPO / "params.yaml")
+
+
+def test_cli_config_errors_fast_and_clear(tmp_path: Path, params: Path) -> None:
+    path = lang(tmp_path, "source: {type: local, path: p}\ntraining: {learnig_rate: 0.1}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tts_pipeline", "preprocess", "--config", str(path), "--params", str(params)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "training.learnig_rate" in result.stderr and str(path) in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "tts_pipeline", "train", "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "missing.yaml" in result.stderr
+
+
+def test_cli_help_does_not_import_heavy_libraries() -> None:
+    code = (
+        "import sys; from tts_pipeline.cli import build_parser; build_parser();"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'av', 'sklearn') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
