@@ -45,7 +45,12 @@ def attachment(book: str, audio_id: str, created: int, duration: float, text: st
         "updatedAt": created,
         "isDeleted": flags.get("deleted", False),
         "isMissing": flags.get("missing", False),
-        "metadata": {"mimeType": "audio/webm", "sampleRate": 48000, "channels": 1, "durationSec": round(duration, 3)},
+        "metadata": {
+            "mimeType": "audio/webm",
+            "sampleRate": 48000,
+            "channels": 1,
+            "durationSec": round(duration, 3),
+        },
         "transcription": {"content": text, "language": "en"},
     }
 
@@ -65,12 +70,20 @@ def build(source: Path, out: Path) -> None:
 
     books: dict[str, list[dict]] = {"MRK": [], "LUK": []}
     books["MRK"].append(
-        {"kind": 2, "languageId": "html", "value": "<h1>Mark</h1>",
-         "metadata": {"id": "MRK 1:0", "type": "paratext", "edits": [], "data": {}}}
+        {
+            "kind": 2,
+            "languageId": "html",
+            "value": "<h1>Mark</h1>",
+            "metadata": {"id": "MRK 1:0", "type": "paratext", "edits": [], "data": {}},
+        }
     )
     books["MRK"].append(
-        {"kind": 2, "languageId": "html", "value": "1",
-         "metadata": {"id": "MRK 1", "type": "milestone", "edits": [], "data": {}}}
+        {
+            "kind": 2,
+            "languageId": "html",
+            "value": "1",
+            "metadata": {"id": "MRK 1", "type": "milestone", "edits": [], "data": {}},
+        }
     )
     for index, (speaker, start, end, text) in enumerate(utterances):
         book, verse = ("MRK", index + 1) if index < 8 else ("LUK", index - 7)
@@ -86,7 +99,9 @@ def build(source: Path, out: Path) -> None:
         cell["metadata"]["selectedAudioId"] = audio_id
         if index == 2:  # an older, deleted take (file gone) next to the selected one
             old_id = f"audio-{created - 500}-old"
-            cell["metadata"]["attachments"][old_id] = attachment(book, old_id, created - 500, 1.0, text, deleted=True)
+            cell["metadata"]["attachments"][old_id] = attachment(
+                book, old_id, created - 500, 1.0, text, deleted=True
+            )
         if index == 4:  # no selectedAudioId: the newest usable take wins over an older one
             older_id = f"audio-{created - 700}-older"
             save_take(book, older_id, start, min(end, start + 0.5))
@@ -108,7 +123,9 @@ def build(source: Path, out: Path) -> None:
         deleted_id: attachment("MRK", deleted_id, BASE_TIME + 90_000, 1.0, "", deleted=True)
     }
     books["MRK"].append(deleted_only)
-    books["LUK"].append(text_cell("LUK 1:7", "<span>It is a long way from Texas to New Jersey, isn&#39;t it?</span>"))
+    books["LUK"].append(
+        text_cell("LUK 1:7", "<span>It is a long way from Texas to New Jersey, isn&#39;t it?</span>")
+    )
     # Cells every consumer must skip.
     merged = text_cell("LUK 1:8", "<span>This cell was merged into the previous one.</span>")
     merged["metadata"]["data"]["merged"] = True
@@ -121,7 +138,10 @@ def build(source: Path, out: Path) -> None:
     target = out / "files" / "target"
     target.mkdir(parents=True)
     for book, cells in books.items():
-        document = {"cells": cells, "metadata": {"id": book, "originalName": book, "sourceFile": f"{book}.source"}}
+        document = {
+            "cells": cells,
+            "metadata": {"id": book, "originalName": book, "sourceFile": f"{book}.source"},
+        }
         (target / f"{book}.codex").write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     (out / "metadata.json").write_text(
         json.dumps(

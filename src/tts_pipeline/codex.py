@@ -51,11 +51,13 @@ class Take:
     mime_type: str | None
     sample_rate: int | None = None
     channels: int | None = None
+    #: metadata.synthetic: made by a TTS model (our write-back), not a person: never a recording
+    synthetic: bool = False
 
     @property
     def usable(self) -> bool:
-        """A take that can be exported: not deleted and not flagged missing."""
-        return not self.deleted and not self.missing
+        """A human recording that can be exported: not deleted, not missing, not synthetic."""
+        return not self.deleted and not self.missing and not self.synthetic
 
     @property
     def extension(self) -> str:
@@ -73,7 +75,7 @@ class Cell:
     text: str  # HTML stripped, entities decoded, whitespace collapsed
     takes: list[Take] = field(default_factory=list)
     selected_audio_id: str | None = None
-    #: deleted | merged | hidden | paratext | milestone | style | empty_text | no_id; None = a text cell
+    #: deleted|merged|hidden|paratext|milestone|style|type_<other>|empty_text|no_id|not_a_cell; None = text
     skip_reason: str | None = None
     cell_type: str = "text"
     index: int = 0  # position in the document (stable order)
@@ -86,7 +88,7 @@ class CellPlan:
     cell: Cell
     take: Take | None
     text: str
-    skip_reason: str | None  # cell reasons above, or no_audio | takes_deleted | takes_missing
+    skip_reason: str | None  # cell reasons, or no_audio | takes_deleted | synthetic_only | takes_missing
 
 
 # --------------------------------------------------------------------------- text
@@ -252,6 +254,7 @@ def _parse_take(audio_id: str, attachment: Any) -> Take | None:
         mime_type=meta.get("mimeType") if isinstance(meta.get("mimeType"), str) else None,
         sample_rate=_as_int(meta.get("sampleRate")),
         channels=_as_int(meta.get("channels")),
+        synthetic=meta.get("synthetic") is True,
     )
 
 
@@ -349,7 +352,11 @@ def iter_project_documents(project_dir: str | Path) -> Iterator[Path]:
 
 
 def usable_take(cell: Cell) -> Take | None:
-    """The take to export: selectedAudioId if usable, else the newest non-deleted, non-missing take."""
+    """The take to export: selectedAudioId if usable, else the newest usable take.
+
+    Usable = not deleted, not missing, not synthetic (a synthesized take written back by this
+    pipeline is never training data, and its verse still needs a human recording).
+    """
     usable = [t for t in cell.takes if t.usable]
     if cell.selected_audio_id:
         for take in usable:
@@ -361,11 +368,14 @@ def usable_take(cell: Cell) -> Take | None:
 
 
 def no_take_reason(cell: Cell) -> str:
-    """Why a cell has no usable take: no_audio | takes_deleted | takes_missing."""
+    """Why a cell has no usable take: no_audio | takes_deleted | synthetic_only | takes_missing."""
     if not cell.takes:
         return "no_audio"
-    if all(t.deleted for t in cell.takes):
+    alive = [t for t in cell.takes if not t.deleted]
+    if not alive:
         return "takes_deleted"
+    if all(t.synthetic for t in alive):
+        return "synthetic_only"
     return "takes_missing"
 
 

@@ -76,6 +76,7 @@ class CollectSection:
     download_workers: int = _range(1, 256, default=8)
     max_retries: int = _range(0, 100, default=5)
     timeout_s: float = _range(0.1, 3600, default=60.0)
+    retry_backoff_s: float = _range(0, 600, default=1.0)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class PreprocessSection:
     min_snr_db: float | None = _range(-100, 100, default=5.0)
     min_chars_per_second: float | None = _range(0, None, default=2.0)
     max_chars_per_second: float | None = _range(0, None, default=30.0)
+    min_loudness_db: float = _range(-120, 0, default=-60.0)  # quieter input (LUFS) = silent
 
 
 @dataclass
@@ -123,6 +125,10 @@ class DatasetSection:
     punctuation_map: dict[str, str] = field(default_factory=dict)
     oov_policy: Literal["drop_char", "map", "uroman", "drop_clip"] = "drop_char"
     oov_map: dict[str, str] = field(default_factory=dict)
+    #: a clip of metadata.csv missing from speaker_ids.json: stop with an error, or drop it
+    unlabelled_clips: Literal["error", "drop"] = "error"
+    #: largest Arrow shard save_to_disk writes ("500MB"): a few big files move fast with DVC
+    max_shard_size: str = "500MB"
 
 
 @dataclass
@@ -156,12 +162,27 @@ class TrainingSection:
     seed: int = 42
     num_workers: int = _range(0, 64, default=2)
     max_nonfinite_steps: int = _range(1, None, default=20)
+    # model / discriminator shape (see params.yaml for what each one means)
+    speaker_embedding_size: int | None = _range(1, 4096, default=None)
+    discriminator_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
+    discriminator_scales: int = _range(1, 3, default=1)
+    discriminator_width: float = _range(0.001, 4, default=1.0)
+    # mel spectrogram of the mel L1 loss
+    mel_bins: int = _range(8, 512, default=80)
+    mel_fmin: float = _range(0, None, default=0.0)
+    mel_fmax: float | None = _range(1, None, default=None)
+    # evaluation during training
+    eval_max_clips: int = _range(1, None, default=64)
+    eval_samples: int = _range(0, 100, default=3)
+    mlflow: bool = True
 
 
 @dataclass
 class EvaluationSection:
     max_samples: int = _range(1, None, default=50)
     compare_base_model: bool = True
+    silence_threshold_db: float = _range(-150, 0, default=-50.0)
+    max_clipping_ratio: float = _range(0, 1, default=0.001)
 
 
 @dataclass
@@ -171,6 +192,8 @@ class SynthesisSection:
     max_chars: int = _range(10, None, default=200)
     pause_s: float = _range(0, 10, default=0.3)
     format: Literal["webm", "wav"] = "webm"
+    seed: int = _range(0, None, default=0)
+    speaking_rate: float = _range(0.1, 10, default=1.0)
 
 
 SECTIONS: dict[str, type] = {
@@ -316,9 +339,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported setting type {tp}")  # pragma: no cover
 
 
-def _build_section(
-    name: str, layers: list[tuple[Path, dict[str, Any]]], origins: dict[str, str]
-) -> Any:
+def _build_section(name: str, layers: list[tuple[Path, dict[str, Any]]], origins: dict[str, str]) -> Any:
     cls = SECTIONS[name]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

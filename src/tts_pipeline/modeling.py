@@ -137,7 +137,9 @@ class LoadedVoice:
             if info.get("name") == speaker:
                 return sid
         names = ", ".join(str(v.get("name")) for v in self.speakers.values())
-        raise PipelineError(f"speaker {speaker!r} not found in {self.directory / SPEAKERS_FILE} (has: {names})")
+        raise PipelineError(
+            f"speaker {speaker!r} not found in {self.directory / SPEAKERS_FILE} (has: {names})"
+        )
 
     def synthesize(self, text: str, speaker_id: int = 0, seed: int | None = 0) -> np.ndarray:
         """Speech for `text` as float32 at `sampling_rate`; empty array if nothing tokenises."""
@@ -200,7 +202,9 @@ def list_checkpoints(checkpoints_dir: str | Path) -> list[dict[str, Any]]:
         try:
             data = json.loads(index.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise PipelineError(f"{index}: broken JSON ({exc}); delete it to rescan the checkpoints") from None
+            raise PipelineError(
+                f"{index}: broken JSON ({exc}); delete it to rescan the checkpoints"
+            ) from None
         for item in data.get("checkpoints", []):
             entries[int(item["step"])] = dict(item)
     for child in root.glob(f"{CHECKPOINT_PREFIX}*"):

@@ -19,8 +19,9 @@ import numpy as np
 
 #: 10 / ln(10) * sqrt(2): the constant of the mel-cepstral distortion in dB.
 MCD_CONSTANT = 10.0 / math.log(10.0) * math.sqrt(2.0)
-#: Natural-log floor of the mel magnitude (about -100 dB): silence in both signals compares equal.
-LOG_FLOOR = 1e-5
+#: Dynamic range kept below an utterance's loudest mel bin (dB): deeper silence compares equal,
+#: and the measure does not depend on the recording's overall gain.
+DYNAMIC_RANGE_DB = 80.0
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,13 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(samples, int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
 
 
-def mel_cepstrum(samples: np.ndarray, sample_rate: int, settings: CepstrumSettings = CepstrumSettings()) -> np.ndarray:
+def mel_cepstrum(
+    samples: np.ndarray, sample_rate: int, settings: CepstrumSettings = CepstrumSettings()
+) -> np.ndarray:
     """Mel cepstrum, (frames, order): DCT-II of the natural-log mel magnitude spectrum, c0 dropped.
 
+    Scaled as a real cepstrum, c_n = 2/M * sum_m ln|X_m| cos(pi n (m + 1/2) / M), so values are
+    comparable to the SPTK mel-cepstra MCD is usually reported on (roughly 4-10 dB for TTS).
     c0 (overall energy) is left out, as in the usual MCD, so loudness differences don't count.
     """
     import librosa
@@ -68,8 +73,9 @@ def mel_cepstrum(samples: np.ndarray, sample_rate: int, settings: CepstrumSettin
         power=1.0,
         center=True,
     )
-    log_mel = np.log(np.maximum(mel, LOG_FLOOR))
-    cep = dct(log_mel, type=2, norm="ortho", axis=0)
+    floor = max(float(mel.max()), 1e-10) * 10 ** (-DYNAMIC_RANGE_DB / 20.0)
+    log_mel = np.log(np.maximum(mel, floor))
+    cep = dct(log_mel, type=2, norm=None, axis=0) / settings.n_mels
     return np.ascontiguousarray(cep[1 : settings.order + 1].T, dtype=np.float64)
 
 
@@ -138,6 +144,14 @@ def clipping_ratio(samples: np.ndarray, level: float = 0.999) -> float:
     return float(np.mean(np.abs(samples) >= level))
 
 
+def speaker_similarity(real_embedding: np.ndarray, synth_embedding: np.ndarray) -> float:
+    """Cosine similarity of two speaker embeddings (1 = same direction, i.e. the same voice)."""
+    a = np.asarray(real_embedding, dtype=np.float64).reshape(-1)
+    b = np.asarray(synth_embedding, dtype=np.float64).reshape(-1)
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
 @dataclass
 class SampleMetrics:
     """The measures of one synthesized sentence against its real recording (None = undefined)."""
@@ -192,7 +206,7 @@ def measure_sample(
             duration_ratio = synth_dur / real_dur
     similarity = None
     if real_embedding is not None and synth_embedding is not None:
-        similarity = float(np.dot(real_embedding, synth_embedding))
+        similarity = speaker_similarity(real_embedding, synth_embedding)
     return SampleMetrics(
         mcd_dtw=mcd,
         speaker_similarity=similarity,

@@ -1,0 +1,641 @@
+"""preprocess: raw takes -> 16 kHz mono 16-bit WAV at -20 LUFS, trimmed, measured, filtered.
+
+Reads `raw/metadata.csv` + the raw audio (any format PyAV decodes), writes
+`preprocessed/audio/<stem>.wav`, a new `metadata.csv` with quality columns, `rejected.csv`
+(`file_name,reason,detail`) and a metric JSON. One clip = one small pipeline of single-job steps
+(decode -> measure -> resample -> trim -> loudness -> normalise -> write), run in a process pool
+over a lazily read metadata file, so memory stays flat in corpus size.
+
+Why a per-file cache: adding 10 clips to 5,000 must not redo 5,000. Each clip's result (WAV +
+measures, or the decode error) is stored under `<cache>/preprocess/` keyed by the input's
+SHA-256 + every setting that changes the result + an algorithm version. The filters (duration,
+clipping, SNR, speech rate) are not in the key: they are applied to the cached measures on every
+run, so tuning a filter never re-decodes anything. Output WAVs are hard links to cache entries
+(copies where the file system refuses), so a re-run costs a hash and a link per clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import audio_quality as aq
+from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer, write_wav
+from .config import Config
+from .errors import PipelineError
+from .fsutil import atomic_directory, atomic_write_text, sha256_file, sha256_json, write_json
+from .metadata import FIRST_COLUMNS, MetadataError, iter_metadata
+
+log = logging.getLogger(__name__)
+
+#: Bump when the processing code changes what it writes: old cache entries are then ignored.
+ALGORITHM_VERSION = 1
+#: Decoding stops (clip rejected as too_long) past this length, so a stray hour-long file
+#: cannot take gigabytes of memory in a worker. Part of the cache key via ALGORITHM_VERSION.
+MAX_DECODE_S = 600.0
+
+QUALITY_COLUMNS = (
+    "duration_s",
+    "trimmed_s",
+    "peak_db",
+    "loudness_before_lufs",
+    "clipping_ratio",
+    "snr_db",
+    "chars_per_second",
+)
+#: Every rejection reason, so the metric file has stable keys for `dvc metrics diff`.
+REASONS = (
+    "missing",
+    "bad_path",
+    "duplicate",
+    "empty",
+    "lfs_pointer",
+    "corrupt",
+    "too_long",
+    "too_short",
+    "silent",
+    "clipped",
+    "low_snr",
+    "empty_transcription",
+    "speech_rate_low",
+    "speech_rate_high",
+)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class ProcessParams:
+    """Every setting that changes a clip's WAV or measures (all of it goes into the cache key)."""
+
+    sample_rate: int = 16000
+    target_lufs: float = -20.0
+    peak_ceiling_db: float = -1.0
+    trim_silence: bool = True
+    trim_threshold_db: float = -40.0
+    trim_margin_s: float = 0.1
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ProcessParams:
+        a = cfg.audio
+        return cls(
+            sample_rate=a.sample_rate,
+            target_lufs=a.target_db,
+            peak_ceiling_db=a.peak_ceiling_db,
+            trim_silence=a.trim_silence,
+            trim_threshold_db=a.trim_threshold_db,
+            trim_margin_s=a.trim_margin_s,
+        )
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Accept/reject thresholds, applied to (cached) measures on every run; None = off."""
+
+    min_duration_s: float = 0.3
+    max_duration_s: float = 20.0
+    max_clipping_ratio: float = 0.001
+    min_snr_db: float | None = 5.0
+    min_chars_per_second: float | None = 2.0
+    max_chars_per_second: float | None = 30.0
+    min_loudness_lufs: float = -60.0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Filters:
+        p = cfg.preprocess
+        return cls(
+            min_duration_s=p.min_duration_s,
+            max_duration_s=p.max_duration_s,
+            max_clipping_ratio=p.max_clipping_ratio,
+            min_snr_db=p.min_snr_db,
+            min_chars_per_second=p.min_chars_per_second,
+            max_chars_per_second=p.max_chars_per_second,
+            min_loudness_lufs=p.min_loudness_db,
+        )
+
+
+@dataclass
+class ClipMeasures:
+    """What one clip measured; `duration_s` is the output (trimmed) length."""
+
+    duration_s: float
+    trimmed_s: float
+    peak_db: float
+    loudness_before_lufs: float
+    clipping_ratio: float
+    snr_db: float
+    input_duration_s: float
+    input_sample_rate: int
+    gain_db: float
+    limited: bool
+
+
+@dataclass
+class Rejection:
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every worker needs besides the row (small, pickled once per task chunk)."""
+
+    base_dir: Path
+    out_audio_dir: Path
+    cache_dir: Path
+    params: ProcessParams
+    filters: Filters
+
+
+@dataclass
+class ClipTask:
+    index: int
+    row: dict[str, str]
+    stem: str
+    source: Path | None
+    problem: Rejection | None = None
+
+
+@dataclass
+class ClipOutcome:
+    """One clip's fate, sent back from a worker; `row` is the output metadata row when kept."""
+
+    index: int
+    file_name: str
+    row: dict[str, Any] | None = None
+    rejection: Rejection | None = None
+    decoded: bool = False
+    cache_hit: bool = False
+    duration_s: float = 0.0
+    trimmed_s: float = 0.0
+
+
+@dataclass
+class PreprocessSummary:
+    total: int = 0
+    kept: int = 0
+    seconds_kept: float = 0.0
+    seconds_trimmed: float = 0.0
+    rejected: Counter = field(default_factory=Counter)
+    decoded: int = 0
+    cache_hits: int = 0
+    elapsed_s: float = 0.0
+    output_dir: str = ""
+
+    def add(self, outcome: ClipOutcome) -> None:
+        self.total += 1
+        self.decoded += outcome.decoded
+        self.cache_hits += outcome.cache_hit
+        if outcome.rejection is None:
+            self.kept += 1
+            self.seconds_kept += outcome.duration_s
+            self.seconds_trimmed += outcome.trimmed_s
+        else:
+            self.rejected[outcome.rejection.reason] += 1
+
+    def to_metrics(self) -> dict[str, Any]:
+        """Deterministic numbers only (no timings, no cache counts) for `dvc metrics`."""
+        return {
+            "clips_total": self.total,
+            "clips_kept": self.kept,
+            "clips_rejected": self.total - self.kept,
+            "hours_kept": round(self.seconds_kept / 3600.0, 4),
+            "seconds_trimmed": round(self.seconds_trimmed, 2),
+            "rejected_by_reason": {reason: self.rejected.get(reason, 0) for reason in REASONS},
+        }
+
+    def format(self) -> str:
+        lines = [
+            f"preprocess: {self.total} clips in, {self.kept} kept "
+            f"({self.seconds_kept / 3600.0:.3f} h, {self.seconds_kept:.1f} s), "
+            f"{self.total - self.kept} rejected",
+            f"  {self.decoded} decoded, {self.cache_hits} from cache, "
+            f"{self.seconds_trimmed:.1f} s of silence trimmed, {self.elapsed_s:.1f} s",
+        ]
+        for reason, count in sorted(self.rejected.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  rejected {reason}: {count}")
+        if self.output_dir:
+            lines.append(f"  output: {self.output_dir}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- one clip
+
+
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """High-quality resampling (soxr 'HQ', librosa's default)."""
+    if rate == target:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def process_audio(
+    samples: np.ndarray, rate: int, params: ProcessParams
+) -> tuple[np.ndarray | None, ClipMeasures]:
+    """Measure, resample, trim and loudness-normalise one decoded clip.
+
+    Peak and clipping are measured at the input rate (resampling would smear them); SNR and
+    loudness on the 16 kHz signal the dataset will contain. Returns (None, measures) for a clip
+    with no measurable loudness (silent): there is nothing to normalise.
+    """
+    sr = params.sample_rate
+    peak = aq.peak_db(samples)
+    clipping = aq.clipping_ratio(samples)
+    x = resample(samples, rate, sr)
+    snr = aq.estimate_snr_db(x, sr)
+    full_length = x.size
+    start, end = (0, full_length)
+    if params.trim_silence:
+        start, end = aq.trim_bounds(x, sr, params.trim_threshold_db, params.trim_margin_s)
+    x = x[start:end]
+    loudness = aq.integrated_loudness(x, sr)
+    measures = ClipMeasures(
+        duration_s=x.size / sr,
+        trimmed_s=(full_length - x.size) / sr,
+        peak_db=peak,
+        loudness_before_lufs=loudness,
+        clipping_ratio=clipping,
+        snr_db=snr,
+        input_duration_s=samples.size / rate,
+        input_sample_rate=rate,
+        gain_db=0.0,
+        limited=False,
+    )
+    if not math.isfinite(loudness):
+        return None, measures
+    out, gain_db, limited = aq.normalize_loudness(x, sr, loudness, params.target_lufs, params.peak_ceiling_db)
+    measures.gain_db = gain_db
+    measures.limited = limited
+    return out, measures
+
+
+def check_filters(measures: ClipMeasures, transcription: str, filters: Filters) -> Rejection | None:
+    """The first filter a clip fails, with the numbers in the detail; None when it passes."""
+    m = measures
+    if not math.isfinite(m.loudness_before_lufs) or m.loudness_before_lufs < filters.min_loudness_lufs:
+        return Rejection(
+            "silent", f"loudness {m.loudness_before_lufs:.1f} LUFS < {filters.min_loudness_lufs:g}"
+        )
+    if m.duration_s < filters.min_duration_s:
+        return Rejection("too_short", f"{m.duration_s:.2f} s after trimming < {filters.min_duration_s:g} s")
+    if m.duration_s > filters.max_duration_s:
+        return Rejection("too_long", f"{m.duration_s:.2f} s after trimming > {filters.max_duration_s:g} s")
+    if m.clipping_ratio > filters.max_clipping_ratio:
+        return Rejection(
+            "clipped", f"{m.clipping_ratio:.4%} of samples at full scale > {filters.max_clipping_ratio:.4%}"
+        )
+    if filters.min_snr_db is not None and m.snr_db < filters.min_snr_db:
+        return Rejection("low_snr", f"estimated SNR {m.snr_db:.1f} dB < {filters.min_snr_db:g} dB")
+    chars = aq.count_speech_chars(transcription)
+    if chars == 0:
+        return Rejection("empty_transcription", "no letters or digits in the transcription")
+    rate = chars / m.duration_s
+    if filters.min_chars_per_second is not None and rate < filters.min_chars_per_second:
+        return Rejection(
+            "speech_rate_low",
+            f"{rate:.1f} chars/s < {filters.min_chars_per_second:g} (transcript shorter than the audio?)",
+        )
+    if filters.max_chars_per_second is not None and rate > filters.max_chars_per_second:
+        return Rejection(
+            "speech_rate_high",
+            f"{rate:.1f} chars/s > {filters.max_chars_per_second:g} (transcript longer than the audio?)",
+        )
+    return None
+
+
+def cache_key(content_sha256: str, params: ProcessParams) -> str:
+    return sha256_json(
+        {
+            "version": ALGORITHM_VERSION,
+            "max_decode_s": MAX_DECODE_S,
+            "input": content_sha256,
+            "params": dataclasses.asdict(params),
+        }
+    )
+
+
+def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    folder = cache_dir / key[:2]
+    return folder / f"{key}.json", folder / f"{key}.wav"
+
+
+def _read_cache(cache_dir: Path, key: str) -> dict[str, Any] | None:
+    entry_path, wav_path = _cache_paths(cache_dir, key)
+    try:
+        entry = json.loads(entry_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if entry.get("version") != ALGORITHM_VERSION or (entry.get("audio") and not wav_path.is_file()):
+        return None
+    return entry
+
+
+def _write_cache(
+    cache_dir: Path, key: str, audio: np.ndarray | None, entry: dict[str, Any], rate: int
+) -> None:
+    """WAV first (temp name + rename), then the JSON that marks the entry complete."""
+    entry_path, wav_path = _cache_paths(cache_dir, key)
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    if audio is not None:
+        tmp = wav_path.with_name(f".{wav_path.name}.{os.getpid()}.part")
+        try:
+            write_wav(tmp, audio, rate)
+            os.replace(tmp, wav_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    atomic_write_text(entry_path, json.dumps(entry, sort_keys=True))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _strip_path(message: str, path: Path) -> str:
+    """Cached details must not name a file: the same bytes may come back under another name."""
+    prefix = f"{path}: "
+    message = message[len(prefix) :] if message.startswith(prefix) else message
+    return message.replace(f": '{path}'", "").replace(str(path), "the file")
+
+
+def _fmt(value: float, digits: int) -> float:
+    return round(float(value), digits)
+
+
+def process_clip(ctx: Context, task: ClipTask) -> ClipOutcome:
+    """Everything for one metadata row; never raises for a bad clip (it comes back rejected)."""
+    row = task.row
+    outcome = ClipOutcome(index=task.index, file_name=row["file_name"])
+    if task.problem is not None:
+        outcome.rejection = task.problem
+        return outcome
+    source = task.source
+    assert source is not None
+    try:
+        size = source.stat().st_size
+    except OSError:
+        outcome.rejection = Rejection("missing", f"{source}: file not found")
+        return outcome
+    if size == 0:
+        outcome.rejection = Rejection("empty", "empty file (0 bytes)")
+        return outcome
+    if is_lfs_pointer(source):
+        outcome.rejection = Rejection("lfs_pointer", "a Git LFS pointer, not audio: run `git lfs pull`")
+        return outcome
+
+    key = cache_key(sha256_file(source), ctx.params)
+    entry = _read_cache(ctx.cache_dir, key)
+    outcome.cache_hit = entry is not None
+    if entry is None:
+        entry = _compute_entry(ctx, key, source)
+        outcome.decoded = True
+
+    if entry.get("error"):
+        outcome.rejection = Rejection(**entry["error"])
+        return outcome
+    measures = ClipMeasures(**entry["measures"])
+    transcription = row.get("transcription") or ""
+    rejection = check_filters(measures, transcription, ctx.filters)
+    if rejection is not None:
+        outcome.rejection = rejection
+        return outcome
+
+    out_name = f"{task.stem}.wav"
+    _link_or_copy(_cache_paths(ctx.cache_dir, key)[1], ctx.out_audio_dir / out_name)
+    chars = aq.count_speech_chars(transcription)
+    out_row: dict[str, Any] = dict(row)
+    out_row.update(
+        file_name=f"audio/{out_name}",
+        duration_s=_fmt(measures.duration_s, 3),
+        trimmed_s=_fmt(measures.trimmed_s, 3),
+        peak_db=_fmt(measures.peak_db, 2),
+        loudness_before_lufs=_fmt(measures.loudness_before_lufs, 2),
+        clipping_ratio=_fmt(measures.clipping_ratio, 6),
+        snr_db=_fmt(measures.snr_db, 1),
+        chars_per_second=_fmt(chars / measures.duration_s, 2),
+    )
+    outcome.row = out_row
+    outcome.duration_s = measures.duration_s
+    outcome.trimmed_s = measures.trimmed_s
+    return outcome
+
+
+def _compute_entry(ctx: Context, key: str, source: Path) -> dict[str, Any]:
+    """Decode + process one file and store the result (or its decode error) in the cache."""
+    entry: dict[str, Any] = {"version": ALGORITHM_VERSION, "audio": False, "measures": None, "error": None}
+    audio = None
+    try:
+        samples, rate = decode_audio_native(source, max_seconds=MAX_DECODE_S)
+    except AudioTooLongError as exc:
+        entry["error"] = {"reason": "too_long", "detail": _strip_path(str(exc), source)}
+    except AudioError as exc:
+        entry["error"] = {"reason": "corrupt", "detail": _strip_path(str(exc), source)}
+    else:
+        audio, measures = process_audio(samples, rate, ctx.params)
+        entry["measures"] = dataclasses.asdict(measures)
+        entry["audio"] = audio is not None
+    _write_cache(ctx.cache_dir, key, audio, entry, ctx.params.sample_rate)
+    return entry
+
+
+# --------------------------------------------------------------------------- the corpus
+
+
+def _read_header(metadata_path: Path) -> list[str]:
+    with open(metadata_path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), [])
+
+
+def output_columns(input_header: list[str]) -> list[str]:
+    """file_name, transcription, the raw columns in their order, then the quality columns."""
+    columns = list(FIRST_COLUMNS)
+    columns += [c for c in input_header if c not in columns]
+    columns += [c for c in QUALITY_COLUMNS if c not in columns]
+    return columns
+
+
+def _tasks(metadata_path: Path, base_dir: Path) -> Iterator[ClipTask]:
+    """Rows as tasks, lazily; path escapes and duplicate output names are decided here."""
+    base = base_dir.resolve()
+    seen: dict[str, str] = {}
+    for index, row in enumerate(iter_metadata(metadata_path)):
+        file_name = row["file_name"]
+        stem = Path(file_name).stem
+        source = (base / file_name).resolve()
+        problem = None
+        if not file_name or not source.is_relative_to(base):
+            problem = Rejection("bad_path", f"{file_name!r} points outside {base_dir}")
+        elif stem.casefold() in seen:
+            problem = Rejection(
+                "duplicate", f"output name audio/{stem}.wav already used by {seen[stem.casefold()]}"
+            )
+        else:
+            seen[stem.casefold()] = file_name
+        yield ClipTask(index=index, row=row, stem=stem, source=source, problem=problem)
+
+
+def _count_rows(metadata_path: Path) -> int:
+    """A first pass that also validates every row, so a broken file fails before any work."""
+    return sum(1 for _ in iter_metadata(metadata_path))
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def preprocess_corpus(
+    input_metadata: Path,
+    output_dir: Path,
+    cache_dir: Path,
+    params: ProcessParams,
+    filters: Filters,
+    input_dir: Path | None = None,
+    metrics_file: Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreprocessSummary:
+    """Preprocess every row of `input_metadata` into `output_dir` (replaced atomically).
+
+    `file_name` paths are relative to `input_dir` (default: the metadata file's folder).
+    Never writes into the input; cached clips are not decoded again.
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    input_metadata = Path(input_metadata)
+    base_dir = Path(input_dir) if input_dir is not None else input_metadata.parent
+    output_dir = Path(output_dir)
+    if not input_metadata.is_file():
+        raise PipelineError(f"{input_metadata}: metadata file not found (run `tts-pipeline collect` first)")
+    resolved_out, resolved_in = output_dir.resolve(), base_dir.resolve()
+    if resolved_out == resolved_in or resolved_out.is_relative_to(resolved_in):
+        raise PipelineError(f"{output_dir}: output must not be inside the input folder {base_dir}")
+    try:
+        total = _count_rows(input_metadata)
+    except MetadataError as exc:
+        raise PipelineError(str(exc)) from None
+    columns = output_columns(_read_header(input_metadata))
+    workers = max(1, min(workers or default_workers(), max(total, 1)))
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    summary = PreprocessSummary(output_dir=str(output_dir))
+    with atomic_directory(output_dir) as tmp:
+        audio_dir = tmp / "audio"
+        audio_dir.mkdir()
+        ctx = Context(
+            base_dir=base_dir, out_audio_dir=audio_dir, cache_dir=cache_dir, params=params, filters=filters
+        )
+        worker = functools.partial(process_clip, ctx)
+        with (
+            open(tmp / "metadata.csv", "w", newline="", encoding="utf-8") as meta_handle,
+            open(tmp / "rejected.csv", "w", newline="", encoding="utf-8") as rej_handle,
+        ):
+            meta = csv.DictWriter(meta_handle, fieldnames=columns, lineterminator="\n")
+            rejected = csv.DictWriter(
+                rej_handle, fieldnames=["file_name", "reason", "detail"], lineterminator="\n"
+            )
+            meta.writeheader()
+            rejected.writeheader()
+            bar = tqdm(total=total, unit="clip", desc="preprocess", disable=not progress or None)
+            for outcome in _run_pool(worker, _tasks(input_metadata, base_dir), workers):
+                summary.add(outcome)
+                if outcome.rejection is None:
+                    assert outcome.row is not None
+                    meta.writerow({c: outcome.row.get(c, "") for c in columns})
+                else:
+                    rejected.writerow(
+                        {
+                            "file_name": outcome.file_name,
+                            "reason": outcome.rejection.reason,
+                            "detail": outcome.rejection.detail,
+                        }
+                    )
+                    log.debug(
+                        "rejected %s: %s (%s)", outcome.file_name, *dataclasses.astuple(outcome.rejection)
+                    )
+                bar.update(1)
+            bar.close()
+    summary.elapsed_s = time.perf_counter() - started
+    if metrics_file is not None:
+        write_json(metrics_file, summary.to_metrics())
+    return summary
+
+
+def _run_pool(worker: Any, tasks: Iterator[ClipTask], workers: int) -> Iterator[ClipOutcome]:
+    """Outcomes in input order; in-process for one worker (tests, tiny corpora)."""
+    if workers == 1:
+        yield from map(worker, tasks)
+        return
+    import multiprocessing
+
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap(worker, tasks, chunksize=4)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input_dir", help="raw dataset folder (default: paths.raw_dataset)")
+    parser.add_argument("--input_metadata", help="raw metadata.csv (default: <input_dir>/metadata.csv)")
+    parser.add_argument("--output_dir", help="output folder (default: paths.preprocessed)")
+    parser.add_argument("--metrics_file", help="metric JSON (default: <paths.metrics>/preprocess.json)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes (default: preprocess.workers, else all cores)"
+    )
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    input_dir = Path(args.input_dir) if getattr(args, "input_dir", None) else None
+    if getattr(args, "input_metadata", None):
+        input_metadata = Path(args.input_metadata)
+    else:
+        input_metadata = (input_dir or cfg.path("raw_dataset")) / "metadata.csv"
+    if input_dir is None and not getattr(args, "input_metadata", None):
+        input_dir = cfg.path("raw_dataset")
+    output_dir = Path(args.output_dir) if getattr(args, "output_dir", None) else cfg.path("preprocessed")
+    metrics_file = (
+        Path(args.metrics_file)
+        if getattr(args, "metrics_file", None)
+        else cfg.path("metrics") / "preprocess.json"
+    )
+    workers = getattr(args, "workers", None) or cfg.preprocess.workers
+    summary = preprocess_corpus(
+        input_metadata=input_metadata,
+        output_dir=output_dir,
+        cache_dir=cfg.path("cache") / "preprocess",
+        params=ProcessParams.from_config(cfg),
+        filters=Filters.from_config(cfg),
+        input_dir=input_dir,
+        metrics_file=metrics_file,
+        workers=workers,
+    )
+    print(summary.format())
+    print(f"  rejected list: {output_dir / 'rejected.csv'}; metrics: {metrics_file}")
+    if summary.total and not summary.kept:
+        log.warning("no clip was kept: see %s for the reasons", output_dir / "rejected.csv")
+    return 0

@@ -1,0 +1,909 @@
+"""speakers stage: who read which clip. Embeddings, clustering, corrections, a review page.
+
+Each preprocessed clip is one verse read by one person, so "diarization" here means grouping
+clips by voice: embed every clip (`embeddings.py`, cached per clip by content hash + backend),
+cluster the L2-normalised embeddings (HDBSCAN or k-means, cosine geometry), apply the human
+corrections file, and write `speaker_ids.json`, `embeddings.npy` (+ `embeddings_index.json`),
+`cluster_samples/speaker_N_sample.wav` and `review.html` (see docs/ARCHITECTURE.md).
+
+Corrections file: ``languages/<code>.speakers.yaml`` (beside the language config)
+--------------------------------------------------------------------------------
+Cluster numbers are not stable (new clips, another backend, other settings renumber them), so
+corrections never name a cluster by number: they name *clips*, and clusters are found through
+them on every run::
+
+    speakers:
+      Maria:                        # the reader's name (goes into the dataset and the model)
+        anchors:                    # "the cluster containing this clip is Maria":
+          - audio/MRK_001_001.wav   #   the whole cluster gets the name; anchors in two
+          - audio/MRK_002_004.wav   #   different clusters MERGE those clusters into Maria
+        clips:                      # "this clip is Maria", whatever the clustering says:
+          - audio/LUK_003_007.wav   #   PIN a clip / move a misplaced clip
+      Jonas:
+        clips:                      # clips only (no anchors): SPLIT them off into a new speaker
+          - audio/LUK_001_001.wav
+
+Rules, applied after clustering, deterministically:
+1. Every clip listed (anchors and clips) belongs to that speaker (confidence 1).
+2. A cluster holding anchors of one speaker is that speaker. A cluster holding anchors of
+   several speakers is divided between them: each clip goes to the speaker whose anchors'
+   mean embedding is closest (re-clustering that merged two named people is undone).
+3. Clusters with no anchors stay automatic speakers, named ``speaker_<id>``.
+4. Final ids are contiguous from 0: named speakers in the order of the file, then automatic
+   ones by size (largest first, ties by first clip name).
+A clip listed twice, or a malformed file, is an error naming the file and key; a clip that is
+no longer in the corpus (dropped by preprocess) is skipped with a warning. The review page
+prints the block to paste for each speaker (rename the key, keep the anchors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import PipelineError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
+    from .embeddings import SpeakerEmbedder
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_FILE = "embeddings.npy"
+INDEX_FILE = "embeddings_index.json"
+SPEAKER_IDS_FILE = "speaker_ids.json"
+REVIEW_FILE = "review.html"
+SAMPLES_DIR = "cluster_samples"
+#: Bump when the embedding computation changes, so cached vectors are recomputed.
+EMBEDDING_VERSION = 2
+#: k-means with no max_speakers tries at most this many speakers (set max_speakers for more).
+AUTO_MAX_SPEAKERS = 20
+#: Below this best silhouette (cosine) the corpus is taken as one speaker when min_speakers
+#: allows it. Chosen on the tuning half of the LibriSpeech test set (clips 0000-0004): one
+#: reader split in two scored 0.16-0.38, real 2-6 speaker splits 0.58-0.77.
+SINGLE_SPEAKER_SILHOUETTE = 0.45
+#: Softmax temperature turning cosine similarities to the speaker centroids into a confidence.
+CONFIDENCE_TEMPERATURE = 0.05
+#: A clip whose confidence is below this (another speaker is nearly as close: a similarity
+#: margin under ~0.07) is flagged uncertain. Clean tuning-half clips had margins >= 0.21.
+UNCERTAIN_BELOW = 0.8
+EMBED_BATCH = 16
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Clip:
+    """One preprocessed clip: its metadata `file_name`, where the audio is, how long it is."""
+
+    file_name: str
+    path: Path
+    duration_s: float
+
+
+@dataclass
+class Clustering:
+    """Automatic clustering of N embeddings (before corrections)."""
+
+    labels: np.ndarray  # (N,) int, 0..k-1, every clip assigned (noise resolved)
+    confidence: np.ndarray  # (N,) float in [0, 1]
+    uncertain: np.ndarray  # (N,) bool
+    method: str
+    silhouette: float | None = None
+    noise: int = 0  # clips HDBSCAN called noise (assigned to the nearest cluster)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+@dataclass
+class SpeakerCorrection:
+    name: str
+    anchors: list[str] = field(default_factory=list)
+    clips: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Corrections:
+    path: Path | None = None
+    speakers: list[SpeakerCorrection] = field(default_factory=list)
+
+
+@dataclass
+class Assignment:
+    """Final result: clip i (in `file_names` order) -> speaker `labels[i]` named `names[...]`."""
+
+    file_names: list[str]
+    labels: np.ndarray
+    confidence: np.ndarray
+    uncertain: np.ndarray
+    names: list[str]
+    named: list[bool]  # speaker id -> named in the corrections file
+    pinned: np.ndarray  # (N,) bool: listed in the corrections file
+
+    @property
+    def n_speakers(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class SpeakersResult:
+    clips: list[Clip]
+    embeddings: np.ndarray
+    clustering: Clustering
+    assignment: Assignment
+    metrics: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def resolve_audio(audio_dir: Path, file_name: str) -> Path:
+    """`file_name` (`audio/<stem>.wav`) under the preprocessed dir; a flat dir of WAVs also works."""
+    direct = audio_dir / file_name
+    if direct.is_file():
+        return direct
+    flat = audio_dir / Path(file_name).name
+    return flat if flat.is_file() else direct
+
+
+def load_clips(metadata_csv: Path, audio_dir: Path) -> list[Clip]:
+    """Clips of a preprocessed metadata.csv, sorted by file_name so results never depend on row order."""
+    import soundfile as sf
+
+    from .metadata import MetadataError, iter_metadata
+
+    try:
+        rows = list(iter_metadata(metadata_csv))
+    except MetadataError as exc:
+        raise PipelineError(str(exc)) from None
+    clips: dict[str, Clip] = {}
+    for row in rows:
+        name = row["file_name"]
+        if name in clips:
+            raise PipelineError(f"{metadata_csv}: file_name {name!r} appears twice")
+        path = resolve_audio(audio_dir, name)
+        if not path.is_file():
+            raise PipelineError(f"{metadata_csv}: audio for {name!r} not found at {path} (re-run preprocess?)")
+        try:
+            info = sf.info(str(path))
+            duration = info.frames / info.samplerate
+        except Exception:  # not a soundfile format: fall back to the metadata column
+            duration = float(row.get("duration_s") or 0.0)
+        clips[name] = Clip(name, path, float(duration))
+    if not clips:
+        raise PipelineError(f"{metadata_csv}: no clips to analyse")
+    return [clips[k] for k in sorted(clips)]
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def _cache_dir(cache_root: Path, backend: str, model: str | None) -> Path:
+    from .fsutil import sha256_json
+
+    key = sha256_json({"backend": backend, "model": model, "version": EMBEDDING_VERSION})[:12]
+    return cache_root / f"{backend}-{key}"
+
+
+def _load_samples(clip: Clip, sample_rate: int = 16000) -> tuple[np.ndarray, int]:
+    from .audio import AudioError, decode_audio, read_wav
+
+    try:
+        if clip.path.suffix.lower() in (".wav", ".flac"):
+            return read_wav(clip.path)
+        return decode_audio(clip.path, sample_rate), sample_rate
+    except (AudioError, RuntimeError, ValueError) as exc:
+        raise PipelineError(f"{clip.path}: cannot read audio ({exc}); re-run preprocess") from None
+
+
+def embed_clips(
+    clips: Sequence[Clip],
+    embedder: SpeakerEmbedder,
+    cache_root: Path | None,
+    backend: str,
+    model: str | None = None,
+) -> np.ndarray:
+    """(N, D) L2-normalised embeddings; each clip's vector is cached by content hash + backend.
+
+    Vectors are written to the cache as soon as a batch is done, so an interrupted run keeps
+    its work and adding 10 clips to 5,000 embeds 10.
+    """
+    import io
+
+    from tqdm import tqdm
+
+    from .embeddings import EmbeddingError, embed_many, l2_normalise
+    from .fsutil import atomic_write_bytes, sha256_file
+
+    cache = _cache_dir(cache_root, backend, model) if cache_root else None
+    out: list[np.ndarray | None] = [None] * len(clips)
+    todo: list[tuple[int, str]] = []
+    for i, clip in enumerate(clips):
+        digest = sha256_file(clip.path)
+        cached = cache / digest[:2] / f"{digest}.npy" if cache else None
+        if cached is not None and cached.is_file():
+            try:
+                vec = np.load(cached)
+                if vec.shape == (embedder.dim,) and np.isfinite(vec).all():
+                    out[i] = vec.astype(np.float32)
+                    continue
+            except (OSError, ValueError):
+                pass  # a broken cache entry is recomputed
+        todo.append((i, digest))
+    log.info("embeddings: %d cached, %d to compute (%s)", len(clips) - len(todo), len(todo), backend)
+    with tqdm(total=len(todo), desc="speaker embeddings", unit="clip", disable=not todo) as bar:
+        for start in range(0, len(todo), EMBED_BATCH):
+            batch = todo[start : start + EMBED_BATCH]
+            loaded = [_load_samples(clips[i]) for i, _ in batch]
+            rates = {rate for _, rate in loaded}
+            try:
+                if len(rates) != 1:
+                    raise EmbeddingError("mixed sample rates")
+                vectors = embed_many(embedder, [s for s, _ in loaded], rates.pop())
+            except EmbeddingError:  # find the culprit clip and name it
+                vectors = []
+                for (i, _), (samples, rate) in zip(batch, loaded, strict=True):
+                    try:
+                        vectors.append(embedder.embed(samples, rate))
+                    except EmbeddingError as exc:
+                        raise PipelineError(
+                            f"{clips[i].path}: {exc}; remove the clip (or fix it) and re-run"
+                        ) from None
+            for (i, digest), vec in zip(batch, vectors, strict=True):
+                out[i] = np.asarray(vec, dtype=np.float32)
+                if cache is not None:
+                    buffer = io.BytesIO()
+                    np.save(buffer, out[i])
+                    atomic_write_bytes(cache / digest[:2] / f"{digest}.npy", buffer.getvalue())
+            bar.update(len(batch))
+    if not clips:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    return l2_normalise(np.stack(out))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def centroids_of(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """L2-normalised mean embedding of each cluster 0..k-1."""
+    from .embeddings import l2_normalise
+
+    return l2_normalise(np.stack([X[labels == c].mean(axis=0) for c in range(k)]))
+
+
+def centroid_confidence(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, similarity to own centroid) per clip.
+
+    Confidence is the softmax (temperature CONFIDENCE_TEMPERATURE) of the cosine similarities to
+    all centroids, read at the clip's own: 0.5 means another speaker is just as close.
+    """
+    C = centroids_of(X, labels, k)
+    sims = X @ C.T
+    own = sims[np.arange(len(X)), labels]
+    if k == 1:
+        return np.ones(len(X)), own
+    logits = (sims - sims.max(axis=1, keepdims=True)) / CONFIDENCE_TEMPERATURE
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs[np.arange(len(X)), labels], own
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters largest first (ties: the cluster whose first clip comes first)."""
+    ids = [c for c in np.unique(labels) if c >= 0]
+    order = sorted(ids, key=lambda c: (-int((labels == c).sum()), int(np.argmax(labels == c))))
+    mapping = {old: new for new, old in enumerate(order)}
+    return np.array([mapping.get(int(c), -1) for c in labels], dtype=int)
+
+
+def _silhouette(X: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
+    from sklearn.metrics import silhouette_score
+
+    k = len(np.unique(labels))
+    if k < 2 or k >= len(X):
+        return None
+    sample = min(len(X), 2000)
+    return float(silhouette_score(X, labels, metric="cosine", sample_size=sample, random_state=seed))
+
+
+def _kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    from threadpoolctl import threadpool_limits
+
+    n_init = 10 if len(X) <= 2000 else 3
+    # One thread for small inputs: thread start-up costs 10x the work on a busy 2-core machine.
+    with warnings.catch_warnings(), threadpool_limits(1 if len(X) < 5000 else None):
+        warnings.simplefilter("ignore")  # ConvergenceWarning on near-duplicate points
+        return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(X)
+
+
+def _kmeans_auto(X: np.ndarray, lo: int, hi: int, seed: int, notes: list[str]) -> tuple[np.ndarray, float | None]:
+    """k-means with k chosen by cosine silhouette within [lo, hi] (k = 1 allowed when lo = 1)."""
+    if hi <= 1:
+        return np.zeros(len(X), dtype=int), None
+    if lo == hi:
+        labels = _kmeans(X, hi, seed)
+        return labels, _silhouette(X, labels, seed)
+    best: tuple[float, int, np.ndarray] | None = None
+    for k in range(max(lo, 2), min(hi, len(X) - 1) + 1):
+        labels = _kmeans(X, k, seed)
+        score = _silhouette(X, labels, seed)
+        log.debug("kmeans k=%d silhouette=%s", k, score)
+        if score is not None and (best is None or score > best[0] + 1e-9):
+            best = (score, k, labels)
+    if best is None:  # too few clips to compare k values
+        k = max(lo, 1)
+        labels = _kmeans(X, k, seed) if k > 1 else np.zeros(len(X), dtype=int)
+        return labels, _silhouette(X, labels, seed)
+    score, k, labels = best
+    if lo <= 1 and score < SINGLE_SPEAKER_SILHOUETTE:
+        notes.append(f"best split (k={k}) has silhouette {score:.2f} < {SINGLE_SPEAKER_SILHOUETTE}: one speaker")
+        return np.zeros(len(X), dtype=int), None
+    notes.append(f"k-means: k={k} chosen by silhouette {score:.3f} in [{max(lo, 2)}, {hi}]")
+    return labels, score
+
+
+def _split_mixed(X: np.ndarray, labels: np.ndarray, min_size: int, seed: int, notes: list[str]) -> np.ndarray:
+    """Split clusters that hold several voices.
+
+    HDBSCAN chains two readers together through a few in-between clips (single linkage), so
+    each cluster is checked: if k-means inside it (k = 2..10) reaches a silhouette of
+    SINGLE_SPEAKER_SILHOUETTE, the separation of two real readers, it is split, and the parts
+    are checked again.
+    """
+    labels = np.asarray(labels, dtype=int).copy()
+    queue = sorted(set(labels.tolist()))
+    while queue:
+        cluster = queue.pop(0)
+        members = np.flatnonzero(labels == cluster)
+        best: tuple[float, np.ndarray] | None = None
+        for k in range(2, min(len(members) // min_size, 10) + 1):
+            sub = _kmeans(X[members], k, seed)
+            if np.bincount(sub).min() < min_size:
+                continue
+            score = _silhouette(X[members], sub, seed)
+            if score is not None and (best is None or score > best[0] + 1e-9):
+                best = (score, sub)
+        if best is None or best[0] < SINGLE_SPEAKER_SILHOUETTE:
+            continue
+        score, sub = best
+        first_new = int(labels.max()) + 1
+        new_ids = [cluster] + list(range(first_new, first_new + int(sub.max())))
+        labels[members] = np.asarray(new_ids)[sub]
+        notes.append(f"split a cluster of {len(members)} clips into {len(new_ids)} (silhouette {score:.2f})")
+        queue.extend(new_ids)
+    return labels
+
+
+def _merge_to(X: np.ndarray, labels: np.ndarray, target: int) -> np.ndarray:
+    """Merge the two clusters with the most similar centroids until `target` remain."""
+    labels = labels.copy()
+    while len(np.unique(labels)) > target:
+        ids = np.unique(labels)
+        C = centroids_of(X, np.searchsorted(ids, labels), len(ids))
+        sims = C @ C.T
+        np.fill_diagonal(sims, -np.inf)
+        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        labels[labels == ids[max(a, b)]] = ids[min(a, b)]
+    return np.searchsorted(np.unique(labels), labels)
+
+
+def cluster_embeddings(
+    X: np.ndarray,
+    method: str = "hdbscan",
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+    min_cluster_size: int = 3,
+    seed: int = 0,
+) -> Clustering:
+    """Group L2-normalised embeddings by speaker, honouring min/max_speakers (None = automatic).
+
+    hdbscan: density clusters on the unit sphere (Euclidean there is monotone in cosine);
+    noise clips go to the nearest centroid and are flagged uncertain. If HDBSCAN's count
+    falls outside the bounds, the closest clusters are merged (too many) or k-means picks k
+    within the bounds (too few). kmeans: k by silhouette within the bounds.
+    Tiny or degenerate input (fewer than 3 clips, all identical) is one speaker, with a warning.
+    """
+    from .embeddings import l2_normalise
+
+    X = l2_normalise(X)
+    n = len(X)
+    notes: list[str] = []
+    distinct = len(np.unique(np.round(X, 5), axis=0)) if n else 0
+    if n < 3 or distinct < 2:
+        why = f"only {n} clip(s)" if n < 3 else "all clips have the same embedding"
+        log.warning("speakers: %s: treating the corpus as one speaker", why)
+        return Clustering(np.zeros(n, dtype=int), np.ones(n), np.zeros(n, dtype=bool), method, notes=[why + ": one speaker"])
+    lo = max(1, min_speakers or 1)
+    hi = max_speakers or (n if method == "hdbscan" else min(AUTO_MAX_SPEAKERS, n - 1))
+    hi = max(1, min(hi, n, distinct))
+    lo = min(lo, hi)
+    noise_mask = np.zeros(n, dtype=bool)
+    silhouette: float | None = None
+
+    if method == "kmeans":
+        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes)
+    elif method == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        size = max(2, min(min_cluster_size, n // 2))
+        raw = HDBSCAN(min_cluster_size=size, metric="euclidean", copy=True).fit_predict(X)
+        found = len(set(raw.tolist()) - {-1})
+        notes.append(f"hdbscan (min_cluster_size={size}): {found} cluster(s), {(raw < 0).sum()} noise clip(s)")
+        if found == 0:
+            labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes)
+            notes.append("hdbscan found no cluster: k-means fallback")
+        else:
+            noise_mask = raw < 0
+            core = ~noise_mask
+            labels = np.searchsorted(np.unique(raw[core]), raw)
+            natural = _silhouette(X[core], labels[core], seed) if found > 1 else None
+            if found > 1 and (natural is None or natural < SINGLE_SPEAKER_SILHOUETTE):
+                notes.append(f"hdbscan clusters barely separate (silhouette {natural or 0:.2f}): merged")
+                labels[core] = 0
+            labels[core] = _split_mixed(X[core], labels[core], size, seed, notes)
+            found = int(labels[core].max()) + 1
+            if noise_mask.any():  # nearest centroid of the real clusters
+                C = centroids_of(X[core], labels[core], found)
+                labels = np.where(noise_mask, np.argmax(X @ C.T, axis=1), labels)
+            if found > hi:
+                labels = _merge_to(X, labels, hi)
+                notes.append(f"merged the closest clusters down to max_speakers={hi}")
+            elif found < lo:
+                labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes)
+                notes.append(f"fewer clusters than min_speakers={lo}: k-means within the bounds")
+            silhouette = silhouette if silhouette is not None else _silhouette(X, labels, seed)
+    else:
+        raise PipelineError(f"speaker_diarization.clustering_method: unknown method {method!r} (hdbscan | kmeans)")
+
+    labels = _relabel_by_size(np.asarray(labels, dtype=int))
+    k = int(labels.max()) + 1
+    confidence, _ = centroid_confidence(X, labels, k)
+    uncertain = noise_mask | (confidence < UNCERTAIN_BELOW)
+    for note in notes:
+        log.info("speakers: %s", note)
+    return Clustering(labels, confidence, uncertain, method, silhouette, int(noise_mask.sum()), notes)
+
+
+# --------------------------------------------------------------------------- corrections
+
+
+def corrections_path(cfg: Config) -> Path:
+    """`languages/<code>.speakers.yaml`, beside the language config."""
+    return Path(cfg.config_path).with_name(f"{cfg.code}.speakers.yaml")
+
+
+def _clip_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise PipelineError(f"{where}: expected a list of clip file names (e.g. audio/MRK_001_001.wav), got {value!r}")
+    return [v.strip() for v in value]
+
+
+def parse_corrections(data: Any, path: Path | None) -> Corrections:
+    """Validate the YAML structure documented at the top of this module."""
+    where = str(path or "corrections")
+    if data is None:
+        return Corrections(path)
+    if not isinstance(data, dict):
+        raise PipelineError(f"{where}: expected a mapping with a 'speakers' key at the top level")
+    unknown = set(data) - {"speakers"}
+    if unknown:
+        raise PipelineError(f"{where}: unknown key(s) {', '.join(map(str, sorted(unknown)))}; only 'speakers' is allowed")
+    speakers = data.get("speakers") or {}
+    if not isinstance(speakers, dict):
+        raise PipelineError(f"{where}: speakers: expected a mapping of speaker name -> {{anchors, clips}}")
+    result = Corrections(path)
+    owner: dict[str, str] = {}
+    for name, entry in speakers.items():
+        key = f"{where}: speakers.{name}"
+        if not isinstance(name, str) or not name.strip():
+            raise PipelineError(f"{where}: speakers: speaker names must be non-empty strings, got {name!r}")
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise PipelineError(f"{key}: expected a mapping with 'anchors' and/or 'clips', got {entry!r}")
+        bad = set(entry) - {"anchors", "clips"}
+        if bad:
+            raise PipelineError(f"{key}: unknown key(s) {', '.join(map(str, sorted(bad)))}; use 'anchors' and 'clips'")
+        item = SpeakerCorrection(
+            name.strip(), _clip_list(entry.get("anchors"), f"{key}.anchors"), _clip_list(entry.get("clips"), f"{key}.clips")
+        )
+        for kind, clip_names in (("anchors", item.anchors), ("clips", item.clips)):
+            for clip in clip_names:
+                if clip in owner:
+                    raise PipelineError(f"{key}.{kind}: {clip} is already listed under {owner[clip]}; a clip has one speaker")
+                owner[clip] = f"speakers.{name}"
+        result.speakers.append(item)
+    return result
+
+
+def load_corrections(path: Path) -> Corrections:
+    """Read the corrections file; a missing file means no corrections."""
+    import yaml
+
+    if not path.is_file():
+        return Corrections(None)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    return parse_corrections(data, path)
+
+
+def apply_corrections(
+    file_names: Sequence[str], X: np.ndarray, clustering: Clustering, corrections: Corrections
+) -> Assignment:
+    """Turn automatic clusters + corrections into final contiguous speaker ids (rules in the module doc)."""
+    n = len(file_names)
+    index = {name: i for i, name in enumerate(file_names)}
+    where = str(corrections.path or "corrections")
+    raw = clustering.labels
+    owner = np.full(n, -1, dtype=int)  # index into corrections.speakers, -1 = automatic
+    confidence = clustering.confidence.astype(float).copy()
+    uncertain = clustering.uncertain.copy()
+    pinned = np.zeros(n, dtype=bool)
+
+    def present(clip_names: list[str], key: str) -> list[int]:
+        found = []
+        for clip in clip_names:
+            if clip in index:
+                found.append(index[clip])
+            else:
+                log.warning("%s: %s: clip %s is not in the corpus (dropped by preprocess?); ignored", where, key, clip)
+        return found
+
+    anchors = [present(s.anchors, f"speakers.{s.name}.anchors") for s in corrections.speakers]
+    claims: dict[int, list[int]] = {}
+    for s_idx, idxs in enumerate(anchors):
+        for cluster in sorted({int(raw[i]) for i in idxs}):
+            claims.setdefault(cluster, []).append(s_idx)
+    for cluster, claimants in sorted(claims.items()):
+        members = np.flatnonzero(raw == cluster)
+        if len(claimants) == 1:
+            owner[members] = claimants[0]
+            continue
+        names = ", ".join(corrections.speakers[c].name for c in claimants)
+        log.warning("%s: automatic cluster %d holds anchors of %s; dividing it by nearest anchors", where, cluster, names)
+        from .embeddings import l2_normalise
+
+        A = l2_normalise(np.stack([X[anchors[c]].mean(axis=0) for c in claimants]))
+        sims = X[members] @ A.T
+        owner[members] = np.asarray(claimants)[np.argmax(sims, axis=1)]
+        top2 = np.sort(sims, axis=1)[:, -2:]
+        margin_conf = 1.0 / (1.0 + np.exp(-(top2[:, 1] - top2[:, 0]) / CONFIDENCE_TEMPERATURE))
+        confidence[members] = margin_conf
+        uncertain[members] = margin_conf < UNCERTAIN_BELOW
+    for s_idx, s in enumerate(corrections.speakers):
+        for i in anchors[s_idx] + present(s.clips, f"speakers.{s.name}.clips"):
+            owner[i] = s_idx
+            pinned[i] = True
+    confidence[pinned] = 1.0
+    uncertain[pinned] = False
+
+    # Final ids: named speakers in file order, then automatic clusters by size.
+    final = np.full(n, -1, dtype=int)
+    names: list[str] = []
+    named: list[bool] = []
+    for s_idx, s in enumerate(corrections.speakers):
+        members = owner == s_idx
+        if not members.any():
+            log.warning("%s: speakers.%s: none of its clips is in the corpus; no such speaker this run", where, s.name)
+            continue
+        final[members] = len(names)
+        names.append(s.name)
+        named.append(True)
+    auto = owner < 0
+    groups = sorted(
+        {int(c) for c in raw[auto]},
+        key=lambda c: (-int((auto & (raw == c)).sum()), min(file_names[i] for i in np.flatnonzero(auto & (raw == c)))),
+    )
+    taken = set(names)
+    for c in groups:
+        sid = len(names)
+        name = f"speaker_{sid}"
+        while name in taken:  # a corrections name that looks automatic
+            name += "_auto"
+        final[auto & (raw == c)] = sid
+        names.append(name)
+        named.append(False)
+        taken.add(name)
+    # Confidence of automatic clips against the final speakers (merges/splits change centroids).
+    if len(names) > 1:
+        conf_final, _ = centroid_confidence(X, final, len(names))
+        keep = ~pinned & (owner < 0)
+        confidence[keep] = np.minimum(confidence[keep], conf_final[keep])
+        uncertain[keep] = uncertain[keep] | (conf_final[keep] < UNCERTAIN_BELOW)
+    return Assignment(list(file_names), final, confidence, uncertain, names, named, pinned)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def speaker_ids_document(assignment: Assignment, clips: Sequence[Clip]) -> dict[str, Any]:
+    """The `speaker_ids.json` contract (docs/ARCHITECTURE.md)."""
+    durations = np.array([c.duration_s for c in clips], dtype=float)
+    doc_clips = {
+        name: {
+            "speaker_id": int(assignment.labels[i]),
+            "confidence": round(float(assignment.confidence[i]), 4),
+            "uncertain": bool(assignment.uncertain[i]),
+        }
+        for i, name in enumerate(assignment.file_names)
+    }
+    speakers = {
+        str(sid): {
+            "name": name,
+            "clips": int((assignment.labels == sid).sum()),
+            "hours": round(float(durations[assignment.labels == sid].sum()) / 3600, 4),
+        }
+        for sid, name in enumerate(assignment.names)
+    }
+    return {"clips": doc_clips, "speakers": speakers}
+
+
+def ranked_members(X: np.ndarray, assignment: Assignment, sid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(most representative first, least certain first) clip indices of speaker `sid`."""
+    members = np.flatnonzero(assignment.labels == sid)
+    centroid = X[members].mean(axis=0)
+    centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+    sims = X[members] @ centroid
+    names = np.array([assignment.file_names[i] for i in members])
+    representative = members[np.lexsort((names, -sims))]
+    least = members[np.lexsort((names, sims, assignment.confidence[members]))]
+    return representative, least
+
+
+def write_cluster_sample(path: Path, clips: Sequence[Clip], max_s: float = 12.0, gap_s: float = 0.3) -> None:
+    """A few representative clips of one speaker joined by short silences (one file to listen to)."""
+    from .audio import write_wav
+
+    rate = 16000
+    parts: list[np.ndarray] = []
+    total = 0.0
+    for clip in clips:
+        samples, clip_rate = _load_samples(clip, rate)
+        if clip_rate != rate:
+            import librosa
+
+            samples = librosa.resample(samples, orig_sr=clip_rate, target_sr=rate)
+        if parts and total + len(samples) / rate > max_s:
+            break
+        if parts:
+            parts.append(np.zeros(int(gap_s * rate), dtype=np.float32))
+        parts.append(samples[: int(max_s * rate)])
+        total += len(samples) / rate + gap_s
+    write_wav(path, np.concatenate(parts) if parts else np.zeros(rate // 10, dtype=np.float32), rate)
+
+
+def cluster_speakers(
+    clips: Sequence[Clip],
+    embeddings: np.ndarray,
+    *,
+    method: str = "hdbscan",
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+    min_cluster_size: int = 3,
+    corrections: Corrections | None = None,
+    seed: int = 0,
+) -> tuple[Clustering, Assignment]:
+    """Cluster, then apply the corrections: the whole decision, without any file output."""
+    clustering = cluster_embeddings(embeddings, method, min_speakers, max_speakers, min_cluster_size, seed)
+    assignment = apply_corrections([c.file_name for c in clips], embeddings, clustering, corrections or Corrections())
+    return clustering, assignment
+
+
+def summarise(clustering: Clustering, assignment: Assignment, clips: Sequence[Clip], backend: str) -> dict[str, Any]:
+    """Metrics for `metrics/<code>/speakers.json` (dvc metrics show)."""
+    counts = {str(s): int((assignment.labels == s).sum()) for s in range(assignment.n_speakers)}
+    return {
+        "speakers": assignment.n_speakers,
+        "clusters_automatic": clustering.n_clusters,
+        "clips": len(clips),
+        "clips_per_speaker": counts,
+        "named_speakers": int(sum(assignment.named)),
+        "pinned_clips": int(assignment.pinned.sum()),
+        "mean_confidence": round(float(np.mean(assignment.confidence)), 4) if len(clips) else 0.0,
+        "uncertain_clips": int(assignment.uncertain.sum()),
+        "noise_clips": clustering.noise,
+        "silhouette": None if clustering.silhouette is None else round(clustering.silhouette, 4),
+        "hours": round(sum(c.duration_s for c in clips) / 3600, 4),
+        "method": clustering.method,
+        "backend": backend,
+    }
+
+
+def write_outputs(
+    output_dir: Path,
+    clips: Sequence[Clip],
+    embeddings: np.ndarray,
+    clustering: Clustering,
+    assignment: Assignment,
+    metrics: dict[str, Any],
+    *,
+    corrections: Corrections | None = None,
+    review_clips: int = 5,
+    corrections_file: Path | None = None,
+) -> None:
+    """Write the whole output directory atomically (a crash leaves the previous one intact)."""
+    from .fsutil import atomic_directory, write_json
+    from .speaker_review import render_review_page
+
+    with atomic_directory(output_dir) as tmp:
+        np.save(tmp / EMBEDDINGS_FILE, embeddings.astype(np.float32))
+        write_json(tmp / INDEX_FILE, [c.file_name for c in clips])
+        write_json(tmp / SPEAKER_IDS_FILE, speaker_ids_document(assignment, clips))
+        (tmp / SAMPLES_DIR).mkdir()
+        for sid in range(assignment.n_speakers):
+            representative, _ = ranked_members(embeddings, assignment, sid)
+            write_cluster_sample(tmp / SAMPLES_DIR / f"speaker_{sid}_sample.wav", [clips[i] for i in representative[:3]])
+        html = render_review_page(
+            clips,
+            embeddings,
+            clustering,
+            assignment,
+            metrics,
+            corrections=corrections or Corrections(),
+            per_speaker=review_clips,
+            corrections_file=corrections_file,
+            load_samples=_load_samples,
+        )
+        (tmp / REVIEW_FILE).write_text(html, encoding="utf-8")
+
+
+def run_speakers(
+    metadata_csv: Path,
+    audio_dir: Path,
+    output_dir: Path,
+    *,
+    backend: str = "resemblyzer",
+    model: str | None = None,
+    method: str = "hdbscan",
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+    min_cluster_size: int = 3,
+    review_clips: int = 5,
+    corrections_file: Path | None = None,
+    cache_root: Path | None = None,
+    metrics_file: Path | None = None,
+    embedder: SpeakerEmbedder | None = None,
+    device: str = "cpu",
+) -> SpeakersResult:
+    """The stage, as one function: read clips, embed (cached), cluster, correct, write."""
+    from .embeddings import get_embedder
+    from .fsutil import write_json
+
+    corrections = load_corrections(corrections_file) if corrections_file else Corrections()  # fail early
+    clips = load_clips(metadata_csv, audio_dir)
+    embedder = embedder or get_embedder(backend, model, device)
+    X = embed_clips(clips, embedder, cache_root, backend, model)
+    clustering, assignment = cluster_speakers(
+        clips,
+        X,
+        method=method,
+        min_speakers=min_speakers,
+        max_speakers=max_speakers,
+        min_cluster_size=min_cluster_size,
+        corrections=corrections,
+    )
+    metrics = summarise(clustering, assignment, clips, backend)
+    write_outputs(
+        output_dir,
+        clips,
+        X,
+        clustering,
+        assignment,
+        metrics,
+        corrections=corrections,
+        review_clips=review_clips,
+        corrections_file=corrections_file,
+    )
+    if metrics_file:
+        write_json(metrics_file, metrics)
+    return SpeakersResult(clips, X, clustering, assignment, metrics)
+
+
+# --------------------------------------------------------------------------- review server
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files of the output directory; request lines go to the debug log, not stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("review server: " + format, *args)
+
+
+def make_review_server(directory: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for the output directory on 127.0.0.1 (port 0 = any free port)."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+
+
+def serve_review(directory: Path, port: int = 0, open_browser: bool = True) -> None:
+    """Serve review.html until Ctrl-C and print its URL."""
+    page = directory / REVIEW_FILE
+    if not page.is_file():
+        raise PipelineError(f"{page}: no review page yet; run `tts-pipeline speakers --config ...` first")
+    server = make_review_server(directory, port)
+    url = f"http://127.0.0.1:{server.server_address[1]}/{REVIEW_FILE}"
+    print(f"speaker review page: {url}  (Ctrl-C to stop)", flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action", nargs="?", choices=["run", "review"], default="run",
+        help="run: embed, cluster, write outputs (default); review: serve the review page",
+    )
+    parser.add_argument("--audio_dir", metavar="DIR", help="preprocessed dir (file_name is relative to it)")
+    parser.add_argument("--metadata_csv", metavar="FILE", help="default: <audio_dir>/metadata.csv")
+    parser.add_argument("--output_dir", metavar="DIR", help="default: paths.speaker_analysis")
+    parser.add_argument("--metrics_file", metavar="FILE", help="default: <paths.metrics>/speakers.json")
+    parser.add_argument("--corrections", metavar="FILE", help="default: languages/<code>.speakers.yaml")
+    parser.add_argument("--port", type=int, default=0, help="review: port on 127.0.0.1 (default: any free port)")
+    parser.add_argument("--no-browser", action="store_true", help="review: only print the URL")
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int | None:
+    output_dir = Path(getattr(args, "output_dir", None) or cfg.paths.speaker_analysis)
+    if getattr(args, "action", "run") == "review":
+        serve_review(output_dir, getattr(args, "port", 0) or 0, not getattr(args, "no_browser", False))
+        return 0
+    audio_dir = Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed)
+    metadata_csv = Path(getattr(args, "metadata_csv", None) or audio_dir / "metadata.csv")
+    if not metadata_csv.is_file() and not getattr(args, "metadata_csv", None):
+        metadata_csv = Path(cfg.paths.preprocessed) / "metadata.csv"
+    metrics_file = Path(getattr(args, "metrics_file", None) or Path(cfg.paths.metrics) / "speakers.json")
+    corrections_file = Path(getattr(args, "corrections", None) or corrections_path(cfg))
+    sd = cfg.speaker_diarization
+    result = run_speakers(
+        metadata_csv,
+        audio_dir,
+        output_dir,
+        backend=sd.backend,
+        model=sd.model,
+        method=sd.clustering_method,
+        min_speakers=sd.min_speakers,
+        max_speakers=sd.max_speakers,
+        min_cluster_size=sd.min_cluster_size,
+        review_clips=sd.review_clips_per_speaker,
+        corrections_file=corrections_file,
+        cache_root=Path(cfg.paths.cache) / "speakers",
+        metrics_file=metrics_file,
+    )
+    m = result.metrics
+    print(
+        f"speakers: {m['speakers']} speaker(s) in {m['clips']} clips "
+        f"({m['named_speakers']} named, {m['uncertain_clips']} uncertain, mean confidence {m['mean_confidence']:.2f}) "
+        f"-> {output_dir}; review: tts-pipeline speakers review --config {cfg.config_path}"
+    )
+    return 0

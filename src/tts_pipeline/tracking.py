@@ -1,0 +1,156 @@
+"""MLflow tracking that can never stop a training run.
+
+Store: `MLFLOW_TRACKING_URI` when set, else the embedded `sqlite:///mlflow.db` in the working
+directory (MLflow 3's default; gitignored), browsed with `mlflow ui`. The run is tagged with the
+DVC experiment (`DVC_EXP_NAME`, which `dvc exp run` sets for the command it runs; also
+`DVC_EXP_BASELINE_REV` and `DVC_STAGE`) and the git revision. Params are the effective config,
+flattened; nothing is read from the environment into params, and URLs lose any user:password.
+
+Every MLflow call goes through `_safe`: the first failure is logged as a warning and tracking
+switches itself off for the rest of the run, so a broken or unreachable store costs a warning,
+not a training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+#: Environment variables DVC sets for the commands of `dvc exp run` / `dvc repro`.
+DVC_ENV_TAGS = {
+    "DVC_EXP_NAME": "dvc.exp_name",
+    "DVC_EXP_BASELINE_REV": "dvc.baseline_rev",
+    "DVC_STAGE": "dvc.stage",
+}
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|credential)", re.IGNORECASE)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def git_revision(cwd: str | Path | None = None) -> str | None:
+    """HEAD's commit (with `-dirty` when the tree has changes), or None outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev}-dirty" if dirty else rev
+
+
+def scrub(value: Any) -> Any:
+    """Remove credentials embedded in URLs (https://user:token@host -> https://host)."""
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(r"\g<scheme>", value)
+    return value
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"training": {"lr": 1e-4}} -> {"training.lr": "0.0001"}; secret-looking keys dropped.
+
+    Values are strings cut to MLflow's 6000-character limit.
+    """
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if _SECRET_KEY.search(str(key)) and not str(key).endswith("_env"):
+            continue
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = str(scrub(value))[:6000]
+    return flat
+
+
+def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
+    tags = {tag: os.environ[env] for env, tag in DVC_ENV_TAGS.items() if os.environ.get(env)}
+    rev = git_revision()
+    if rev:
+        tags["git.revision"] = rev
+        tags["mlflow.source.git.commit"] = rev.removesuffix("-dirty")
+    tags.update(extra or {})
+    return tags
+
+
+class Tracker:
+    """One MLflow run (or nothing, when disabled or broken). Safe to call in any state."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self._mlflow: Any = None
+
+    def _safe(self, what: str, fn: Callable[[], Any]) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - tracking must never kill training
+            log.warning(
+                "MLflow %s failed (%s: %s); continuing without tracking", what, type(exc).__name__, exc
+            )
+            self.enabled = False
+            return None
+
+    def start(
+        self,
+        experiment: str,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        resume_run_id: str | None = None,
+    ) -> str | None:
+        """Start (or, with `resume_run_id`, continue) a run; returns its id."""
+
+        def _start() -> str:
+            import mlflow
+
+            self._mlflow = mlflow
+            mlflow.set_tracking_uri(tracking_uri())
+            mlflow.set_experiment(experiment)
+            run = None
+            if resume_run_id:
+                try:
+                    run = mlflow.start_run(run_id=resume_run_id)
+                except Exception as exc:  # noqa: BLE001 - e.g. another store: start a new run
+                    log.info("MLflow run %s not resumable (%s); starting a new one", resume_run_id, exc)
+            if run is None:
+                run = mlflow.start_run(run_name=run_name)
+                flat = flatten_params(params)
+                items = list(flat.items())
+                for i in range(0, len(items), 100):
+                    mlflow.log_params(dict(items[i : i + 100]))
+            mlflow.set_tags(run_tags(tags))
+            return run.info.run_id
+
+        self.run_id = self._safe("start", _start)
+        if self.run_id:
+            log.info("MLflow run %s at %s", self.run_id, tracking_uri())
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        self._safe("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
+        self._safe("log_artifacts", lambda: self._mlflow.log_artifacts(str(directory), artifact_path))
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        self._safe("log_dict", lambda: self._mlflow.log_dict(data, name))
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self._mlflow is not None:
+            self._safe("end_run", lambda: self._mlflow.end_run(status=status))
+        self.run_id = None

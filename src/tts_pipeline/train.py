@@ -1,0 +1,344 @@
+"""Stage `train`: fine-tune an MMS-TTS (VITS) voice on the dataset stage's output.
+
+    tts-pipeline train --config languages/<code>.yaml [--resume | --no-resume]
+
+Reads `data/<code>/dataset` (a `DatasetDict` with train/validation, `speakers.json`, and
+`vocab.json` when `training.base_model` is null), writes the final model directory
+(`models/<code>/model`: save_pretrained + tokenizer + speakers.json + training_info.json),
+checkpoints (`models/<code>/checkpoints`, a persisted DVC output: each `checkpoint-<step>/`
+holds a loadable `model/` and the training `state/`, plus `index.json`), the metrics JSON and
+the `train_curve.tsv` plot beside it, and an MLflow run.
+
+Resuming: by default (and so under `dvc repro`) training continues from the latest checkpoint
+when its configuration fingerprint (training settings that change the trajectory, the
+dataset's fingerprint, the base model) matches; otherwise it starts over and removes the stale
+checkpoints. `--resume` insists on resuming (error if there is no checkpoint; a warning if the
+settings changed); `--no-resume` always starts over. The loop lives in `vits/trainer.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import fsutil, modeling
+from .config import Config
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+#: Training settings that do not change the trajectory of a run: a checkpoint made under other
+#: values of these can still be resumed (e.g. raising max_steps continues a finished run).
+RESUMABLE_ACROSS = {
+    "num_epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
+    "eval_max_clips", "eval_samples", "num_workers", "max_nonfinite_steps", "mlflow",
+}  # fmt: skip
+CURVE_COLUMNS = [
+    "step", "epoch", "lr", "loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial",
+    "feature_matching", "grad_norm_gen", "grad_norm_disc", "val_loss", "val_mel_l1", "val_kl",
+    "val_duration", "steps_per_s", "peak_memory_mb", "nonfinite",
+]  # fmt: skip
+
+
+@dataclass
+class TrainPaths:
+    dataset: Path
+    output_dir: Path
+    checkpoint_dir: Path
+    metrics_file: Path
+
+    @property
+    def curve_file(self) -> Path:
+        return self.metrics_file.parent / "train_curve.tsv"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: int
+    model_dir: Path
+    metrics: dict[str, Any]
+    resumed_from: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset_path", default=None, help="dataset directory (default: paths.hf_dataset)")
+    parser.add_argument("--output_dir", default=None, help="final model directory (default: paths.model)")
+    parser.add_argument("--checkpoint_dir", default=None, help="checkpoints (default: paths.checkpoints)")
+    parser.add_argument(
+        "--metrics_file", default=None, help="metrics JSON (default: paths.metrics/train.json)"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", dest="resume", action="store_true", default=None,
+                       help="continue from the latest checkpoint (error if none)")  # fmt: skip
+    group.add_argument("--no-resume", dest="resume", action="store_false",
+                       help="start over (removes existing checkpoints)")  # fmt: skip
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    paths = TrainPaths(
+        dataset=Path(args.dataset_path or cfg.paths.hf_dataset),
+        output_dir=Path(args.output_dir or cfg.paths.model),
+        checkpoint_dir=Path(args.checkpoint_dir or cfg.paths.checkpoints),
+        metrics_file=Path(args.metrics_file or Path(cfg.paths.metrics) / "train.json"),
+    )
+    result = train(cfg, paths, resume=args.resume)
+    val = result.metrics.get("val_loss")
+    print(
+        f"trained {result.steps} steps ({result.epochs} epochs)"
+        + (f", resumed from step {result.resumed_from}" if result.resumed_from else "")
+        + f"; mel L1 {result.metrics.get('mel_l1', float('nan')):.3f}"
+        + (f", validation loss {val:.3f}" if val is not None else "")
+        + f"; model in {result.model_dir}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def build_generator(cfg: Config, dataset_path: Path, num_speakers: int, workdir: Path):
+    """(VitsModel, VitsTokenizer) from `training.base_model`, or a scratch model + dataset vocab."""
+    s = cfg.training
+    if s.base_model is None:
+        vocab_file = dataset_path / "vocab.json"
+        if not vocab_file.is_file():
+            raise PipelineError(
+                f"{vocab_file}: missing; training.base_model is null, so the dataset must provide vocab.json"
+            )
+        vocab = fsutil.read_json(vocab_file)
+        if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
+            raise PipelineError(f"{vocab_file}: expected a flat {{character: id}} map with ids 0..n-1")
+        tokenizer = modeling.make_tokenizer(vocab, workdir / "tokenizer")
+        model = modeling.build_scratch_model(s.scratch_model, vocab, num_speakers, cfg.audio.sample_rate)
+        return model, tokenizer
+    from transformers import VitsTokenizer
+
+    from .vits.models import load_base_model
+
+    try:
+        tokenizer = VitsTokenizer.from_pretrained(s.base_model)
+    except OSError as exc:
+        raise PipelineError(
+            f"training.base_model {s.base_model!r}: cannot load its tokenizer ({exc})"
+        ) from None
+    model = load_base_model(s.base_model, num_speakers, s.speaker_embedding_size)
+    if int(model.config.sampling_rate) != cfg.audio.sample_rate:
+        log.warning("%s is a %d Hz model; audio.sample_rate is %d: the dataset is resampled to the model's rate",
+                    s.base_model, model.config.sampling_rate, cfg.audio.sample_rate)  # fmt: skip
+    return model, tokenizer
+
+
+def config_fingerprint(cfg: Config, dataset_fingerprints: dict[str, str], num_speakers: int) -> str:
+    """Hash of everything that makes a checkpoint resumable by this run (see RESUMABLE_ACROSS)."""
+    training = {k: v for k, v in cfg.to_dict()["training"].items() if k not in RESUMABLE_ACROSS}
+    return fsutil.sha256_json({"training": training, "sample_rate": cfg.audio.sample_rate,
+                               "dataset": dataset_fingerprints, "num_speakers": num_speakers})[:16]  # fmt: skip
+
+
+def _checkpoint_hash(checkpoint_model_dir: Path) -> str | None:
+    state_file = checkpoint_model_dir.parent / "state" / "trainer_state.json"
+    try:
+        return fsutil.read_json(state_file).get("config_hash")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def clear_checkpoints(checkpoint_dir: Path) -> None:
+    for child in checkpoint_dir.glob(f"{modeling.CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(child, ignore_errors=True)
+    (checkpoint_dir / modeling.CHECKPOINT_INDEX).unlink(missing_ok=True)
+
+
+def choose_resume(checkpoint_dir: Path, config_hash: str, resume: bool | None) -> Path | None:
+    """The checkpoint to resume from (None = start over, after removing stale checkpoints)."""
+    checkpoints = modeling.list_checkpoints(checkpoint_dir)
+    latest = checkpoint_dir / checkpoints[-1]["dir"] if checkpoints else None
+    if resume is False:
+        if latest:
+            log.info("--no-resume: removing the checkpoints in %s", checkpoint_dir)
+            clear_checkpoints(checkpoint_dir)
+        return None
+    if latest is None:
+        if resume:
+            raise PipelineError(f"{checkpoint_dir}: --resume given but there is no checkpoint to resume from")
+        return None
+    saved = _checkpoint_hash(latest / "model")
+    if saved == config_hash:
+        return latest
+    if resume:
+        log.warning(
+            "%s: settings or dataset changed since this checkpoint; resuming anyway (--resume)", latest
+        )
+        return latest
+    log.warning("%s: settings or dataset changed since the checkpoints were made; starting over "
+                "(removing them). Use --resume to continue anyway.", checkpoint_dir)  # fmt: skip
+    clear_checkpoints(checkpoint_dir)
+    return None
+
+
+def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
+    """The `dvc plots` TSV: one row per logged step, empty cells where a value is absent."""
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return ""
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    lines = ["\t".join(CURVE_COLUMNS)]
+    lines += ["\t".join(fmt(row.get(c)) for c in CURVE_COLUMNS) for row in history]
+    fsutil.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def final_metrics(state, steps_per_epoch: int) -> dict[str, Any]:
+    last = state.history[-1] if state.history else {}
+    metrics: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "steps_per_epoch": steps_per_epoch}
+    for key in ("loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial", "feature_matching", "lr"):
+        if key in last:
+            metrics[key] = round(float(last[key]), 6)
+    for key, value in state.last_eval.items():
+        metrics[key] = round(float(value), 6)
+    metrics["best_val_loss"] = None if state.best_val_loss is None else round(state.best_val_loss, 6)
+    metrics["best_step"] = state.best_step
+    metrics["nonfinite_steps"] = state.total_nonfinite
+    metrics["train_hours"] = round(state.train_seconds / 3600, 5)
+    metrics["steps_per_s"] = round(state.step / state.train_seconds, 4) if state.train_seconds else None
+    return metrics
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=None) -> TrainResult:
+    """Load data and model, train (resuming when appropriate), save model, metrics and plots."""
+    from accelerate.utils import set_seed
+
+    from .tracking import Tracker, git_revision
+    from .vits.data import dataset_speakers, load_dataset_dict, prepare_split
+    from .vits.trainer import Trainer, make_accelerator
+
+    s = cfg.training
+    if not s.discriminator_periods or any(not isinstance(p, int) or p < 1 for p in s.discriminator_periods):
+        raise PipelineError(f"{cfg.origins.get('training.discriminator_periods', cfg.params_path)}: "
+                            "training.discriminator_periods must be a list of positive integers")  # fmt: skip
+    accelerator = make_accelerator(s.mixed_precision)
+    data = load_dataset_dict(paths.dataset)
+    speakers = dataset_speakers(paths.dataset, data)
+    fingerprints = {name: str(getattr(split, "_fingerprint", "")) for name, split in data.items()}
+    config_hash = config_fingerprint(cfg, fingerprints, len(speakers))
+
+    with tempfile.TemporaryDirectory(prefix="tts-train-") as workdir:
+        set_seed(s.seed)
+        model, tokenizer = build_generator(cfg, paths.dataset, len(speakers), Path(workdir))
+        import math
+
+        rate = int(model.config.sampling_rate)
+        hop = int(math.prod(model.config.upsample_rates))
+        common = {
+            "sampling_rate": rate,
+            "hop_length": hop,
+            "max_audio_s": s.max_audio_s,
+            "num_speakers": len(speakers),
+        }
+        train_examples, train_report = prepare_split(
+            data["train"], tokenizer, where=f"{paths.dataset}[train]", **common
+        )
+        if not train_examples:
+            raise PipelineError(f"{paths.dataset}: no usable training clips (see the warnings above)")
+        val_examples, val_report = [], None
+        if "validation" in data and len(data["validation"]):
+            val_examples, val_report = prepare_split(
+                data["validation"], tokenizer, where=f"{paths.dataset}[validation]",
+                limit=max(s.eval_max_clips, s.eval_samples), **common,
+            )  # fmt: skip
+        else:
+            log.warning("%s: no validation split; 'best' checkpoints fall back to the latest", paths.dataset)
+
+        set_seed(s.seed)
+        tracker = (
+            tracker if tracker is not None else Tracker(enabled=s.mlflow and accelerator.is_main_process)
+        )
+        trainer = Trainer(s, model, tokenizer, speakers, train_examples, val_examples, paths.checkpoint_dir,
+                          config_hash=config_hash, tracker=tracker, accelerator=accelerator)  # fmt: skip
+        resumed_from = None
+        if accelerator.is_main_process:
+            paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = choose_resume(paths.checkpoint_dir, config_hash, resume)
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint)
+            resumed_from = trainer.state.step
+            log.info(
+                "resuming from %s (step %d, epoch %d)", checkpoint, trainer.state.step, trainer.state.epoch
+            )
+        log.info("training %s: %d train / %d validation clips, %d speaker(s), batch %d x %d accumulation, "
+                 "%d steps (%d per epoch), device %s, precision %s, generator %.2f M / discriminator %.2f M params",
+                 s.base_model or "a scratch model", len(train_examples), len(val_examples), len(speakers),
+                 trainer.state.batch_size, s.gradient_accumulation_steps, trainer.total_steps(),
+                 trainer.steps_per_epoch(), accelerator.device, accelerator.mixed_precision,
+                 trainer.summary["generator_parameters"] / 1e6,
+                 trainer.summary["discriminator_parameters"] / 1e6)  # fmt: skip
+
+        run_id = tracker.start(
+            experiment=f"tts-pipeline-{cfg.code}",
+            run_name=f"train-{cfg.code}",
+            params={
+                **cfg.to_dict(),
+                "effective": {"batch_size": trainer.state.batch_size, **trainer.summary},
+            },
+            tags={"language": cfg.code, "base_model": str(s.base_model)},
+            resume_run_id=trainer.state.mlflow_run_id,
+        )
+        trainer.state.mlflow_run_id = run_id or trainer.state.mlflow_run_id
+        status = "FAILED"
+        started = time.time()
+        try:
+            state = trainer.fit()
+            status = "FINISHED"
+        finally:
+            if status != "FINISHED":
+                tracker.end(status)
+        accelerator.wait_for_everyone()
+
+        metrics = final_metrics(state, trainer.steps_per_epoch())
+        info = {
+            "base_model": s.base_model,
+            "steps": state.step,
+            "epochs": state.epoch,
+            "resumed_from": resumed_from,
+            "config_hash": config_hash,
+            "dataset": str(paths.dataset),
+            "dataset_fingerprints": fingerprints,
+            "train_split": train_report.to_dict(),
+            "validation_split": val_report.to_dict() if val_report else None,
+            "speakers": len(speakers),
+            "batch_size": state.batch_size,
+            "gradient_accumulation_steps": s.gradient_accumulation_steps,
+            "mixed_precision": accelerator.mixed_precision,
+            "device": str(accelerator.device),
+            "sampling_rate": rate,
+            "git_revision": git_revision(),
+            "mlflow_run_id": state.mlflow_run_id,
+            "wall_seconds_this_run": round(time.time() - started, 1),
+            "metrics": metrics,
+            **trainer.summary,
+        }
+        if accelerator.is_main_process:
+            with fsutil.atomic_directory(paths.output_dir) as tmp:
+                trainer.save_model(tmp, extra_info=info)
+            fsutil.write_json(paths.metrics_file, metrics)
+            write_curve(paths.curve_file, state.history)
+            tracker.log_metrics(
+                {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, state.step
+            )
+            tracker.log_dict(info, "training_info.json")
+            tracker.end("FINISHED")
+    log.info("model saved to %s", paths.output_dir)
+    return TrainResult(steps=state.step, epochs=state.epoch, model_dir=paths.output_dir, metrics=metrics,
+                       resumed_from=resumed_from, info=info)  # fmt: skip

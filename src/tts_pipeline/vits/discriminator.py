@@ -1,0 +1,180 @@
+"""HiFi-GAN discriminator as VITS uses it: multi-period (2, 3, 5, 7, 11) + multi-scale.
+
+Layout and parameter names follow the original VITS `MultiPeriodDiscriminator`
+(`discriminators.0` = the scale discriminator on raw audio, then one period discriminator per
+period; extra scales, on 2x/4x average-pooled audio as in HiFi-GAN's MSD, come after), so a
+converted VITS/MMS `D_*.pth` or a finetune-hf-vits discriminator loads with
+`load_discriminator_checkpoint` (old-style `weight_g/weight_v` names are mapped to the torch
+parametrization names). `width` scales every channel count: 1.0 is the 46.7 M-parameter original;
+tests and the CPU demo use a small fraction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+LRELU_SLOPE = 0.1
+_PERIOD_CHANNELS = [32, 128, 512, 1024, 1024]
+# (out_channels, kernel, stride, groups, padding) of the scale discriminator's convolutions
+_SCALE_LAYERS = [(16, 15, 1, 1, 7), (64, 41, 4, 4, 20), (256, 41, 4, 16, 20), (1024, 41, 4, 64, 20),
+                 (1024, 41, 4, 256, 20), (1024, 5, 1, 1, 2)]  # fmt: skip
+
+
+@dataclass
+class DiscriminatorConfig:
+    periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
+    scales: int = 1  # VITS uses 1 scale discriminator; HiFi-GAN uses 3 (audio, x2 pooled, x4 pooled)
+    width: float = 1.0  # channel multiplier
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"periods": list(self.periods), "scales": self.scales, "width": self.width}
+
+
+def _wn(module: nn.Module) -> nn.Module:
+    return nn.utils.parametrizations.weight_norm(module)
+
+
+def _ch(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class PeriodDiscriminator(nn.Module):
+    """Reshapes audio to (T/p, p) and applies 2-D convolutions along time (HiFi-GAN MPD)."""
+
+    def __init__(self, period: int, width: float = 1.0, kernel_size: int = 5, stride: int = 3):
+        super().__init__()
+        self.period = period
+        channels = [1] + [_ch(c, width) for c in _PERIOD_CHANNELS]
+        pad = (kernel_size - 1) // 2
+        self.convs = nn.ModuleList()
+        for i in range(len(_PERIOD_CHANNELS)):
+            s = stride if i < len(_PERIOD_CHANNELS) - 1 else 1
+            self.convs.append(
+                _wn(nn.Conv2d(channels[i], channels[i + 1], (kernel_size, 1), (s, 1), (pad, 0)))
+            )
+        self.conv_post = _wn(nn.Conv2d(channels[-1], 1, (3, 1), 1, (1, 0)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fmap = []
+        b, c, t = x.shape
+        if t % self.period:
+            pad = self.period - (t % self.period)
+            x = nn.functional.pad(x, (0, pad), "reflect")
+            t = t + pad
+        x = x.view(b, c, t // self.period, self.period)
+        for conv in self.convs:
+            x = nn.functional.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return torch.flatten(x, 1, -1), fmap
+
+
+class ScaleDiscriminator(nn.Module):
+    """Grouped 1-D convolutions on (optionally average-pooled) audio (HiFi-GAN MSD)."""
+
+    def __init__(self, width: float = 1.0, pool: int = 1):
+        super().__init__()
+        self.pool = nn.AvgPool1d(pool * 2, pool, padding=pool) if pool > 1 else nn.Identity()
+        self.convs = nn.ModuleList()
+        in_ch = 1
+        for out, kernel, stride, groups, padding in _SCALE_LAYERS:
+            out_ch = _ch(out, width)
+            g = math.gcd(math.gcd(in_ch, out_ch), groups)
+            self.convs.append(_wn(nn.Conv1d(in_ch, out_ch, kernel, stride, groups=g, padding=padding)))
+            in_ch = out_ch
+        self.conv_post = _wn(nn.Conv1d(in_ch, 1, 3, 1, padding=1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fmap = []
+        x = self.pool(x)
+        for conv in self.convs:
+            x = nn.functional.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return torch.flatten(x, 1, -1), fmap
+
+
+class VitsDiscriminator(nn.Module):
+    """All sub-discriminators; `forward(real, fake)` returns scores and feature maps of both."""
+
+    def __init__(self, config: DiscriminatorConfig | None = None):
+        super().__init__()
+        self.config = config or DiscriminatorConfig()
+        subs: list[nn.Module] = [ScaleDiscriminator(self.config.width)]
+        subs += [PeriodDiscriminator(p, self.config.width) for p in self.config.periods]
+        subs += [ScaleDiscriminator(self.config.width, pool=2**i) for i in range(1, self.config.scales)]
+        self.discriminators = nn.ModuleList(subs)
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor):
+        """real, fake: (B, 1, T) -> (scores_real, scores_fake, fmaps_real, fmaps_fake), one per sub."""
+        scores_r, scores_g, fmaps_r, fmaps_g = [], [], [], []
+        for disc in self.discriminators:
+            s_r, f_r = disc(real)
+            s_g, f_g = disc(fake)
+            scores_r.append(s_r)
+            scores_g.append(s_g)
+            fmaps_r.append(f_r)
+            fmaps_g.append(f_g)
+        return scores_r, scores_g, fmaps_r, fmaps_g
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map old-style weight-norm names (`weight_g`, `weight_v`) and prefixes to ours."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "model.", "discriminator."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        if key.endswith(".weight_g"):
+            key = key[: -len(".weight_g")] + ".parametrizations.weight.original0"
+        elif key.endswith(".weight_v"):
+            key = key[: -len(".weight_v")] + ".parametrizations.weight.original1"
+        out[key] = value
+    return out
+
+
+def load_discriminator_checkpoint(discriminator: VitsDiscriminator, path: str | Path) -> None:
+    """Load a converted discriminator (.safetensors, or a torch file with an optional "model" key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: training.discriminator_checkpoint not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+                state = state["model"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise PipelineError(f"{path}: cannot read discriminator checkpoint: {exc}") from None
+    state = convert_state_dict(state)
+    own = discriminator.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise PipelineError(
+            f"{path}: discriminator shapes differ from training.discriminator_* settings "
+            f"(e.g. {mismatched[0]}: {tuple(state[mismatched[0]].shape)} vs {tuple(own[mismatched[0]].shape)}); "
+            "use width 1.0 and periods [2, 3, 5, 7, 11] for VITS/MMS checkpoints"
+        )
+    result = discriminator.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        log.warning("%s: %d discriminator weights missing (kept fresh), e.g. %s",
+                    path, len(result.missing_keys), result.missing_keys[0])  # fmt: skip
+    if result.unexpected_keys:
+        log.warning("%s: %d unexpected keys ignored, e.g. %s", path, len(result.unexpected_keys),
+                    result.unexpected_keys[0])  # fmt: skip

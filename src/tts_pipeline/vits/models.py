@@ -1,0 +1,104 @@
+"""Build the generator (VitsModel) for training, with the speaker table the dataset needs.
+
+Fine-tuning a single-speaker MMS checkpoint on a multi-speaker dataset adds conditioning layers
+(speaker embedding -> every WaveNet, the decoder and the duration predictor). Loading that with
+`from_pretrained(num_speakers=N)` leaves the new weight-normed layers NaN, so we build
+`VitsModel(new_config)`, copy every weight whose name and shape match, and initialise the new
+layers ourselves: conditioning projections at zero (the fine-tuned model starts out exactly
+as the base model speaks, then learns speaker differences), the embedding table N(0, 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+
+from ..errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPEAKER_EMBEDDING = 256  # VITS's multi-speaker (VCTK) width
+
+
+def prepare_for_training(model) -> None:
+    """No layerdrop (it would skip encoder layers at random), weight norm on the decoder."""
+    model.config.layerdrop = 0.0
+    model.text_encoder.encoder.layerdrop = 0.0
+    if not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.decoder.modules()):
+        model.decoder.apply_weight_norm()
+    model.train()
+
+
+def init_new_weights(model, new_keys: list[str]) -> None:
+    """Initialise weights that the base checkpoint did not have (see module docstring)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key in new_keys:
+            param = params.get(key)
+            if param is None:
+                continue
+            if key.startswith("embed_speaker."):
+                param.normal_(0.0, 1.0)
+            elif key.endswith("original1"):  # weight-norm direction: any finite non-zero value
+                torch.nn.init.normal_(param, 0.0, 0.02)
+            else:  # plain weights, biases and weight-norm magnitudes of conditioning layers
+                param.zero_()
+
+
+def assert_finite(model, where: str) -> None:
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise PipelineError(f"{where}: {len(bad)} weights are NaN/inf after loading (e.g. {bad[0]})")
+
+
+def load_base_model(name: str, num_speakers: int, speaker_embedding_size: int | None = None):
+    """`VitsModel` from a hub id or local path, resized to `num_speakers` when it has a different count."""
+    from transformers import VitsModel
+
+    try:
+        base = VitsModel.from_pretrained(name)
+    except OSError as exc:
+        raise PipelineError(f"training.base_model {name!r}: cannot load ({exc})") from None
+    config = base.config
+    if num_speakers <= 1 or config.num_speakers == num_speakers:
+        if num_speakers <= 1 and config.num_speakers > 1:
+            log.info(
+                "%s has %d speakers; the single-speaker dataset trains speaker 0", name, config.num_speakers
+            )
+        assert_finite(base, str(name))
+        return base
+    new_config = copy.deepcopy(config)
+    new_config.num_speakers = num_speakers
+    if not new_config.speaker_embedding_size:
+        new_config.speaker_embedding_size = int(speaker_embedding_size or DEFAULT_SPEAKER_EMBEDDING)
+    log.info("%s: %d -> %d speakers (speaker embedding width %d)", name, config.num_speakers, num_speakers,
+             new_config.speaker_embedding_size)  # fmt: skip
+    model = VitsModel(new_config)
+    own = model.state_dict()
+    loadable = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loadable, strict=False)
+    new_keys = [k for k in own if k not in loadable]
+    init_new_weights(model, new_keys)
+    log.info(
+        "initialised %d new weights (%s)",
+        len(new_keys),
+        ", ".join(sorted({k.split(".")[0] for k in new_keys})),
+    )
+    assert_finite(model, str(name))
+    return model
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_summary(model, discriminator) -> dict[str, Any]:
+    return {
+        "generator_parameters": parameter_count(model),
+        "discriminator_parameters": parameter_count(discriminator),
+        "num_speakers": int(model.config.num_speakers),
+        "speaker_embedding_size": int(model.config.speaker_embedding_size),
+    }

@@ -1,0 +1,616 @@
+"""The VITS training loop: discriminator step then generator step, checkpoints, evaluation.
+
+One optimiser step consumes `gradient_accumulation_steps` batches. For each batch the
+discriminator loss (real vs. detached generated audio) is back-propagated; on the last batch
+of the group the discriminator steps first, then the generator losses (mel L1, KL, duration
+NLL, LSGAN adversarial, feature matching: weights from `training.weight_*`) are computed
+against the *updated* discriminator and the generator steps, as in VITS. With accumulation 1
+this is exactly VITS's order. Both optimisers are AdamW (betas from the config), with a
+linear warm-up over `warmup_steps` and then `lr_decay ** steps` exponential decay; gradients
+are clipped to `max_grad_norm`. A step whose loss (or, in fp32/bf16, gradient norm) is NaN or
+inf is skipped for the optimiser concerned and counted; `max_nonfinite_steps` in a row stop the
+run with an error.
+
+Resuming is exact: the checkpoint holds both models (weight-norm parametrisations included),
+both optimisers and schedulers, the fp16 grad scaler, the python/numpy/torch/CUDA RNG states,
+and the position in the epoch; batches are a pure function of (seed, epoch), evaluation and
+sample synthesis run under a forked RNG. So k steps + resume to N equals N straight steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import resource
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import fsutil, modeling
+from ..errors import PipelineError
+from . import losses
+from .data import Example, collate, epoch_batches
+from .discriminator import DiscriminatorConfig, VitsDiscriminator, load_discriminator_checkpoint
+from .generator import Batch, GeneratorOutput, training_forward
+from .models import model_summary, prepare_for_training
+from .spectrogram import SpectrogramConfig
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+MODEL_DIR = "model"
+TRAINER_STATE = "trainer_state.json"
+
+#: Activation memory per second of audio in a batch item, for automatic batch sizes on CUDA.
+#: Measured on CPU with the MMS-size model (192 hidden, 46.7 M discriminator, segment 8192) as the
+#: peak-memory growth per second of audio of a forward+backward, with a 1.5x margin for the
+#: allocator/cuDNN workspaces; halved activations under fp16/bf16 autocast are not assumed.
+CUDA_BYTES_PER_AUDIO_SECOND = 160 * 2**20
+CUDA_RESERVED_BYTES = int(1.5 * 2**30)  # CUDA context, cuDNN workspaces, fragmentation
+CPU_DEFAULT_BATCH_SIZE = 4
+MAX_AUTO_BATCH_SIZE = 64
+
+
+def auto_batch_size(device: torch.device, max_item_seconds: float, num_parameters: int) -> int:
+    """Batch size when `training.batch_size` is null.
+
+    CUDA: `(free memory - reserved - 16 bytes per parameter) / (bytes per audio second x the
+    longest clip in seconds)`, clamped to [1, 64]. 16 bytes per parameter = fp32 weight, gradient
+    and AdamW's two moments, for generator + discriminator; `CUDA_BYTES_PER_AUDIO_SECOND` is the
+    per-item activation estimate (see its comment). CPU: a small fixed default (4); CPU training
+    is for tests and the demo, where the step time, not memory, is the limit.
+    """
+    if device.type != "cuda":
+        return CPU_DEFAULT_BATCH_SIZE
+    free, _total = torch.cuda.mem_get_info(device)
+    budget = free - CUDA_RESERVED_BYTES - 16 * num_parameters
+    per_item = CUDA_BYTES_PER_AUDIO_SECOND * max(1.0, max_item_seconds)
+    return int(min(MAX_AUTO_BATCH_SIZE, max(1, budget // per_item)))
+
+
+def make_accelerator(mixed_precision: str, num_processes_hint: int = 1):
+    """An `accelerate.Accelerator`; fp16 without CUDA falls back to fp32 with a warning."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        log.warning("training.mixed_precision fp16 needs CUDA; training in fp32 on this CPU instead")
+        mixed_precision = "no"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        # a second training in the same process (tests, notebooks) with another precision
+        AcceleratorState._reset_state()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
+
+
+class GeneratorTrainingModule(torch.nn.Module):
+    """Wraps VitsModel so that the training forward goes through `forward` (needed by DDP)."""
+
+    def __init__(self, model, spec_config: SpectrogramConfig, segment_frames: int):
+        super().__init__()
+        self.model = model
+        self.spec_config = spec_config
+        self.segment_frames = segment_frames
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> GeneratorOutput:
+        return training_forward(self.model, batch, self.spec_config, self.segment_frames, generator)
+
+
+@dataclass
+class TrainerState:
+    """Everything about the loop's position that a resumed run needs (JSON-able)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    consecutive_nonfinite: int = 0
+    total_nonfinite: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    batch_size: int = 0
+    config_hash: str = ""
+    mlflow_run_id: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].copy()),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],  # fmt: skip
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+class Trainer:
+    """Holds models, optimisers and the loop state. See the module docstring for the algorithm."""
+
+    def __init__(
+        self,
+        settings,
+        model,
+        tokenizer,
+        speakers: dict[int, dict[str, Any]],
+        train_examples: list[Example],
+        val_examples: list[Example],
+        checkpoint_dir: str | Path,
+        *,
+        config_hash: str = "",
+        tracker=None,
+        accelerator=None,
+    ):
+        self.s = settings
+        self.tokenizer = tokenizer
+        self.speakers = speakers
+        self.train_examples = train_examples
+        self.val_examples = val_examples
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.tracker = tracker
+        self.accelerator = accelerator or make_accelerator(settings.mixed_precision)
+        self.device = self.accelerator.device
+
+        prepare_for_training(model)
+        self.spec_config = SpectrogramConfig.from_model_config(
+            model.config, n_mels=settings.mel_bins, fmin=settings.mel_fmin, fmax=settings.mel_fmax
+        )
+        hop = self.spec_config.hop_length
+        self.segment_frames = max(1, settings.segment_size // hop)
+        self.discriminator = VitsDiscriminator(
+            DiscriminatorConfig(
+                list(settings.discriminator_periods),
+                settings.discriminator_scales,
+                settings.discriminator_width,
+            )  # fmt: skip
+        )
+        if settings.discriminator_checkpoint:
+            load_discriminator_checkpoint(self.discriminator, settings.discriminator_checkpoint)
+        self.summary = model_summary(model, self.discriminator)
+
+        def adamw(module):
+            return torch.optim.AdamW(
+                module.parameters(), lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
+                eps=1e-9, weight_decay=settings.weight_decay,
+            )  # fmt: skip
+
+        gen_module = GeneratorTrainingModule(model, self.spec_config, self.segment_frames)
+        opt_g, opt_d = adamw(model), adamw(self.discriminator)
+        self.gen, self.disc, self.opt_g, self.opt_d = self.accelerator.prepare(
+            gen_module, self.discriminator, opt_g, opt_d
+        )
+        warmup, decay = settings.warmup_steps, settings.lr_decay
+
+        def schedule(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            return decay ** (step - warmup)
+
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
+        self.state = TrainerState(config_hash=config_hash)
+        max_seconds = max((e.num_samples for e in train_examples), default=0) / self.spec_config.sampling_rate
+        self.state.batch_size = settings.batch_size or auto_batch_size(
+            self.device,
+            max_seconds,
+            self.summary["generator_parameters"] + self.summary["discriminator_parameters"],
+        )
+        self._since_log: dict[str, float] = defaultdict(float)
+        self._steps_since_log = 0
+        self._time_since_log = 0.0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def model(self):
+        """The bare VitsModel (with decoder weight norm)."""
+        return self.accelerator.unwrap_model(self.gen).model
+
+    @property
+    def bare_discriminator(self) -> VitsDiscriminator:
+        return self.accelerator.unwrap_model(self.disc)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def batches_for_epoch(self, epoch: int) -> list[list[int]]:
+        lengths = [e.num_samples for e in self.train_examples]
+        return epoch_batches(lengths, self.state.batch_size, self.s.seed, epoch,
+                             self.accelerator.num_processes, self.accelerator.process_index)  # fmt: skip
+
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.batches_for_epoch(0)) / self.s.gradient_accumulation_steps))
+
+    def total_steps(self) -> int:
+        total = self.s.num_epochs * self.steps_per_epoch()
+        return min(total, self.s.max_steps) if self.s.max_steps else total
+
+    # ------------------------------------------------------------------ one step
+    def _clip(self, module, optimizer) -> torch.Tensor:
+        scaler = self.accelerator.scaler
+        if scaler is not None:
+            scaler.unscale_(optimizer.optimizer)
+        params = [p for p in module.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros(())
+        return torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm or float("inf"))
+
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
+        """One optimiser step over `micro_batches`; returns the (averaged) losses and norms."""
+        s, acc = self.s, self.accelerator
+        self.gen.train()
+        self.disc.train()
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        n = len(micro_batches)
+        sums: dict[str, float] = defaultdict(float)
+        bad_d = bad_g = False
+        bare_disc = self.bare_discriminator
+        for i, batch in enumerate(micro_batches):
+            last = i == n - 1
+            batch = batch.to(self.device)
+            sync = contextlib.ExitStack()
+            if not last:
+                sync.enter_context(acc.no_sync(self.gen))
+                sync.enter_context(acc.no_sync(self.disc))
+            with sync:
+                # discriminator: real vs. detached generated audio
+                with acc.autocast():
+                    out = self.gen(batch)
+                    scores_r, scores_g, _, _ = self.disc(out.target, out.generated.detach())
+                    loss_d = losses.discriminator_loss(scores_r, scores_g)
+                if _finite(loss_d):
+                    acc.backward(loss_d / n)
+                else:
+                    bad_d = True
+                sums["loss_disc"] += float(loss_d.detach()) / n
+                if last:
+                    norm_d = self._clip(self.disc, self.opt_d)
+                    sums["grad_norm_disc"] = float(norm_d)
+                    if not _finite(norm_d) and acc.scaler is None:
+                        bad_d = True
+                    if bad_d:
+                        self.opt_d.zero_grad(set_to_none=True)
+                    else:
+                        self.opt_d.step()
+                # generator: through the (updated) discriminator, which gets no gradient itself
+                bare_disc.requires_grad_(False)
+                try:
+                    with acc.autocast():
+                        _, scores_g, fmaps_r, fmaps_g = bare_disc(out.target, out.generated)
+                        loss_adv = losses.generator_adversarial_loss(scores_g)
+                        loss_fm = losses.feature_matching_loss(fmaps_r, fmaps_g)
+                    mel = out.mel_l1
+                    loss_g = (s.weight_mel * mel + s.weight_kl * out.kl.float() + s.weight_duration * out.duration.float()
+                              + s.weight_generator * loss_adv + s.weight_feature_matching * loss_fm)  # fmt: skip
+                    if _finite(loss_g):
+                        acc.backward(loss_g / n)
+                    else:
+                        bad_g = True
+                finally:
+                    bare_disc.requires_grad_(True)
+                for key, value in (("loss_gen", loss_g), ("mel_l1", mel), ("kl", out.kl), ("duration", out.duration),
+                                   ("adversarial", loss_adv), ("feature_matching", loss_fm)):  # fmt: skip
+                    sums[key] += float(value.detach()) / n
+                if last:
+                    norm_g = self._clip(self.gen, self.opt_g)
+                    sums["grad_norm_gen"] = float(norm_g)
+                    if not _finite(norm_g) and acc.scaler is None:
+                        bad_g = True
+                    if bad_g:
+                        self.opt_g.zero_grad(set_to_none=True)
+                    else:
+                        self.opt_g.step()
+        self.sched_g.step()
+        self.sched_d.step()
+        sums["nonfinite"] = float(bad_d or bad_g)
+        return dict(sums)
+
+    # ------------------------------------------------------------------ evaluation
+    def _val_batches(self) -> list[list[Example]]:
+        items = sorted(self.val_examples[: self.s.eval_max_clips], key=lambda e: e.num_samples)
+        size = max(1, self.state.batch_size)
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    def _fork_rng(self):
+        devices = [self.device] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation losses (mel L1, KL, duration; no adversarial terms) with fixed noise."""
+        if not self.val_examples:
+            return {}
+        s = self.s
+        gen = self.accelerator.unwrap_model(self.gen)
+        gen.eval()
+        totals: dict[str, float] = defaultdict(float)
+        count = 0
+        try:
+            with self._fork_rng():
+                torch.manual_seed(s.seed)
+                window_rng = torch.Generator().manual_seed(s.seed)
+                for examples in self._val_batches():
+                    batch = collate(examples).to(self.device)
+                    with self.accelerator.autocast():
+                        out = gen(batch, generator=window_rng)
+                    k = len(examples)
+                    totals["val_mel_l1"] += float(out.mel_l1) * k
+                    totals["val_kl"] += float(out.kl) * k
+                    totals["val_duration"] += float(out.duration) * k
+                    count += k
+        finally:
+            gen.train()
+        result = {key: value / count for key, value in totals.items()}
+        result["val_loss"] = (s.weight_mel * result["val_mel_l1"] + s.weight_kl * result["val_kl"]
+                              + s.weight_duration * result["val_duration"])  # fmt: skip
+        return result
+
+    @torch.no_grad()
+    def synthesize_samples(self, directory: Path) -> list[Path]:
+        """WAVs of the first `eval_samples` validation sentences (fixed seed), for listening."""
+        from ..audio import write_wav
+
+        model = self.model
+        model.eval()
+        paths = []
+        try:
+            with self._fork_rng():
+                for i, example in enumerate(self.val_examples[: self.s.eval_samples]):
+                    torch.manual_seed(self.s.seed + i)
+                    ids = torch.tensor([example.input_ids], device=self.device)
+                    kwargs = {"speaker_id": example.speaker_id} if model.config.num_speakers > 1 else {}
+                    wave = model(input_ids=ids, **kwargs).waveform[0].float().cpu().numpy()
+                    path = directory / f"sample_{i}_speaker_{example.speaker_id}.wav"
+                    write_wav(path, wave, self.spec_config.sampling_rate)
+                    (directory / f"sample_{i}.txt").write_text(example.text + "\n", encoding="utf-8")
+                    paths.append(path)
+        finally:
+            model.train()
+        return paths
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_model(self, directory: str | Path, extra_info: dict[str, Any] | None = None) -> None:
+        """A loadable model directory: decoder weight norm folded, tokenizer, speakers.json."""
+        model = copy.deepcopy(self.model).to("cpu")
+        modeling.remove_decoder_weight_norm(model)
+        model.eval()
+        directory = Path(directory)
+        model.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+        modeling.save_speakers(directory, self.speakers)
+        if extra_info is not None:
+            fsutil.write_json(directory / "training_info.json", extra_info)
+
+    def save_checkpoint(self, val_loss: float | None = None) -> Path | None:
+        """checkpoints/checkpoint-<step>/{model,state}, then index.json, then pruning."""
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return None
+        step = self.state.step
+        final = self.checkpoint_dir / f"{modeling.CHECKPOINT_PREFIX}{step}"
+        with fsutil.atomic_directory(final) as tmp:
+            self.save_model(tmp / MODEL_DIR)
+            state_dir = tmp / STATE_DIR
+            state_dir.mkdir()
+            torch.save(self.model.state_dict(), state_dir / "generator.pt")
+            torch.save(self.bare_discriminator.state_dict(), state_dir / "discriminator.pt")
+            torch.save({"generator": self.opt_g.optimizer.state_dict(), "discriminator": self.opt_d.optimizer.state_dict(),
+                        "sched_generator": self.sched_g.state_dict(), "sched_discriminator": self.sched_d.state_dict(),
+                        "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None},
+                       state_dir / "optimizers.pt")  # fmt: skip
+            torch.save(_rng_state(), state_dir / "rng.pt")
+            fsutil.write_json(state_dir / TRAINER_STATE, self.state.__dict__)
+        self._update_index(step, val_loss)
+        return final
+
+    def _update_index(self, step: int, val_loss: float | None) -> None:
+        index_path = self.checkpoint_dir / modeling.CHECKPOINT_INDEX
+        entries = {int(e["step"]): e for e in modeling.list_checkpoints(self.checkpoint_dir)}
+        entries[step] = {"step": step, "epoch": self.state.epoch, "val_loss": val_loss,
+                         "dir": f"{modeling.CHECKPOINT_PREFIX}{step}"}  # fmt: skip
+        ordered = [entries[k] for k in sorted(entries)]
+        scored = [e for e in ordered if e.get("val_loss") is not None]
+        best = min(scored, key=lambda e: (e["val_loss"], -e["step"]))["step"] if scored else None
+        keep = {e["step"] for e in ordered[-self.s.save_total_limit :]}
+        if best is not None:
+            keep.add(best)
+        for entry in ordered:
+            if entry["step"] not in keep:
+                shutil.rmtree(self.checkpoint_dir / entry["dir"], ignore_errors=True)
+        kept = [e for e in ordered if e["step"] in keep]
+        fsutil.write_json(index_path, {"checkpoints": kept, "best_step": best, "latest_step": kept[-1]["step"],
+                                       "config_hash": self.state.config_hash})  # fmt: skip
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        """Restore everything `save_checkpoint` wrote (the exact-resume contract)."""
+        state_dir = Path(directory) / STATE_DIR
+        if not (state_dir / TRAINER_STATE).is_file():
+            raise PipelineError(f"{directory}: not a training checkpoint (no {STATE_DIR}/{TRAINER_STATE})")
+
+        def load(name):
+            return torch.load(state_dir / name, map_location="cpu", weights_only=True)
+
+        self.model.load_state_dict(load("generator.pt"))
+        self.bare_discriminator.load_state_dict(load("discriminator.pt"))
+        opt = load("optimizers.pt")
+        self.opt_g.optimizer.load_state_dict(opt["generator"])
+        self.opt_d.optimizer.load_state_dict(opt["discriminator"])
+        self.sched_g.load_state_dict(opt["sched_generator"])
+        self.sched_d.load_state_dict(opt["sched_discriminator"])
+        if opt.get("scaler") and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(opt["scaler"])
+        saved = fsutil.read_json(state_dir / TRAINER_STATE)
+        config_hash = self.state.config_hash
+        self.state = TrainerState(**saved)
+        self.state.config_hash = config_hash or self.state.config_hash
+        _set_rng_state(load("rng.pt"))
+
+    # ------------------------------------------------------------------ the loop
+    def _log_step(self, metrics: dict[str, float], seconds: float) -> None:
+        for key, value in metrics.items():
+            self._since_log[key] += value
+        self._steps_since_log += 1
+        self._time_since_log += seconds
+        step = self.state.step
+        if step % self.s.logging_steps and step != self.total_steps():
+            return
+        k = self._steps_since_log
+        row: dict[str, Any] = {"step": step, "epoch": self.state.epoch, "lr": self.sched_g.get_last_lr()[0]}
+        for key, value in self._since_log.items():
+            row[key] = value if key == "nonfinite" else value / k
+        row["steps_per_s"] = k / max(self._time_since_log, 1e-9)
+        row["peak_memory_mb"] = peak_memory_mb(self.device)
+        self.state.history.append(row)
+        self._since_log.clear()
+        self._steps_since_log = 0
+        self._time_since_log = 0.0
+        log.info("step %d/%d  epoch %d  loss_gen %.3f  loss_disc %.3f  mel %.3f  kl %.3f  dur %.3f  lr %.2e  %.2f steps/s",
+                 step, self.total_steps(), self.state.epoch, row["loss_gen"], row["loss_disc"], row["mel_l1"],
+                 row["kl"], row["duration"], row["lr"], row["steps_per_s"])  # fmt: skip
+        if self.tracker is not None and self.is_main:
+            self.tracker.log_metrics({k2: v for k2, v in row.items() if k2 != "step"}, step)
+
+    def _eval_and_save(self, save: bool, evaluate: bool) -> None:
+        val_loss = None
+        if evaluate:
+            metrics = self.evaluate()
+            if metrics:
+                val_loss = metrics["val_loss"]
+                self.state.last_eval = metrics
+                if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
+                    self.state.best_val_loss, self.state.best_step = val_loss, self.state.step
+                log.info(
+                    "step %d: validation loss %.4f (mel %.4f)",
+                    self.state.step,
+                    val_loss,
+                    metrics["val_mel_l1"],
+                )
+                if self.state.history and self.state.history[-1]["step"] == self.state.step:
+                    self.state.history[-1].update(metrics)
+                if self.tracker is not None and self.is_main:
+                    self.tracker.log_metrics(metrics, self.state.step)
+                    if self.tracker.enabled and self.s.eval_samples:
+                        import tempfile
+
+                        with tempfile.TemporaryDirectory() as tmp:
+                            self.synthesize_samples(Path(tmp))
+                            self.tracker.log_artifacts(tmp, f"samples/step-{self.state.step:07d}")
+        if save:
+            self.save_checkpoint(val_loss)
+
+    def fit(self) -> TrainerState:
+        """Train until `total_steps()` (continuing from the restored state, if any)."""
+        from tqdm.auto import tqdm
+
+        total = self.total_steps()
+        accumulation = self.s.gradient_accumulation_steps
+        if self.state.step >= total:
+            log.info("already at step %d of %d; nothing to train", self.state.step, total)
+            return self.state
+        progress = tqdm(total=total, initial=self.state.step, desc="training", unit="step",
+                        disable=not self.is_main)  # fmt: skip
+        try:
+            while self.state.step < total:
+                batches = self.batches_for_epoch(self.state.epoch)
+                remaining = batches[self.state.batch_in_epoch :]
+                loader = torch.utils.data.DataLoader(
+                    _ListDataset(self.train_examples), batch_sampler=remaining, collate_fn=collate,
+                    num_workers=self.s.num_workers, persistent_workers=False,
+                    # own generator: creating an iterator must not draw from the global RNG,
+                    # or a run resumed mid-epoch would diverge from an uninterrupted one
+                    generator=torch.Generator().manual_seed(self.s.seed + self.state.epoch),
+                )  # fmt: skip
+                group: list[Batch] = []
+                for position, batch in enumerate(loader, start=self.state.batch_in_epoch + 1):
+                    group.append(batch)
+                    if len(group) < accumulation and position < len(batches):
+                        continue
+                    started = time.perf_counter()
+                    metrics = self.train_step(group)
+                    seconds = time.perf_counter() - started
+                    group = []
+                    self.state.step += 1
+                    self.state.batch_in_epoch = position
+                    self.state.train_seconds += seconds
+                    if position >= len(batches):
+                        self.state.epoch += 1
+                        self.state.batch_in_epoch = 0
+                    self._check_nonfinite(metrics)
+                    progress.update(1)
+                    self._log_step(metrics, seconds)
+                    step = self.state.step
+                    done = step >= total
+                    self._eval_and_save(save=done or step % self.s.save_steps == 0,
+                                        evaluate=done or step % self.s.eval_steps == 0)  # fmt: skip
+                    if done or self.state.batch_in_epoch == 0:
+                        break
+        finally:
+            progress.close()
+        return self.state
+
+    def _check_nonfinite(self, metrics: dict[str, float]) -> None:
+        if metrics.get("nonfinite"):
+            self.state.consecutive_nonfinite += 1
+            self.state.total_nonfinite += 1
+            log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
+                        self.state.step, self.state.consecutive_nonfinite)  # fmt: skip
+            if self.state.consecutive_nonfinite >= self.s.max_nonfinite_steps:
+                raise PipelineError(
+                    f"training stopped at step {self.state.step}: {self.state.consecutive_nonfinite} steps in a row "
+                    "had NaN/inf losses (training.max_nonfinite_steps). Lower training.learning_rate, use "
+                    "mixed_precision 'no' or 'bf16', or check the dataset; the last good checkpoint is in "
+                    f"{self.checkpoint_dir}"
+                )
+        else:
+            self.state.consecutive_nonfinite = 0
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[Example]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.items[index]

@@ -1,0 +1,271 @@
+"""The rented-GPU-box round trip through an S3 remote, on a loopback S3 server (moto).
+
+Laptop copy A: build up to the dataset, `dvc push`. GPU box B (a `git clone` of A): configure
+the same remote, `dvc pull` only the dataset, train (nothing upstream recomputed), `dvc push`.
+Back in A: `git pull` + `dvc pull` brings the trained model. The remote and its endpoint go to
+`.dvc/config.local` (never committed); credentials only through the AWS environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dvc_helpers import REPO, dvc, git, git_env, make_toy_project, stage_runs
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "tts-pipeline-test"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (a free port) with one empty bucket."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=BUCKET)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    """Fake credentials the AWS way (environment), for the DVC subprocesses only."""
+    env = git_env(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "MLFLOW_TRACKING_URI": "",
+        }
+    )
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        env.pop(key, None)
+    if not env["MLFLOW_TRACKING_URI"]:
+        env.pop("MLFLOW_TRACKING_URI")
+    return env
+
+
+def add_s3_remote(project: Path, endpoint: str, prefix: str, env: dict[str, str]) -> None:
+    """`dvc remote add --local -d` + endpointurl: nothing about the remote lands in git."""
+    dvc(
+        "remote",
+        "add",
+        "--local",
+        "--default",
+        "--force",
+        "s3remote",
+        f"s3://{BUCKET}/{prefix}",
+        cwd=project,
+        env=env,
+    )
+    dvc("remote", "modify", "--local", "s3remote", "endpointurl", endpoint, cwd=project, env=env)
+    local = (project / ".dvc" / "config.local").read_text()
+    assert endpoint in local and "testing" not in local
+    assert endpoint not in (project / ".dvc" / "config").read_text()
+
+
+def ran_stages(output: str) -> list[str]:
+    """Stage names DVC actually ran ("Running stage 'x':") in a repro/exp-run output."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def bucket_keys(endpoint: str, prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def tree_digest(path: Path) -> dict[str, int]:
+    """Relative file -> size, to compare a pulled directory with the original."""
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def clone_with_remote(origin: Path, dest: Path, endpoint: str, prefix: str, env: dict[str, str]) -> Path:
+    git("clone", "-q", str(origin), str(dest), cwd=origin.parent, env=env)
+    add_s3_remote(dest, endpoint, prefix, env)
+    return dest
+
+
+def test_toy_round_trip_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
+    """The DVC mechanics on a 3-stage toy project (seconds): what the GPU box relies on."""
+    env = aws_env(s3_endpoint)
+    laptop = make_toy_project(tmp_path / "laptop")
+    add_s3_remote(laptop, s3_endpoint, "toy", env)
+    dvc("repro", "dataset@demo", cwd=laptop, env=env)
+    dvc("push", cwd=laptop, env=env)
+    assert bucket_keys(s3_endpoint, "toy/files/md5/")
+    git("add", "-A", cwd=laptop, env=env)
+    git("commit", "-q", "-m", "dataset", cwd=laptop, env=env)
+    assert "config.local" not in git("ls-files", ".dvc", cwd=laptop).stdout
+    stage_runs(laptop)
+
+    box = clone_with_remote(laptop, tmp_path / "box", s3_endpoint, "toy", env)
+    dvc("pull", "dataset@demo", cwd=box, env=env)
+    assert (box / "data/demo/dataset/data.txt").read_text() == "HELLO FROM DEMO\n"
+    assert not (box / "data/demo/raw").exists()  # only what training needs came over
+    status = json.loads(dvc("status", "--json", "dataset@demo", cwd=box, env=env).stdout)
+    assert all("changed outs" not in e for e in status.get("dataset@demo", []) if isinstance(e, dict))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tts_pipeline", "run", "--config", "languages/demo.yaml", "--allow-missing"],
+        cwd=box,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert stage_runs(box) == ["train@demo"]
+    assert "1 ran, 2 up to date" in proc.stdout
+    dvc("push", cwd=box, env=env)
+    git("add", "-A", cwd=box, env=env)
+    git("commit", "-q", "-m", "trained on the box", cwd=box, env=env)
+
+    git("pull", "-q", "--no-rebase", str(box), "main", cwd=laptop, env=env)
+    dvc("pull", "train@demo", cwd=laptop, env=env)
+    assert tree_digest(laptop / "models/demo/model") == tree_digest(box / "models/demo/model")
+    assert dvc("status", "train@demo", cwd=laptop, env=env).stdout.strip().endswith("up to date.")
+    assert stage_runs(laptop) == []
+
+
+# --------------------------------------------------------------------------- the real demo
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repository's working tree (tracked + untracked, not ignored) in a fresh git repo.
+
+    Never commits in the real checkout: the copy gets its own `git init` and commit.
+    """
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if not src.is_file():  # deleted in the working tree but still in the index
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    env = git_env()
+    git("init", "-q", "-b", "main", cwd=dest, env=env)
+    git("add", "-A", cwd=dest, env=env)
+    git("commit", "-q", "-m", "copy of the working tree", cwd=dest, env=env)
+    return dest
+
+
+def _stage_modules_exist() -> bool:
+    src = REPO / "src" / "tts_pipeline"
+    return all((src / f"{m}.py").is_file() for m in ("collect", "preprocess", "speakers", "dataset", "train"))
+
+
+@pytest.mark.skipif(not _stage_modules_exist(), reason="stage modules not written yet")
+def test_demo_round_trip_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
+    """The real demo pipeline: dataset on the laptop, train + evaluate on the box, model back."""
+    env = aws_env(s3_endpoint)
+    laptop = copy_repo(tmp_path / "laptop")
+    add_s3_remote(laptop, s3_endpoint, "demo", env)
+    prep = dvc("repro", "dataset@demo", cwd=laptop, env=env, timeout=900)
+    assert {"collect@demo", "preprocess@demo", "speakers@demo", "dataset@demo"} <= set(
+        ran_stages(prep.stdout)
+    )
+    dvc("push", cwd=laptop, env=env)
+    git("add", "-A", cwd=laptop, env=env)
+    git("commit", "-q", "-m", "demo dataset", cwd=laptop, env=env)
+    assert "config.local" not in git("ls-files", ".dvc", cwd=laptop).stdout
+
+    box = clone_with_remote(laptop, tmp_path / "box", s3_endpoint, "demo", env)
+    dvc("pull", "dataset@demo", cwd=box, env=env)
+    assert tree_digest(box / "data/demo/dataset") == tree_digest(laptop / "data/demo/dataset")
+    assert not (box / "data/demo/preprocessed").exists()
+    status = json.loads(dvc("status", "--json", "dataset@demo", cwd=box, env=env).stdout)
+    assert all("changed outs" not in e for e in status.get("dataset@demo", []) if isinstance(e, dict))
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tts_pipeline",
+            "run",
+            "--config",
+            "languages/demo.yaml",
+            "--until",
+            "evaluate",
+            "--allow-missing",
+        ],
+        cwd=box,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    ran = set(ran_stages(proc.stdout))
+    assert {"train@demo", "evaluate@demo"} <= ran
+    assert not ran & {"collect@demo", "preprocess@demo", "speakers@demo", "dataset@demo"}, proc.stdout
+    assert (box / "models/demo/model/config.json").is_file()
+    dvc("push", cwd=box, env=env)
+    git("add", "-A", cwd=box, env=env)
+    git("commit", "-q", "-m", "trained on the box", cwd=box, env=env)
+
+    git("pull", "-q", "--no-rebase", str(box), "main", cwd=laptop, env=env)
+    dvc("pull", "train@demo", "evaluate@demo", cwd=laptop, env=env)
+    assert tree_digest(laptop / "models/demo/model") == tree_digest(box / "models/demo/model")
+    status = dvc("status", "train@demo", "evaluate@demo", cwd=laptop, env=env).stdout
+    assert "up to date" in status, status
+
+
+def test_nothing_secret_in_tracked_dvc_config() -> None:
+    """The committed DVC config keeps the local-directory default remote and no credentials."""
+    config = (REPO / ".dvc" / "config").read_text()
+    assert re.search(r"remote\s*=\s*local", config)
+    assert not re.search(r"(access_key|secret|session_token|password)", config, re.I)
+    ignored = (REPO / ".dvc" / ".gitignore").read_text().split()
+    assert "/config.local" in ignored
+    # the default local remote's directory stays out of git
+    url = re.search(r'\[\s*[\'"]remote "local"[\'"]\s*\]\s*url\s*=\s*(\S+)', config)
+    assert url, config
+    storage = (REPO / ".dvc" / url.group(1)).resolve()
+    probe = subprocess.run(
+        ["git", "check-ignore", "-q", str(storage / "files")], cwd=REPO, capture_output=True
+    )
+    assert probe.returncode == 0, f"{storage} is not gitignored"

@@ -1,0 +1,145 @@
+"""`tts-pipeline run`: real DVC reproduction of a language's stages, on a small toy project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc_helpers import git, make_toy_project, stage_runs
+
+from tts_pipeline import cli
+from tts_pipeline.errors import PipelineError
+from tts_pipeline.run import FAILED, RAN, SKIPPED, UP_TO_DATE, WOULD_RUN, check_language, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_project(tmp_path_factory.mktemp("toy") / "proj")
+
+
+def statuses(summary) -> dict[str, str]:
+    return {r.name: r.status for r in summary.results}
+
+
+def test_runs_then_up_to_date_then_only_what_changed(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(toy)
+    first = run_pipeline(toy, "demo")
+    assert statuses(first) == {"collect@demo": RAN, "dataset@demo": RAN, "train@demo": RAN}
+    assert stage_runs(toy) == ["collect@demo", "dataset@demo", "train@demo"]
+    assert all(r.seconds > 0 for r in first.results)
+    assert (toy / "models/demo/model/weights.txt").is_file()
+    assert "3 ran, 0 up to date" in first.format()
+
+    second = run_pipeline(toy, "demo")
+    assert statuses(second) == dict.fromkeys(statuses(first), UP_TO_DATE)
+    assert stage_runs(toy) == []
+
+    # A training setting changes: only train re-runs (what `dvc exp run -S` relies on too).
+    params = toy / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("learning_rate: 1e-4", "learning_rate: 3e-4"))
+    try:
+        dry = run_pipeline(toy, "demo", dry=True)
+        assert statuses(dry)["train@demo"] == WOULD_RUN
+        assert "training.learning_rate" in dry.results[-1].reason
+        assert stage_runs(toy) == []
+        third = run_pipeline(toy, "demo")
+        assert statuses(third) == {"collect@demo": UP_TO_DATE, "dataset@demo": UP_TO_DATE, "train@demo": RAN}
+        assert stage_runs(toy) == ["train@demo"]
+        assert json.loads((toy / "metrics/demo/train.json").read_text())["learning_rate"] == 3e-4
+    finally:
+        params.write_text(original)
+
+
+def test_until_forced_and_refresh_source(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(toy)
+    run_pipeline(toy, "demo")
+    stage_runs(toy)
+    summary = run_pipeline(toy, "demo", until="dataset", force=True)
+    assert [r.name for r in summary.results] == ["collect@demo", "dataset@demo"]
+    assert stage_runs(toy) == ["collect@demo", "dataset@demo"]
+    # --refresh-source: collect re-runs; its output is identical, so dataset stays up to date.
+    refreshed = run_pipeline(toy, "demo", until="dataset", force_stages=("collect",))
+    assert statuses(refreshed) == {"collect@demo": RAN, "dataset@demo": UP_TO_DATE}
+    with pytest.raises(PipelineError, match=r"--until evaluate: no stage 'evaluate@demo'.*collect, dataset"):
+        run_pipeline(toy, "demo", until="evaluate")
+
+
+def test_source_change_reruns_downstream_and_failure_keeps_upstream(
+    toy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(toy)
+    run_pipeline(toy, "demo")
+    stage_runs(toy)
+    (toy / "source/demo.txt").write_text("new recordings\n")
+    monkeypatch.setenv("TOY_FAIL", "train")
+    with pytest.raises(PipelineError, match=r"stage 'train@demo' failed") as info:
+        run_pipeline(toy, "demo")
+    summary = info.value.summary
+    assert statuses(summary) == {"collect@demo": RAN, "dataset@demo": RAN, "train@demo": FAILED}
+    assert "1 failed" in summary.format()
+    assert (toy / "data/demo/dataset/data.txt").read_text() == "NEW RECORDINGS\n"
+    monkeypatch.delenv("TOY_FAIL")
+    stage_runs(toy)
+    again = run_pipeline(toy, "demo")  # the fixed re-run does only what is left
+    assert statuses(again) == {"collect@demo": UP_TO_DATE, "dataset@demo": UP_TO_DATE, "train@demo": RAN}
+
+
+def test_failure_marks_later_stages_not_run(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(toy)
+    monkeypatch.setenv("TOY_FAIL", "dataset")
+    with pytest.raises(PipelineError) as info:
+        run_pipeline(toy, "demo", force=True)
+    assert statuses(info.value.summary)["train@demo"] == SKIPPED
+    assert "toy stage dataset failing on purpose" not in str(info.value)  # stderr goes to the log
+    assert "exited with 1" in str(info.value)
+
+
+def test_cli_run_and_clear_errors(
+    toy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(toy)
+    assert cli.main(["run", "--config", "languages/demo.yaml", "--dry"]) == 0
+    out = capsys.readouterr().out
+    assert "plan for language 'demo'" in out and "train@demo" in out
+
+    assert cli.main(["run", "--config", "languages/demo.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "summary for language 'demo'" in out and "up to date" in out
+
+    # A language that params.yaml does not list.
+    other = toy / "languages" / "xyz.yaml"
+    other.write_text(yaml.safe_dump({"source": {"type": "local", "path": "source"}}))
+    try:
+        assert cli.main(["run", "--config", "languages/xyz.yaml"]) == 1
+        err = capsys.readouterr().err
+        assert "language 'xyz' is not in 'languages'" in err and "params.yaml" in err
+    finally:
+        other.unlink()
+
+    # No DVC project.
+    bare = tmp_path / "bare"
+    (bare / "languages").mkdir(parents=True)
+    (bare / "params.yaml").write_text((toy / "params.yaml").read_text())
+    (bare / "languages/demo.yaml").write_text((toy / "languages/demo.yaml").read_text())
+    git("init", "-q", cwd=bare)
+    monkeypatch.chdir(bare)
+    assert cli.main(["run", "--config", "languages/demo.yaml"]) == 1
+    assert "DVC isn't initialised" in capsys.readouterr().err
+
+
+def test_check_language_accepts_list_and_mapping(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("languages: [demo]\n")
+    check_language(params, "demo")
+    params.write_text("languages:\n  hsn:\n    source: x\n")
+    check_language(params, "hsn")
+    with pytest.raises(PipelineError, match="'demo' is not in 'languages' \\(listed: hsn\\)"):
+        check_language(params, "demo")
+    params.write_text("training: {}\n")
+    with pytest.raises(PipelineError, match="no 'languages'"):
+        check_language(params, "demo")

@@ -1,0 +1,275 @@
+"""Write-back: synthesized takes become new attachments; recordings and choices stay untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from fake_gitlab import tree_from_directory
+from fake_gitlab_writes import FakeGitLabWrites
+from synth_helpers import REPO, build_tiny_model, copy_demo_project, tree_bytes, write_config
+
+from tts_pipeline import cli, codex, synthesize, writeback
+from tts_pipeline.config import load_config
+from tts_pipeline.synthesize import SynthesisSettings
+from tts_pipeline.writeback import SyntheticTake
+
+PARAMS = REPO / "params.yaml"
+NEW_IDS = {"LUK 1:7", "MRK 1:9", "MRK 1:10"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def synthesized(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo project's missing verses, voiced once for the whole module."""
+    from synth_helpers import DEMO_PROJECT
+
+    out = tmp_path_factory.mktemp("synth") / "synthesized"
+    verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
+    fast = SynthesisSettings(speaking_rate=4.0)  # an untrained model drawls: keep the clips short
+    synthesize.synthesize_verses(verses, model_dir, out, fast, None, progress=False)
+    return out
+
+
+def _cells(project: Path) -> dict[str, dict]:
+    cells = {}
+    for path in sorted((project / "files" / "target").glob("*.codex")):
+        for cell in json.loads(path.read_text())["cells"]:
+            cells[cell["metadata"]["id"]] = cell
+    return cells
+
+
+def _takes(synthesized: Path) -> list[SyntheticTake]:
+    rows = synthesize.read_synthesized(synthesized)
+    return [SyntheticTake.from_row(r, synthesized) for r in rows]
+
+
+def test_write_back_adds_exactly_the_synthetic_takes(synthesized: Path, tmp_path: Path) -> None:
+    project = copy_demo_project(tmp_path / "project")
+    before_files = tree_bytes(project)
+    before_cells = _cells(project)
+
+    report = writeback.write_back_local(project, _takes(synthesized))
+    assert sorted(c.take.verse_id for c in report.changes) == sorted(NEW_IDS) and report.skipped == []
+
+    after_files = tree_bytes(project)
+    after_cells = _cells(project)
+    # every pre-existing file except the two edited documents is byte-identical (all human takes)
+    changed = {k for k in before_files if before_files[k] != after_files.get(k)}
+    assert changed == {"files/target/LUK.codex", "files/target/MRK.codex"}
+    added = set(after_files) - set(before_files)
+    assert added == {c.files_path for c in report.changes}  # no pointers/ folder in the demo: none made
+    # cells not voiced are unchanged, to the last key
+    for cell_id, cell in before_cells.items():
+        if cell_id not in NEW_IDS:
+            assert after_cells[cell_id] == cell, cell_id
+    for change in report.changes:
+        cell = after_cells[change.take.cell_id]
+        attachment = cell["metadata"]["attachments"][change.audio_id]
+        assert attachment["url"] == change.files_path
+        assert attachment["url"].startswith(f".project/attachments/files/{change.take.document}/")
+        assert attachment["metadata"]["synthetic"] is True
+        assert attachment["metadata"]["modelRevision"] == change.take.model_revision
+        assert attachment["transcription"]["content"] == change.take.text
+        assert after_files[change.files_path] == change.take.audio_path.read_bytes()
+        # the cells had no selectedAudioId, so the new take is selected
+        assert change.select and cell["metadata"]["selectedAudioId"] == change.audio_id
+        # earlier attachments (MRK 1:10's deleted take) are still there, unchanged
+        old = before_cells[change.take.cell_id]["metadata"].get("attachments", {})
+        assert {k: v for k, v in cell["metadata"]["attachments"].items() if k in old} == old
+    # collect's rules still see no human recording there; synthesize still lists them
+    verses, _ = synthesize.missing_verses(synthesize.local_documents(project))
+    assert {v.verse_id for v in verses} == NEW_IDS
+
+    # second run: nothing added, nothing changed
+    again = writeback.write_back_local(project, _takes(synthesized))
+    assert again.changes == [] and len(again.skipped) == 3
+    assert all("already has this synthetic take" in reason for _, reason in again.skipped)
+    assert tree_bytes(project) == after_files
+
+
+def test_dry_run_lists_changes_and_writes_nothing(synthesized: Path, tmp_path: Path) -> None:
+    project = copy_demo_project(tmp_path / "project")
+    before = tree_bytes(project)
+    report = writeback.write_back_local(project, _takes(synthesized), dry_run=True)
+    assert len(report.changes) == 3
+    assert "would add 3 synthetic take(s)" in report.summary(dry_run=True)
+    assert tree_bytes(project) == before
+
+
+def _project_with(tmp_path: Path, cells: list[dict]) -> Path:
+    project = tmp_path / "p"
+    (project / "files" / "target").mkdir(parents=True)
+    (project / ".project" / "attachments" / "pointers").mkdir(parents=True)
+    doc = {"cells": cells, "metadata": {"id": "GEN"}}
+    (project / "files" / "target" / "GEN.codex").write_text(json.dumps(doc, indent=4) + "\n")
+    return project
+
+
+def _text_cell(cell_id: str, text: str, **meta) -> dict:
+    return {"kind": 2, "value": f"<span>{text}</span>", "metadata": {"id": cell_id, "type": "text", **meta}}
+
+
+def test_selection_rules_and_stale_takes(synthesized: Path, tmp_path: Path) -> None:
+    audio = sorted((synthesized / "audio").iterdir())[0]
+    deleted_take = {"audio-1-x": {"url": ".project/attachments/files/GEN/audio-1-x.webm", "isDeleted": True}}
+    project = _project_with(
+        tmp_path,
+        [
+            _text_cell("GEN 1:1", "kept selection", attachments=deleted_take, selectedAudioId="audio-1-x"),
+            _text_cell("GEN 1:2", "no selection"),
+            _text_cell(
+                "GEN 1:3", "now recorded", attachments={"audio-2-h": {"url": "a.webm", "type": "audio"}}
+            ),
+            _text_cell("GEN 1:4", "edited text"),
+        ],
+    )
+
+    def take(cell_id: str, text: str, revision: str = "rev1") -> SyntheticTake:
+        return SyntheticTake("GEN", cell_id, cell_id, text, revision, "Sheila", "webm", 1.0, audio)
+
+    takes = [
+        take("GEN 1:1", "kept selection"),
+        take("GEN 1:2", "no selection"),
+        take("GEN 1:3", "now recorded"),
+    ]
+    takes.append(take("GEN 1:4", "the old text"))
+    takes.append(take("GEN 1:99", "gone"))
+    report = writeback.write_back_local(project, takes, now_ms=1_700_000_000_000)
+    assert [(c.take.cell_id, c.select) for c in report.changes] == [("GEN 1:1", False), ("GEN 1:2", True)]
+    reasons = {t.cell_id: r for t, r in report.skipped}
+    assert "recorded since synthesis" in reasons["GEN 1:3"]
+    assert "text changed" in reasons["GEN 1:4"]
+    assert "not found" in reasons["GEN 1:99"]
+    cells = _cells(project)
+    assert cells["GEN 1:1"]["metadata"]["selectedAudioId"] == "audio-1-x"  # a selection is never changed
+    new_id = report.changes[0].audio_id
+    assert new_id.startswith("audio-1700000000000-tts")
+    assert codex.parse_cell(cells["GEN 1:2"], "GEN", 0).takes[0].created_at == 1_700_000_000_000
+    # the project has a pointers/ folder (git-synced): the audio is written there too
+    assert (
+        project / ".project/attachments/pointers/GEN" / f"{new_id}.webm"
+    ).read_bytes() == audio.read_bytes()
+    assert json.loads((project / "files/target/GEN.codex").read_text())["metadata"] == {"id": "GEN"}
+    assert (project / "files/target/GEN.codex").read_text().startswith('{\n    "cells"')  # indent kept
+
+    # a new model revision adds a second synthetic take but keeps the first one selected
+    second = writeback.write_back_local(
+        project, [take("GEN 1:2", "no selection", "rev2")], now_ms=1_700_000_000_500
+    )
+    assert len(second.changes) == 1 and not second.changes[0].select
+    meta = _cells(project)["GEN 1:2"]["metadata"]
+    assert len(meta["attachments"]) == 2 and meta["selectedAudioId"] == report.changes[1].audio_id
+
+
+def test_missing_audio_fails_before_touching_the_project(tmp_path: Path) -> None:
+    project = _project_with(tmp_path, [_text_cell("GEN 1:1", "hello")])
+    before = tree_bytes(project)
+    take = SyntheticTake(
+        "GEN", "GEN 1:1", "GEN 1:1", "hello", "rev", "s", "webm", 1.0, tmp_path / "nope.webm"
+    )
+    with pytest.raises(Exception, match="synthesized audio not found"):
+        writeback.write_back_local(project, [take])
+    assert tree_bytes(project) == before
+
+
+def test_cli_write_back_on_a_copy_of_the_demo(model_dir: Path, tmp_path: Path, capsys) -> None:
+    project = copy_demo_project(tmp_path / "project")
+    config = write_config(tmp_path, project, model_dir, synthesis={"speaking_rate": 4.0})
+    args = ["synthesize", "--config", str(config), "--params", str(PARAMS), "--write-back"]
+    assert cli.main(args) == 0
+    assert "added 3 synthetic take(s)" in capsys.readouterr().out
+    snapshot = tree_bytes(project)
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "added 0 synthetic take(s), skipped 3" in out and "3 from cache" in out
+    assert tree_bytes(project) == snapshot
+
+
+# --------------------------------------------------------------------------- GitLab
+
+
+def _gitlab_config(tmp_path: Path, server: FakeGitLabWrites, model_dir: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("TTS_TEST_GITLAB_TOKEN", server.token)
+    source = {
+        "type": "gitlab",
+        "url": server.url,
+        "project": "team/demo",
+        "token_env": "TTS_TEST_GITLAB_TOKEN",
+    }
+    config = write_config(tmp_path, tmp_path, model_dir, source=source)
+    return config
+
+
+def test_gitlab_write_back_opens_a_merge_request(
+    model_dir: Path, synthesized: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from synth_helpers import DEMO_PROJECT
+
+    with FakeGitLabWrites() as server:
+        files = tree_from_directory(
+            DEMO_PROJECT,
+            lfs=lambda p: p.endswith(".webm"),
+            lfs_objects=server.lfs_objects,
+            rename=lambda p: p.replace(codex.ATTACHMENT_FILES_DIR, codex.ATTACHMENT_POINTERS_DIR),
+        )
+        project = server.add_project("team/demo", files)
+        main_sha = project.branches["main"]
+        cfg = load_config(_gitlab_config(tmp_path, server, model_dir, monkeypatch), PARAMS)
+        assert cfg.source.type == "gitlab"
+
+        verses, problems = synthesize.missing_verses(synthesize.source_documents(cfg))
+        assert problems == [] and {v.verse_id for v in verses} == NEW_IDS
+        out = synthesized  # the same verses as the local demo project
+
+        dry = writeback.write_back(cfg, out, dry_run=True)
+        assert len(dry.changes) == 3 and server.count("POST", r"/repository/commits") == 0
+
+        report = writeback.write_back(cfg, out)
+        assert len(report.changes) == 3 and report.branch and report.merge_request
+        assert project.branches["main"] == main_sha  # default branch untouched
+        assert report.branch in project.branches and report.branch != "main"
+        [mr] = server.merge_requests
+        assert (mr["source_branch"], mr["target_branch"]) == (report.branch, "main")
+        branch = project.files(report.branch)
+        main = project.files("main")
+        assert {k for k in branch if branch.get(k) != main.get(k)} == (
+            {c.pointer_path for c in report.changes} | {"files/target/LUK.codex", "files/target/MRK.codex"}
+        )
+        for change in report.changes:
+            pointer = branch[change.pointer_path].decode()
+            data = change.take.audio_path.read_bytes()
+            oid = hashlib.sha256(data).hexdigest()
+            assert (
+                pointer == f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n"
+            )
+            assert server.lfs_objects[oid] == data  # uploaded through the LFS batch API
+            assert not any(k.startswith(codex.ATTACHMENT_FILES_DIR) for k in branch)  # files/ is gitignored
+        mrk = json.loads(branch["files/target/MRK.codex"])
+        cell = next(c for c in mrk["cells"] if c["metadata"]["id"] == "MRK 1:9")
+        assert (
+            cell["metadata"]["attachments"][cell["metadata"]["selectedAudioId"]]["metadata"]["synthetic"]
+            is True
+        )
+
+        # pushing the same takes again creates nothing new
+        again = writeback.write_back(cfg, out)
+        assert again.changes == [] and again.merge_request == mr["web_url"]
+        assert len(server.merge_requests) == 1 and server.count("POST", r"/repository/commits", 201) == 1
+        assert project.branches["main"] == main_sha
+
+
+def test_gitlab_write_back_without_token_is_a_clear_error(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    with FakeGitLabWrites() as server:
+        cfg = load_config(_gitlab_config(tmp_path, server, model_dir, monkeypatch), PARAMS)
+        monkeypatch.delenv("TTS_TEST_GITLAB_TOKEN")
+        with pytest.raises(Exception, match="TTS_TEST_GITLAB_TOKEN"):
+            writeback.write_back_takes(cfg, [])
