@@ -11,8 +11,10 @@ Measured (real-time factor = seconds of audio / seconds of processing, per core)
   warm      the same again with the cache filled (what a re-run costs)
   baseline  librosa.load(sr=16000) + pyloudnorm measure/normalise + soundfile.write PCM_16, on
             the same audio already decoded to 48 kHz WAV (so the baseline skips Opus decoding)
+  stage/wav the stage on the baseline's WAV files: the same work minus Opus decoding
   pool      the stage with all cores, RTF divided by the number of workers
-Peak RSS is sampled (psutil, every 10 ms) over the process and its pool workers for each phase;
+Imports and first calls are warmed up before timing (pool workers fork from the warm process).
+Peak RSS is sampled (psutil, every 50 ms) over the process (and its pool workers) for each phase;
 the stage also runs on a quarter of the corpus to show memory does not grow with corpus size.
 
     python benchmarks/preprocess.py [--minutes 30] [--work_dir /tmp/tts-bench-preprocess]
@@ -21,6 +23,7 @@ the stage also runs on a quarter of the corpus to show memory does not grow with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -71,21 +74,20 @@ class Measure:
 class RssSampler:
     """Peak resident memory of this process + its children while the block runs."""
 
-    def __init__(self, interval: float = 0.01) -> None:
+    def __init__(self, interval: float = 0.05, children: bool = False) -> None:
         import psutil
 
         self.process = psutil.Process()
         self.interval = interval
+        self.children = children
         self.peak = 0
         self._stop = threading.Event()
 
     def _total(self) -> int:
         total = self.process.memory_info().rss
-        for child in self.process.children(recursive=True):
-            try:
+        for child in self.process.children(recursive=True) if self.children else ():
+            with contextlib.suppress(Exception):  # a worker that just exited
                 total += child.memory_info().rss
-            except Exception:  # a worker that just exited
-                pass
         return total
 
     def _run(self) -> None:
@@ -107,11 +109,14 @@ class RssSampler:
 def measure(name: str, audio_s: float, cores: int, fn: Callable[[], object]) -> Measure:
     times0 = os.times()
     wall0 = time.perf_counter()
-    with RssSampler() as rss:
+    with RssSampler(children=cores > 1) as rss:
         fn()
     wall = time.perf_counter() - wall0
     times1 = os.times()
-    cpu = sum(getattr(times1, k) - getattr(times0, k) for k in ("user", "system", "children_user", "children_system"))
+    cpu = sum(
+        getattr(times1, k) - getattr(times0, k)
+        for k in ("user", "system", "children_user", "children_system")
+    )
     return Measure(name, audio_s, wall, cpu, cores, rss.peak / 2**20)
 
 
@@ -152,7 +157,7 @@ def build_corpus(work: Path, minutes: float) -> tuple[Path, Path, float, int]:
     return raw, wav, audio_s, len(rows)
 
 
-def baseline(wav_dir: Path, out_dir: Path, target: float = -20.0) -> None:
+def baseline(wav_dir: Path, out_dir: Path, target: float = -20.0, limit: int | None = None) -> None:
     """The plain way: librosa.load at 16 kHz, pyloudnorm measure + normalise, soundfile.write."""
     import librosa
     import pyloudnorm
@@ -161,21 +166,27 @@ def baseline(wav_dir: Path, out_dir: Path, target: float = -20.0) -> None:
     meter = pyloudnorm.Meter(16000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyloudnorm warns when normalising would clip
-        for path in sorted(wav_dir.glob("*.wav")):
+        for path in sorted(wav_dir.glob("*.wav"))[:limit]:
             y, sr = librosa.load(path, sr=16000, mono=True)
             loudness = meter.integrated_loudness(y)
             y = pyloudnorm.normalize.loudness(y, loudness, target)
             sf.write(out_dir / path.name, y, sr, subtype="PCM_16")
 
 
-def subset_metadata(raw: Path, fraction: float) -> Path:
+def subset_metadata(raw: Path, fraction: float, wav_dir: Path | None = None) -> Path:
+    """A metadata.csv with the first `fraction` of the rows (pointing at the WAV copies if given)."""
     with open(raw / "metadata.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    path = raw / f"metadata-{fraction:g}.csv"
+    rows = rows[: max(1, int(len(rows) * fraction))]
+    if wav_dir is not None:
+        rows = [
+            {**r, "file_name": str(wav_dir / Path(r["file_name"]).with_suffix(".wav").name)} for r in rows
+        ]
+    path = raw.parent / f"metadata-{fraction:g}{'-wav' if wav_dir else ''}.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file_name", "transcription"])
         writer.writeheader()
-        writer.writerows(rows[: max(1, int(len(rows) * fraction))])
+        writer.writerows(rows)
     return path
 
 
@@ -183,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="corpus length (default 30)")
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/tts-bench-preprocess"))
-    parser.add_argument("--workers", type=int, default=None, help="pool size for the pool phase (default: all cores)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="pool size for the pool phase (default: all cores)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -194,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     filters = Filters(max_duration_s=60.0)  # keep every LibriSpeech clip (some are > 20 s)
     workers = args.workers or default_workers()
 
-    def stage(name: str, cache: str, metadata: Path | None = None, n: int = 1) -> Callable[[], object]:
+    def stage(
+        name: str, cache: str, metadata: Path | None = None, n: int = 1, base: Path = raw
+    ) -> Callable[[], object]:
         def go() -> object:
             summary = preprocess_corpus(
                 metadata or raw / "metadata.csv",
@@ -202,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs / cache,
                 ProcessParams(),
                 filters,
-                input_dir=raw,
+                input_dir=base,
                 workers=n,
                 progress=False,
             )
@@ -212,21 +227,30 @@ def main(argv: list[str] | None = None) -> int:
         return go
 
     quarter = subset_metadata(raw, 0.25)
+    all_wav = subset_metadata(raw, 1.0, wav)
+    warm_up = subset_metadata(raw, 0.04)
+    stage("warm-up", "cache-warm-up", warm_up)()  # imports, filter design, first calls
+    baseline(wav, runs / "baseline-warm-up", limit=2)
     results = [
         measure("stage (1 core, cold)", audio_s, 1, stage("stage", "cache-1")),
-        measure("baseline (1 core)", audio_s, 1, lambda: baseline(wav, runs / "baseline")),
+        measure("stage on WAV (1 core)", audio_s, 1, stage("stage-wav", "cache-wav", all_wav, base=wav)),
+        measure("baseline on WAV (1 core)", audio_s, 1, lambda: baseline(wav, runs / "baseline")),
         measure("stage (1 core, warm)", audio_s, 1, stage("warm", "cache-1")),
         measure("stage 1/4 corpus (cold)", audio_s / 4, 1, stage("quarter", "cache-q", quarter)),
         measure(f"stage ({workers} workers)", audio_s, workers, stage("pool", "cache-pool", n=workers)),
     ]
     for r in results:
         print(r.line())
-    cold, base = results[0], results[1]
+    cold, on_wav, base = results[0], results[1], results[2]
     ratio_wall = cold.rtf_per_core / base.rtf_per_core
     ratio_cpu = cold.rtf_per_cpu_s / base.rtf_per_cpu_s
-    print(f"stage / baseline speed: {ratio_wall:.2f}x (wall, 1 core), {ratio_cpu:.2f}x (cpu time)")
+    ratio_wav = on_wav.rtf_per_cpu_s / base.rtf_per_cpu_s
     print(
-        f"peak RSS: full corpus {cold.peak_rss_mb:.0f} MB vs quarter corpus {results[3].peak_rss_mb:.0f} MB "
+        f"stage (Opus in) / baseline (WAV in) speed: {ratio_wall:.2f}x wall, {ratio_cpu:.2f}x cpu time; "
+        f"same WAV input: {ratio_wav:.2f}x cpu time"
+    )
+    print(
+        f"peak RSS: full corpus {cold.peak_rss_mb:.0f} MB vs quarter corpus {results[4].peak_rss_mb:.0f} MB "
         "(flat = streaming)"
     )
     if args.json:
@@ -240,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in results
         }
         figures["ratio_stage_over_baseline"] = round(ratio_wall, 3)
+        figures["ratio_stage_over_baseline_cpu"] = round(ratio_cpu, 3)
+        figures["ratio_stage_on_wav_over_baseline_cpu"] = round(ratio_wav, 3)
         figures["audio_minutes"] = round(audio_s / 60, 2)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

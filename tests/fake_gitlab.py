@@ -19,7 +19,7 @@ handlers can create new commits and branches.
 Failure injection: `server.fail(method, path_regex, status=500, times=2)` answers the next
 matching requests with that status (429 carries `Retry-After: 0`); `status="drop"` sends the
 headers and half the body, then closes the connection. `server.latency_s` delays every answer
-(for benchmarks), `server.log` records every request (for "downloaded nothing" assertions).
+(for benchmarks), `server.delay(method, regex, seconds)` only some, `server.log` records every request (for "downloaded nothing" assertions).
 """
 
 from __future__ import annotations
@@ -196,6 +196,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in two writes: without this, Nagle + delayed ACK add ~40 ms a request
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _dispatch(self) -> None:
         self.server.fake.handle(self)
 
@@ -223,6 +228,7 @@ class FakeGitLab:
         self.faults: list[Fault] = []
         self.log: list[RequestRecord] = []
         self.latency_s = 0.0
+        self.delays: list[tuple[str, re.Pattern[str], float]] = []
         self.max_per_page = 100
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
@@ -234,7 +240,9 @@ class FakeGitLab:
     def start(self) -> FakeGitLab:
         self._httpd = _Server((self.host, 0), _Handler)
         self._httpd.fake = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-gitlab", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="fake-gitlab", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -293,6 +301,10 @@ class FakeGitLab:
         with self._lock:
             self.faults.append(Fault(method.upper(), re.compile(pattern), status, times, headers))
 
+    def delay(self, method: str, pattern: str, seconds: float) -> None:
+        """Answer requests matching `method` + path regex `seconds` late (a slow link, for kill tests)."""
+        self.delays.append((method.upper(), re.compile(pattern), seconds))
+
     def count(self, method: str, pattern: str, status: int | None = 200) -> int:
         """How many logged requests matched (default: successful ones)."""
         regex = re.compile(pattern)
@@ -322,6 +334,9 @@ class FakeGitLab:
         method = http.command.upper()
         if self.latency_s:
             time.sleep(self.latency_s)
+        for delay_method, pattern, seconds in list(self.delays):
+            if delay_method == method and pattern.search(path):
+                time.sleep(seconds)
         fault = self._take_fault(method, path)
         if fault is not None and fault.status != "drop":
             response = FakeResponse.json(

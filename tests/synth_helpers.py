@@ -62,3 +62,14 @@ def write_config(tmp: Path, project: Path, model: Path, **sections: dict) -> Pat
     path = tmp / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+_SHARED_MODEL: Path | None = None
+
+
+def shared_tiny_model(factory) -> Path:
+    """One tiny model per test process (read-only for the tests), built on first use."""
+    global _SHARED_MODEL
+    if _SHARED_MODEL is None or not (_SHARED_MODEL / "config.json").is_file():
+        _SHARED_MODEL = build_tiny_model(factory.mktemp("tiny-model"))
+    return _SHARED_MODEL

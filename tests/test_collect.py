@@ -109,6 +109,25 @@ def test_fixture_project_every_rule_and_bad_input(tmp_path, caplog):
     assert "BAD.codex" in caplog.text
 
 
+def test_local_checkout_reads_fetched_lfs_objects(tmp_path):
+    """A git checkout where `git lfs fetch` ran but the files are still pointers."""
+    built = build_project(n_takes=12, real_clips=12)
+    project = tmp_path / "checkout"
+    for path, data in built.git_files.items():  # the repository as git has it: pointers
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_bytes(data)
+    for oid, data in built.lfs_objects.items():
+        store = project / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_bytes(data)
+    result = collect(local_config(tmp_path, project), tmp_path / "raw")
+    rows = read_rows(tmp_path / "raw")
+    assert [r["file_name"] for r in rows] == [r["file_name"] for r in built.rows]
+    for row, want in zip(rows, built.rows, strict=True):
+        assert (tmp_path / "raw" / row["file_name"]).read_bytes() == want["bytes"]
+    assert result.report["cells"]["skipped_by_reason"]["lfs_pointer"] == 1  # only the object nobody pushed
+
+
 def test_runs_are_byte_identical_and_replace_stale_output(tmp_path):
     cfg = local_config(tmp_path, DEMO)
     collect(cfg, tmp_path / "a")

@@ -116,7 +116,7 @@ def test_kill_midway_then_rerun_is_byte_identical(tmp_path, server, built):
     collect(gitlab_config(tmp_path / "ref", server.url), tmp_path / "ref" / "raw")
     total_lfs = server.count("GET", LFS_GET)
 
-    server.latency_s = 0.03  # slow enough to be caught in the middle
+    server.delay("GET", LFS_GET, 0.1)  # a slow link: the run is caught in the middle of the LFS downloads
     work = tmp_path / "work"
     work.mkdir()
     config = write_config(work, server.url, download_workers=2)
@@ -124,14 +124,19 @@ def test_kill_midway_then_rerun_is_byte_identical(tmp_path, server, built):
     cmd = [sys.executable, "-m", "tts_pipeline", "collect", "--config", str(config), "--params", str(PARAMS)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cache = work / "cache" / "collect" / "lfs"
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(cache.rglob("*"))) < 40 and proc.poll() is None:
-        time.sleep(0.05)
+    deadline = time.time() + 120
+    while (
+        time.time() < deadline
+        and len([p for p in cache.rglob("*") if p.is_file()]) < 10
+        and proc.poll() is None
+    ):
+        time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     assert not (work / "raw").exists()  # no half output that looks complete
-    server.latency_s = 0.0
+    server.delays.clear()
 
     done_before = server.count("GET", LFS_GET)
     result = collect(load_config(config, PARAMS), work / "raw")

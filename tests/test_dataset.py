@@ -259,6 +259,10 @@ def test_uroman_policy(tmp_path, source_audio):
     )
     assert plain.rejected_by == {"no_tokenizable_text": 3}  # Cyrillic/Greek: nothing readable
     assert "U+043F" in plain.metrics["oov"]["by_char"]  # п
+    cyrillic_only = meta.read_text(encoding="utf-8").replace("hello", "привет")
+    (pre / "cyrillic.csv").write_text(cyrillic_only, encoding="utf-8")
+    with pytest.raises(PipelineError, match="no clip left for training .*oov_policy: uroman"):
+        build_dataset(pre / "cyrillic.csv", pre, ids, tmp_path / "x", cfg(), base_model=str(base))
     roman = build_dataset(
         meta,
         pre,

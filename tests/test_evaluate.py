@@ -321,6 +321,8 @@ def test_cli_stage_writes_report_and_metrics(
     doc = json.loads(metrics.read_text())
     assert doc["num_samples"] == 2 and "base_model" not in doc  # base_model null: no comparison
     assert (tmp_path / "reports" / "tiny" / "index.html").is_file()
+    # The image for `dvc plots`, next to the metrics (default path from paths.metrics).
+    assert (tmp_path / "metrics" / "tiny" / "evaluate.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "mlflow.db").exists()
 
 

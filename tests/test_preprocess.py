@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,7 @@ EXPECTED: dict[str, str | None] = {}
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     """A raw dataset folder as collect writes it: audio/ + metadata.csv."""
+    EXPECTED.clear()
     root = tmp_path_factory.mktemp("raw")
     audio = root / "audio"
     audio.mkdir()
@@ -119,6 +121,8 @@ def raw(tmp_path_factory) -> Path:
     clipped = np.clip(speech * 40.0, -1.0, 1.0)
     sf.write(audio / "clipped.flac", clipped, SR, subtype="PCM_16")
     add("clipped.flac", len(clipped) / SR, "clipped")
+    (audio / "clipped-opus.webm").write_bytes(encode_webm_opus(clipped, SR))  # rings around the flat tops
+    add("clipped-opus.webm", len(clipped) / SR, "clipped")
     sf.write(audio / "silent.wav", np.zeros(SR * 2, dtype=np.float32), SR, subtype="PCM_16")
     add("silent.wav", 2.0, "silent")
     noise = np.random.default_rng(0).normal(0, 1e-4, SR * 2).astype(np.float32)
@@ -126,6 +130,11 @@ def raw(tmp_path_factory) -> Path:
     add("hiss.wav", 2.0, "silent")
     shutil.copy(DATA / "librispeech-6spk" / OPUS[2], audio / "mismatch.webm")
     add("mismatch.webm", 3.0, "speech_rate_low", text="Amen.")
+    # a transcript twice too long: under the absolute 30 chars/s, far off this corpus' median
+    other = DATA / "librispeech-6spk" / "1998/1998-15444-0002.webm"
+    shutil.copy(other, audio / "other-verse.webm")
+    seconds = len(decode_audio(other, SR)) / SR
+    add("other-verse.webm", seconds, "speech_rate_outlier", text=_text_for(seconds * 2.0))
     add("not-there.webm", 1.0, "missing")
     rows.append({"file_name": "../outside.webm", "transcription": "x", "verse_id": "o", "duration_s": 1})
     EXPECTED["../outside.webm"] = "bad_path"
@@ -233,10 +242,70 @@ def test_snr_estimate_falls_with_noise():
     assert aq.estimate_snr_db(x, SR) > 25
 
 
+def test_speech_rate_bounds_are_robust():
+    assert pp.speech_rate_bounds([14.0] * 9, 4.0) is None  # too few clips for statistics
+    low, high, median = pp.speech_rate_bounds([14.0] * 20, 4.0)
+    assert median == pytest.approx(14.0)
+    assert (low, high) == pytest.approx((14.0 / math.exp(0.6), 14.0 * math.exp(0.6)))  # sigma floor
+    rates = list(np.random.default_rng(4).lognormal(math.log(12.0), 0.3, 200)) + [60.0, 1.0]
+    low, high, median = pp.speech_rate_bounds(rates, 4.0)
+    assert median == pytest.approx(12.0, rel=0.1)
+    assert low > 1.0 and high < 60.0 and sum(low <= r <= high for r in rates) >= 199
+
+
 def test_speech_chars_count_letters_of_any_script():
     assert aq.count_speech_chars("Hello, world!") == 10
     assert aq.count_speech_chars("日本語 3") == 4
     assert aq.count_speech_chars(" ... ") == 0
+
+
+def _encode(path: Path, samples: np.ndarray, rate: int, codec: str, container: str) -> None:
+    """Stereo file in another format the recording app may produce (MP3, M4A/AAC, Ogg/Opus)."""
+    import av
+
+    stereo = np.stack([samples, samples * 0.5]).astype(np.float32)
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=48000 if codec == "libopus" else 44100, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(stereo, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        ctx = stream.codec_context
+        resampler = av.AudioResampler(
+            format=ctx.format.name, layout="stereo", rate=ctx.sample_rate, frame_size=ctx.frame_size or None
+        )
+        for piece in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(piece):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def test_decode_native_reads_every_format(tmp_path):
+    samples, rate = sf.read(DATA / "flac" / FLAC[0], dtype="float32")
+    files = {
+        "a.mp3": lambda p: _encode(p, samples, rate, "libmp3lame", "mp3"),
+        "a.m4a": lambda p: _encode(p, samples, rate, "aac", "mp4"),
+        "a.ogg": lambda p: _encode(p, samples, rate, "libopus", "ogg"),
+        "a.webm": lambda p: p.write_bytes(encode_webm_opus(samples, rate)),
+        "s16.wav": lambda p: sf.write(p, np.stack([samples, samples], 1), rate, subtype="PCM_16"),
+        "u8.wav": lambda p: sf.write(p, samples, rate, subtype="PCM_U8"),
+        "f24.flac": lambda p: sf.write(p, np.stack([samples, samples], 1), rate, subtype="PCM_24"),
+    }
+    for name, make in files.items():
+        make(tmp_path / name)
+        decoded, decoded_rate = pp.decode_audio_native(tmp_path / name)
+        assert decoded.dtype == np.float32 and decoded.ndim == 1
+        x = pp.resample(decoded, decoded_rate, SR)
+        reference = decode_audio(tmp_path / name, SR)  # the shared swr-based decoder
+        assert abs(x.size - reference.size) <= 2, name
+        n = min(x.size, reference.size)
+        assert np.corrcoef(x[:n], reference[:n])[0, 1] > 0.99, name
+    with pytest.raises(pp.AudioTooLongError):
+        pp.decode_audio_native(tmp_path / "a.webm", max_seconds=1.0)
+    with pytest.raises(pp.AudioTooLongError):
+        pp.decode_audio_native(tmp_path / "f24.flac", max_seconds=1.0)
+    (tmp_path / "fake.wav").write_bytes(b"RIFF" + bytes(100))
+    with pytest.raises(pp.AudioError, match="fake.wav"):
+        pp.decode_audio_native(tmp_path / "fake.wav")
 
 
 # --------------------------------------------------------------------------- the corpus
@@ -292,6 +361,8 @@ def test_rejections_have_reasons(first_run):
     assert metrics["clips_total"] == len(EXPECTED)
     assert metrics["clips_kept"] == summary.kept
     assert metrics["rejected_by_reason"]["silent"] == 2
+    assert metrics["rejected_by_reason"]["speech_rate_outlier"] == 1
+    assert "median" in rejected["audio/other-verse.webm"]["detail"]
     assert metrics["hours_kept"] == pytest.approx(summary.seconds_kept / 3600, abs=1e-4)
     assert set(metrics["rejected_by_reason"]) == set(pp.REASONS)
     text = summary.format()
@@ -323,7 +394,7 @@ def test_one_new_clip_is_one_decode(raw, first_run, decode_counter, tmp_path):
     assert (tmp_path / "out" / "audio" / "new.wav").is_file()
 
 
-def test_cache_key_has_processing_params_not_filters(raw, first_run, decode_counter, tmp_path):
+def test_cache_key_has_processing_params_not_filters(raw, first_run, decode_counter, monkeypatch, tmp_path):
     _, work = first_run
     cache = tmp_path / "cache"
     shutil.copytree(work / "cache", cache)
@@ -331,7 +402,8 @@ def test_cache_key_has_processing_params_not_filters(raw, first_run, decode_coun
     summary = _run(raw, tmp_path / "a", cache, filters=strict)
     kept_before = sum(1 for reason in EXPECTED.values() if reason is None)
     assert decode_counter == [] and summary.kept == 0
-    assert summary.rejected["low_snr"] == kept_before + 1  # + the speech-rate one: SNR is checked first
+    # + the two speech-rate ones: SNR is checked first
+    assert summary.rejected["low_snr"] == kept_before + 2
     louder = pp.ProcessParams(target_lufs=-18.0)  # a processing change recomputes every clip
     summary = _run(raw, tmp_path / "b", cache, params=louder)
     assert summary.decoded == len(decode_counter) > 0
@@ -339,6 +411,22 @@ def test_cache_key_has_processing_params_not_filters(raw, first_run, decode_coun
     row = _read_csv(tmp_path / "b" / "metadata.csv")[0]
     samples, _ = sf.read(tmp_path / "b" / row["file_name"], dtype="float64")
     assert pyloudnorm.Meter(SR).integrated_loudness(samples) == pytest.approx(-18.0, abs=0.5)
+
+    decode_counter.clear()
+    monkeypatch.setattr(pp, "code_fingerprint", lambda: "other code")  # a code change: recompute
+    summary = _run(raw, tmp_path / "c", cache)
+    assert summary.cache_hits == 1 and summary.decoded == len(decode_counter) > 0
+
+
+def test_broken_cache_entry_is_recomputed(raw, first_run, decode_counter, tmp_path):
+    _, work = first_run
+    cache = tmp_path / "cache"
+    shutil.copytree(work / "cache", cache)
+    entry = sorted(cache.rglob("*.json"))[0]
+    entry.write_text('{"format": 1, "aud')  # as if a crash had cut it short
+    summary = _run(raw, tmp_path / "out", cache)
+    assert summary.decoded == len(decode_counter) == 1
+    json.loads(entry.read_text())  # rewritten whole
 
 
 def test_interrupted_run_leaves_previous_output(raw, first_run, monkeypatch, decode_counter, tmp_path):
@@ -367,6 +455,43 @@ def test_interrupted_run_leaves_previous_output(raw, first_run, monkeypatch, dec
     summary = _run(raw, out, tmp_path / "cache")
     assert finished.isdisjoint(p.name for p in decode_counter)
     assert summary.cache_hits == 3  # those two + mismatch.webm (same bytes as an earlier clip)
+    assert _tree_digest(out) == before
+
+
+def test_processing_failure_rejects_one_clip(raw, monkeypatch, tmp_path):
+    real = pp.process_audio
+
+    def fails_on_short_clips(samples, rate, params):
+        if samples.size < rate:  # only short.webm
+            raise FloatingPointError("boom")
+        return real(samples, rate, params)
+
+    monkeypatch.setattr(pp, "process_audio", fails_on_short_clips)
+    summary = _run(raw, tmp_path / "out", tmp_path / "cache")
+    rejected = {r["file_name"]: r for r in _read_csv(tmp_path / "out" / "rejected.csv")}
+    assert rejected["audio/short.webm"]["reason"] == "error"
+    assert "FloatingPointError: boom" in rejected["audio/short.webm"]["detail"]
+    assert summary.kept == sum(1 for reason in EXPECTED.values() if reason is None)
+
+
+def _dying_worker(ctx, task):
+    """Stands in for process_clip in a pool worker: dies like a process killed for memory."""
+    if task.index == 3:
+        os._exit(9)
+    return _REAL_PROCESS_CLIP(ctx, task)
+
+
+_REAL_PROCESS_CLIP = pp.process_clip
+
+
+def test_dead_worker_fails_the_run_and_keeps_previous_output(raw, first_run, monkeypatch, tmp_path):
+    _, work = first_run
+    out = tmp_path / "out"
+    shutil.copytree(work / "out", out)
+    before = _tree_digest(out)
+    monkeypatch.setattr(pp, "process_clip", _dying_worker)  # workers are forked: they see it too
+    with pytest.raises(PipelineError, match="worker process died"):
+        _run(raw, out, tmp_path / "cache", workers=2)
     assert _tree_digest(out) == before
 
 

@@ -269,3 +269,85 @@ def test_nothing_secret_in_tracked_dvc_config() -> None:
         ["git", "check-ignore", "-q", str(storage / "files")], cwd=REPO, capture_output=True
     )
     assert probe.returncode == 0, f"{storage} is not gitignored"
+
+
+# --------------------------------------------------------------------------- scripts/gpu-box.sh
+
+GPU_BOX = REPO / "scripts" / "gpu-box.sh"
+
+
+def test_gpu_box_script_parses_and_dry_run_shows_the_plan() -> None:
+    assert subprocess.run(["bash", "-n", str(GPU_BOX)], capture_output=True).returncode == 0
+    env = git_env(
+        {"TTS_S3_URL": "s3://bucket/tts", "TTS_S3_ENDPOINT": "http://127.0.0.1:9", "TTS_TORCH_CUDA": "cu128"}
+    )
+    proc = subprocess.run(
+        ["bash", str(GPU_BOX), "--lang", "demo", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    torch_pin = re.search(r'"torch==([0-9.]+)', (REPO / "pyproject.toml").read_text()).group(1)
+    assert f"torch=={torch_pin} torchaudio --index-url https://download.pytorch.org/whl/cu128" in out
+    assert "-m pip install -q -e .\\[gpu\\]" in out
+    assert "+ dvc remote add --local --default --force s3remote s3://bucket/tts" in out
+    assert "+ dvc remote modify --local s3remote endpointurl http://127.0.0.1:9" in out
+    assert "+ dvc pull dataset@demo" in out
+    assert "tts-pipeline run --config languages/demo.yaml --until evaluate --allow-missing" in out
+    assert "AWS_SECRET" not in out
+
+    bad = subprocess.run(
+        ["bash", str(GPU_BOX), "--lang", "nope", "--dry-run"], env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "languages/nope.yaml not found" in bad.stderr
+
+
+def test_gpu_box_sets_up_a_clone_and_backs_up_checkpoints(tmp_path: Path, s3_endpoint: str) -> None:
+    """The script for real (minus pip) on a fresh clone: remote from env vars, dataset pulled."""
+    env = aws_env(s3_endpoint)
+    laptop = make_toy_project(tmp_path / "laptop")
+    (laptop / "scripts").mkdir()
+    shutil.copy(GPU_BOX, laptop / "scripts" / "gpu-box.sh")
+    add_s3_remote(laptop, s3_endpoint, "box", env)
+    dvc("repro", "dataset@demo", cwd=laptop, env=env)
+    dvc("push", cwd=laptop, env=env)
+    git("add", "-A", cwd=laptop, env=env)
+    git("commit", "-q", "-m", "dataset", cwd=laptop, env=env)
+    box = tmp_path / "box"
+    git("clone", "-q", str(laptop), str(box), cwd=tmp_path, env=env)
+
+    env_box = {**env, "TTS_S3_URL": f"s3://{BUCKET}/box", "TTS_S3_ENDPOINT": s3_endpoint}
+    script = ["bash", "scripts/gpu-box.sh", "--lang", "demo", "--skip-install"]
+    proc = subprocess.run(script, cwd=box, env=env_box, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert (box / "data/demo/dataset/data.txt").read_text() == "HELLO FROM DEMO\n"
+    assert not (box / "data/demo/raw").exists()
+    local = (box / ".dvc/config.local").read_text()
+    assert f"s3://{BUCKET}/box" in local and s3_endpoint in local and "testing" not in local
+    assert git("status", "--porcelain", cwd=box).stdout.strip() == ""  # nothing for git to commit
+    assert "tts-pipeline run --config languages/demo.yaml --until evaluate --allow-missing" in proc.stdout
+
+    # Preemption insurance: back up checkpoints (only what changed), lose them, set up again.
+    ckpt = box / "models/demo/checkpoints/checkpoint-10"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.bin").write_bytes(b"\x00\x01" * 1000)
+    (ckpt / "trainer.json").write_text('{"step": 10}')
+    sync = subprocess.run([*script, "--sync-once"], cwd=box, env=env_box, capture_output=True, text=True)
+    assert sync.returncode == 0 and "2 file(s) uploaded" in sync.stdout, sync.stdout + sync.stderr
+    again = subprocess.run([*script, "--sync-once"], cwd=box, env=env_box, capture_output=True, text=True)
+    assert "0 file(s) uploaded" in again.stdout, again.stdout + again.stderr
+    assert len(bucket_keys(s3_endpoint, "box/checkpoints-backup/demo/checkpoint-10/")) == 2
+
+    shutil.rmtree(box / "models/demo/checkpoints")
+    shutil.rmtree(box / "data/demo/dataset")
+    # Idempotent: the same set-up again (what a replacement box runs) restores everything.
+    proc = subprocess.run(script, cwd=box, env=env_box, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 file(s) restored" in proc.stdout
+    assert (ckpt / "state.bin").read_bytes() == b"\x00\x01" * 1000
+    assert (ckpt / "trainer.json").read_text() == '{"step": 10}'
+    assert (box / "data/demo/dataset/data.txt").read_text() == "HELLO FROM DEMO\n"
+    assert (box / ".dvc/config.local").read_text() == local

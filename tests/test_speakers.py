@@ -65,7 +65,7 @@ def embedder():
 
 @pytest.fixture(scope="module")
 def cache_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    return tmp_path_factory.mktemp("cache") / "speakers"  # as the stage makes it: <paths.cache>/speakers
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,11 @@ def test_corrections_applied_as_written_and_survive_reruns(corpus, embedder, cac
     assert len(set(auto.values())) == 3
     sizes = [ids["speakers"][str(i)]["clips"] for i in range(3, 6)]
     assert sizes == sorted(sizes, reverse=True) == [10, 9, 8]
-    assert ids["clips"]["audio/3080-5032-0005.wav"] == {"speaker_id": 0, "confidence": 1.0, "uncertain": False}
+    assert ids["clips"]["audio/3080-5032-0005.wav"] == {
+        "speaker_id": 0,
+        "confidence": 1.0,
+        "uncertain": False,
+    }
 
     # Re-run: shuffled metadata, the other clustering method: the same result, byte for byte.
     shuffled = tmp_path / "shuffled.csv"
@@ -275,7 +279,12 @@ def test_anchors_of_two_names_in_one_cluster_divide_it(embedded):
     names = [c.file_name for c in clips]
     clustering = sp.cluster_embeddings(X, "hdbscan")
     corr = sp.parse_corrections(
-        {"speakers": {"Dave": {"anchors": ["audio/3331-159605-0000.wav"]}, "Erin": {"anchors": ["audio/3331-159605-0001.wav"]}}},
+        {
+            "speakers": {
+                "Dave": {"anchors": ["audio/3331-159605-0000.wav"]},
+                "Erin": {"anchors": ["audio/3331-159605-0001.wav"]},
+            }
+        },
         Path("x.speakers.yaml"),
     )
     result = sp.apply_corrections(names, X, clustering, corr)
@@ -294,7 +303,10 @@ def test_anchors_of_two_names_in_one_cluster_divide_it(embedded):
         ("speaker:\n  A: {}\n", "unknown key(s) speaker"),
         ("speakers:\n  A:\n    anchor: [audio/x.wav]\n", "speakers.A: unknown key(s) anchor"),
         ("speakers:\n  A:\n    clips: 3\n", "speakers.A.clips: expected a list"),
-        ("speakers:\n  A:\n    clips: [audio/x.wav]\n  B:\n    anchors: [audio/x.wav]\n", "speakers.B.anchors: audio/x.wav is already listed under speakers.A"),
+        (
+            "speakers:\n  A:\n    clips: [audio/x.wav]\n  B:\n    anchors: [audio/x.wav]\n",
+            "speakers.B.anchors: audio/x.wav is already listed under speakers.A",
+        ),
         ("speakers: [A, B]\n", "speakers: expected a mapping"),
         ("speakers:\n  A: [audio/x.wav\n", "not valid YAML"),
     ],
@@ -353,7 +365,10 @@ def test_review_page_structure_and_corrections_round_trip(corpus, embedder, cach
     assert all(n >= 2 for n in page._section_audio)  # representative + least-certain players
     audios = [a for t, a in page.tags if t == "audio"]
     assert audios and all(a["src"].startswith("data:audio/webm;base64,") for a in audios)
-    assert base64.b64decode(audios[0]["src"].split(",", 1)[1])[:4] == b"\x1a\x45\xdf\xa3"  # EBML/WebM
+    webm = base64.b64decode(audios[0]["src"].split(",", 1)[1])
+    assert webm[:4] == b"\x1a\x45\xdf\xa3"  # EBML/WebM
+    (tmp_path / "player.webm").write_bytes(webm)
+    assert len(decode_audio(tmp_path / "player.webm", 16000)) > 16000  # a real, playable clip
     (img,) = [a for t, a in page.tags if t == "img" and a.get("id") == "map"]
     assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [a for t, a in page.tags if t in ("script", "link")]  # self-contained, no external refs
@@ -393,15 +408,20 @@ def test_cli_runs_the_stage_with_flags(corpus, cache_root, tmp_path):
     from tts_pipeline.cli import main
 
     subset = tmp_path / "subset.csv"
-    _write_metadata(subset, [f"audio/{p.stem}.wav" for p in sorted(DATA.glob("*/*.webm")) if p.parent.name in ("1688", "3080")])
+    _write_metadata(
+        subset,
+        [f"audio/{p.stem}.wav" for p in sorted(DATA.glob("*/*.webm")) if p.parent.name in ("1688", "3080")],
+    )
     config = tmp_path / "tst.yaml"
     config.write_text(
         "language: {code: tst}\nsource: {type: local, path: .}\n"
-        f"paths: {{cache: '{cache_root}'}}\n"
+        f"paths: {{cache: '{cache_root.parent}'}}\n"
         "speaker_diarization: {clustering_method: kmeans, min_speakers: null, max_speakers: null}\n",
         encoding="utf-8",
     )
-    (tmp_path / "tst.speakers.yaml").write_text("speakers:\n  Ann:\n    anchors: [audio/3080-5032-0000.wav]\n")
+    (tmp_path / "tst.speakers.yaml").write_text(
+        "speakers:\n  Ann:\n    anchors: [audio/3080-5032-0000.wav]\n"
+    )
     params = Path(__file__).resolve().parents[1] / "params.yaml"
     out = tmp_path / "out"
     rc = main(

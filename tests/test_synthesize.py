@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synth_helpers import DEMO_PROJECT, REPO, build_tiny_model, copy_demo_project, write_config
+from synth_helpers import DEMO_PROJECT, REPO, copy_demo_project, shared_tiny_model, write_config
 
 from tts_pipeline import audio, cli, synthesize
 from tts_pipeline.config import DatasetSection, load_config
 from tts_pipeline.metadata import read_metadata
 from tts_pipeline.modeling import load_voice
 from tts_pipeline.synthesize import SynthesisSettings, split_text
+
+#: An untrained model drawls; a fast speaking rate keeps the clips (and the tests) short.
+FAST = SynthesisSettings(speaking_rate=4.0)
 
 # --------------------------------------------------------------------------- which verses
 
@@ -130,7 +133,7 @@ def test_text_chunks_use_the_dataset_normalisation() -> None:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("model"))
+    return shared_tiny_model(tmp_path_factory)
 
 
 def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, tmp_path: Path) -> None:
@@ -139,7 +142,7 @@ def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, t
     verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
     out = tmp_path / "synthesized"
     report = synthesize.synthesize_verses(
-        verses, model_dir, out, SynthesisSettings(), cache_dir=tmp_path / "cache", progress=False
+        verses, model_dir, out, FAST, cache_dir=tmp_path / "cache", progress=False
     )
     assert report.failed == [] and len(report.verses) == 3 and report.cache_hits == 0
     rows = read_metadata(out / "metadata.csv")
@@ -169,25 +172,35 @@ def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, t
         assert duration > 0.1
         assert abs(decoded.size / 16000 - duration) < 0.03, row
         assert np.abs(decoded).max() > 0  # not silence
-    assert sorted(p.name for p in out.iterdir()) == ["audio", "metadata.csv"]  # no temp leftovers
+    assert sorted(p.name for p in out.iterdir()) == ["audio", "metadata.csv", "synthesize_report.json"]
+    assert not list(tmp_path.glob(".synthesized*"))  # no temp leftovers
+    summary = json.loads((out / "synthesize_report.json").read_text())
+    assert summary["voiced"] == 3 and summary["speaker"] == {"id": 1, "name": "Sheila"}
 
 
 def test_cache_resynthesizes_only_changed_verses_and_output_is_deterministic(
     model_dir: Path, tmp_path: Path
 ) -> None:
     verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
-    settings = SynthesisSettings()
+    settings = FAST
     cache = tmp_path / "cache"
-    first = synthesize.synthesize_verses(verses, model_dir, tmp_path / "a", settings, cache, progress=False)
+    voice = load_voice(model_dir)
+
+    def run(verses, out, cache, speaker=None):
+        return synthesize.synthesize_verses(
+            verses, model_dir, tmp_path / out, settings, cache, speaker, progress=False, loaded=voice
+        )
+
+    first = run(verses, "a", cache)
     files_a = {p.name: p.read_bytes() for p in (tmp_path / "a" / "audio").iterdir()}
 
-    # same inputs, no cache: byte-identical audio (seeded noise)
-    synthesize.synthesize_verses(verses, model_dir, tmp_path / "b", settings, None, progress=False)
+    # same inputs, no cache: byte-identical audio (seeded noise, bit-exact container)
+    run(verses, "b", None)
     assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "audio").iterdir()} == files_a
 
     # one verse's text changed: only that one is synthesized again
     changed = [*verses[:2], synthesize.VerseToVoice(**{**verses[2].__dict__, "text": "Goodbye for now."})]
-    again = synthesize.synthesize_verses(changed, model_dir, tmp_path / "a", settings, cache, progress=False)
+    again = run(changed, "a", cache)
     assert (first.cache_hits, again.cache_hits) == (0, 2)
     assert [v.cached for v in again.verses] == [True, True, False]
     files_again = {p.name: p.read_bytes() for p in (tmp_path / "a" / "audio").iterdir()}
@@ -195,15 +208,13 @@ def test_cache_resynthesizes_only_changed_verses_and_output_is_deterministic(
     assert files_again["MRK_001_010.webm"] != files_a["MRK_001_010.webm"]
 
     # another speaker is another cache entry
-    other = synthesize.synthesize_verses(
-        verses[:1], model_dir, tmp_path / "c", settings, cache, "Diane", progress=False
-    )
+    other = run(verses[:1], "c", cache, "Diane")
     assert other.cache_hits == 0 and other.verses[0].speaker == "Diane"
 
 
 def test_long_verse_is_split_and_joined_with_pauses(model_dir: Path) -> None:
     voice = load_voice(model_dir)
-    settings = SynthesisSettings(max_chars=22, pause_s=0.25)
+    settings = SynthesisSettings(max_chars=22, pause_s=0.25, speaking_rate=4.0)
     text = "we will meet again, in the morning. thank you for calling."
     chunks = synthesize.text_chunks(text, settings.max_chars, synthesize.text_normalizer(None))
     assert chunks == ["we will meet again,", "in the morning.", "thank you for calling."]
@@ -218,7 +229,7 @@ def test_long_verse_is_split_and_joined_with_pauses(model_dir: Path) -> None:
 
 def test_cli_dry_run_writes_nothing_then_real_run(model_dir: Path, tmp_path: Path, capsys) -> None:
     project = copy_demo_project(tmp_path / "project")
-    config = write_config(tmp_path, project, model_dir, synthesis={"format": "wav"})
+    config = write_config(tmp_path, project, model_dir, synthesis={"format": "wav", "speaking_rate": 4.0})
     args = ["synthesize", "--config", str(config), "--params", str(REPO / "params.yaml")]
     assert cli.main([*args, "--dry-run", "--write-back"]) == 0
     printed = capsys.readouterr().out
@@ -242,3 +253,29 @@ def test_unknown_speaker_and_missing_model_are_clear_errors(model_dir: Path, tmp
     assert cli.main(["synthesize", "--config", str(config), "--params", str(REPO / "params.yaml")]) == 1
     assert "no-model" in capsys.readouterr().err
     assert not (tmp_path / "synthesized").exists()
+
+
+def test_checkpoint_setting_picks_the_model(model_dir: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    project = copy_demo_project(tmp_path / "project")
+    for step in (10, 20):
+        shutil.copytree(model_dir, tmp_path / "checkpoints" / f"checkpoint-{step}" / "model")
+    (tmp_path / "checkpoints" / "index.json").write_text(
+        json.dumps({"checkpoints": [{"step": 10, "val_loss": 1.5}, {"step": 20, "val_loss": 2.5}]})
+    )
+    for which, expected in (("latest", "checkpoint-20"), ("best", "checkpoint-10"), ("20", "checkpoint-20")):
+        config = write_config(tmp_path, project, tmp_path / "no-final-model", synthesis={"checkpoint": which})
+        assert (
+            cli.main(
+                ["synthesize", "--config", str(config), "--params", str(REPO / "params.yaml"), "--dry-run"]
+            )
+            == 0
+        )
+        assert f"{expected}/model (revision" in capsys.readouterr().out
+    config = write_config(tmp_path, project, tmp_path / "no-final-model", synthesis={"checkpoint": "7"})
+    assert (
+        cli.main(["synthesize", "--config", str(config), "--params", str(REPO / "params.yaml"), "--dry-run"])
+        == 1
+    )
+    assert "no checkpoint for step 7" in capsys.readouterr().err

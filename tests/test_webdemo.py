@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 import soundfile as sf
-from synth_helpers import DEMO_PROJECT, build_tiny_model
+from synth_helpers import DEMO_PROJECT, shared_tiny_model
 
 from tts_pipeline import synthesize, webdemo
 from tts_pipeline.synthesize import SynthesisSettings
@@ -19,7 +19,7 @@ from tts_pipeline.synthesize import SynthesisSettings
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("webdemo")
-    model = build_tiny_model(tmp / "model")
+    model = shared_tiny_model(tmp_path_factory)
     settings = SynthesisSettings(speaking_rate=4.0)
     verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
     synthesize.synthesize_verses(verses[:1], model, tmp / "synthesized", settings, None, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fake_gitlab import tree_from_directory
 from fake_gitlab_writes import FakeGitLabWrites
-from synth_helpers import REPO, build_tiny_model, copy_demo_project, tree_bytes, write_config
+from synth_helpers import REPO, copy_demo_project, shared_tiny_model, tree_bytes, write_config
 
 from tts_pipeline import cli, codex, synthesize, writeback
 from tts_pipeline.config import load_config
@@ -22,7 +22,7 @@ NEW_IDS = {"LUK 1:7", "MRK 1:9", "MRK 1:10"}
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("model"))
+    return shared_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +166,11 @@ def test_selection_rules_and_stale_takes(synthesized: Path, tmp_path: Path) -> N
     assert len(second.changes) == 1 and not second.changes[0].select
     meta = _cells(project)["GEN 1:2"]["metadata"]
     assert len(meta["attachments"]) == 2 and meta["selectedAudioId"] == report.changes[1].audio_id
+    # another speaker is another take; the same speaker again is a duplicate
+    other = take("GEN 1:2", "no selection", "rev2")
+    other.speaker = "Diane"
+    assert len(writeback.write_back_local(project, [other]).changes) == 1
+    assert writeback.write_back_local(project, [other]).changes == []
 
 
 def test_missing_audio_fails_before_touching_the_project(tmp_path: Path) -> None:
@@ -231,8 +236,11 @@ def test_gitlab_write_back_opens_a_merge_request(
         dry = writeback.write_back(cfg, out, dry_run=True)
         assert len(dry.changes) == 3 and server.count("POST", r"/repository/commits") == 0
 
+        server.fail("POST", r"/info/lfs/objects/batch$", 503)  # flaky server: retried
+        server.fail("PUT", r"/gitlab-lfs/objects/", 429)
         report = writeback.write_back(cfg, out)
         assert len(report.changes) == 3 and report.branch and report.merge_request
+        assert server.count("PUT", r"/gitlab-lfs/objects/", status=429) == 1
         assert project.branches["main"] == main_sha  # default branch untouched
         assert report.branch in project.branches and report.branch != "main"
         [mr] = server.merge_requests
@@ -273,3 +281,15 @@ def test_gitlab_write_back_without_token_is_a_clear_error(
         monkeypatch.delenv("TTS_TEST_GITLAB_TOKEN")
         with pytest.raises(Exception, match="TTS_TEST_GITLAB_TOKEN"):
             writeback.write_back_takes(cfg, [])
+
+
+def test_documents_are_rewritten_in_their_own_format() -> None:
+    from synth_helpers import DEMO_PROJECT
+
+    for path in (DEMO_PROJECT / "files" / "target").glob("*.codex"):
+        text = path.read_text(encoding="utf-8")
+        assert writeback.dump_like(text, json.loads(text)) == text
+    compact = '{"cells":[{"value":"caf\u00e9"}],"metadata":{}}'
+    assert writeback.dump_like(compact, json.loads(compact)) == compact
+    tabs = '{\n\t"cells": []\n}\n'
+    assert writeback.dump_like(tabs, json.loads(tabs)) == tabs

@@ -98,30 +98,53 @@ class AudioTooLongError(AudioError):
     """Decoding stopped because the file is longer than the caller's limit."""
 
 
-def _frame_to_mono(frame) -> np.ndarray:
-    """One decoded PyAV frame as mono float32 (channels averaged), whatever its sample format."""
-    data = frame.to_ndarray()
-    channels = max(1, len(frame.layout.channels))
-    if not frame.format.is_planar:
-        data = data.reshape(-1, channels).T
-    if data.dtype == np.int16:
+#: PyAV sample format (without the planar "p") -> NumPy dtype, for reading frame buffers.
+_SAMPLE_DTYPES = {"flt": np.float32, "dbl": np.float64, "s16": np.int16, "s32": np.int32, "u8": np.uint8}
+
+
+def _to_mono_float(data: np.ndarray, channels: int, planar: bool) -> np.ndarray:
+    """Raw samples of the whole stream (planar: one row per channel) -> mono float32 in [-1, 1]."""
+    if data.dtype == np.uint8:
+        data = (data.astype(np.float32) - 128.0) * (1.0 / 128.0)
+    elif data.dtype == np.int16:
         data = data.astype(np.float32) * (1.0 / 32768.0)
     elif data.dtype == np.int32:
         data = data.astype(np.float32) * (1.0 / 2147483648.0)
-    elif data.dtype == np.uint8:
-        data = (data.astype(np.float32) - 128.0) * (1.0 / 128.0)
-    elif data.dtype != np.float32:
-        data = data.astype(np.float32)
-    return data[0] if channels == 1 else data.mean(axis=0, dtype=np.float32)
+    if channels > 1:
+        data = data.reshape(channels, -1) if planar else data.reshape(-1, channels).T
+        data = data.mean(axis=0, dtype=np.float64 if data.dtype == np.float64 else np.float32)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def _read_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
+    """WAV/FLAC through libsndfile as mono float32; None when it is not what the name says."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return None
+    if max_seconds is not None and info.frames > max_seconds * info.samplerate:
+        raise AudioTooLongError(f"{path}: longer than {max_seconds:g} s")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return None
+    if not data.size:
+        raise AudioError(f"{path}: contains no audio samples")
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(mono), int(rate)
 
 
 def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode any audio file to mono float32 at its own sample rate: (samples, rate).
 
-    Faster than `decode_audio` (no per-frame resampler; resample the whole clip afterwards,
-    e.g. with soxr) and lets the caller measure clipping before resampling smears it.
-    Stops with AudioError once more than `max_seconds` are decoded, so a stray hour-long file
-    cannot exhaust memory. Raises AudioError naming the file for corrupt, empty or LFS input.
+    Faster than `decode_audio` (no per-frame resampler or array work: each frame's buffer is
+    copied as bytes and converted once at the end; resample the whole clip afterwards, e.g.
+    with soxr), and lets the caller measure clipping before resampling smears it.
+    Stops with AudioTooLongError once more than `max_seconds` are decoded, so a stray
+    hour-long file cannot exhaust memory. Raises AudioError naming the file for corrupt,
+    empty or LFS-pointer input.
     """
     import av
 
@@ -132,22 +155,43 @@ def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> t
         raise AudioError(f"{path}: empty file")
     if is_lfs_pointer(path):
         raise AudioError(f"{path}: is a Git LFS pointer, not audio (run `git lfs pull` on the project)")
-    chunks: list[np.ndarray] = []
-    rate = 0
-    total = 0
+    if path.suffix.lower() in (".wav", ".flac"):  # libsndfile: no per-frame Python work at all
+        read = _read_soundfile(path, max_seconds)
+        if read is not None:
+            return read
+    chunks: list[list[bytes]] = []
+    rate = channels = total = itemsize = 0
+    planar = False
+    dtype = None
+    limit = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise AudioError(f"{path}: no audio stream")
             stream = container.streams.audio[0]
             for frame in container.decode(stream):
-                if rate and frame.sample_rate != rate:  # rate changes mid-stream: rare, let swr handle it
-                    return decode_audio(path, rate), rate
-                rate = frame.sample_rate
-                chunk = _frame_to_mono(frame)
-                chunks.append(chunk)
-                total += chunk.size
-                if max_seconds is not None and total > max_seconds * rate:
+                if dtype is None:
+                    rate = frame.sample_rate
+                    channels = max(1, len(frame.layout.channels))
+                    planar = frame.format.is_planar
+                    name = frame.format.name[:-1] if planar else frame.format.name
+                    if name not in _SAMPLE_DTYPES:  # s64 and other rarities: let swr convert
+                        return decode_audio(path, rate), rate
+                    dtype = _SAMPLE_DTYPES[name]
+                    itemsize = np.dtype(dtype).itemsize
+                    chunks = [[] for _ in range(channels if planar else 1)]
+                    limit = None if max_seconds is None else max_seconds * rate
+                elif frame.sample_rate != rate or len(frame.layout.channels) != channels:
+                    return decode_audio(path, rate), rate  # stream changes mid-way: rare
+                samples = frame.samples
+                if planar:
+                    size = samples * itemsize
+                    for chunk, plane in zip(chunks, frame.planes, strict=False):
+                        chunk.append(bytes(plane)[:size])
+                else:
+                    chunks[0].append(bytes(frame.planes[0])[: samples * channels * itemsize])
+                total += samples
+                if limit is not None and total > limit:
                     raise AudioTooLongError(f"{path}: longer than {max_seconds:g} s")
     except AudioError:
         raise
@@ -155,28 +199,5 @@ def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> t
         raise AudioError(f"{path}: cannot decode audio: {exc}") from None
     if not total:
         raise AudioError(f"{path}: contains no audio samples")
-    return np.concatenate(chunks), rate
-
-
-def encode_webm_opus_bitexact(samples: np.ndarray, sample_rate: int, bitrate: int = 48000) -> bytes:
-    """`encode_webm_opus`, but byte-reproducible: same samples -> same file.
-
-    FFmpeg's Matroska muxer writes random segment/track UIDs unless told to be bit-exact;
-    reproducible files keep DVC outputs and per-file caches stable across runs.
-    """
-    import av
-
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="webm", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libopus", rate=48000, layout="mono")
-        stream.bit_rate = bitrate
-        pcm = np.clip(samples, -1.0, 1.0).astype(np.float32).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=48000)
-        for resampled in resampler.resample(frame) + resampler.resample(None):
-            for packet in stream.encode(resampled):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
+    data = np.frombuffer(b"".join(b"".join(chunk) for chunk in chunks), dtype=dtype)
+    return _to_mono_float(data, channels, planar), rate

@@ -41,7 +41,7 @@ def peak_db(samples: np.ndarray) -> float:
     """Sample peak in dBFS (-inf for digital silence or an empty array)."""
     if samples.size == 0:
         return -math.inf
-    peak = float(np.max(np.abs(samples)))
+    peak = float(max(np.max(samples), -np.min(samples)))
     return 20.0 * math.log10(peak) if peak > 0 else -math.inf
 
 
@@ -49,23 +49,22 @@ def clipping_ratio(samples: np.ndarray, level: float = CLIP_LEVEL) -> float:
     """Fraction of samples at (or ringing around) full scale."""
     if samples.size == 0:
         return 0.0
-    return float(np.count_nonzero(np.abs(samples) >= level)) / samples.size
+    clipped = np.count_nonzero(samples >= level) + np.count_nonzero(samples <= -level)  # no |x| copy
+    return float(clipped) / samples.size
 
 
 def frame_power_db(samples: np.ndarray, frame: int) -> np.ndarray:
-    """Mean power of consecutive non-overlapping frames in dB (last partial frame included)."""
+    """Mean power of consecutive non-overlapping frames in dB (a last partial frame included)."""
     n = samples.size
-    if n == 0:
-        return np.zeros(0)
-    frames = -(-n // frame)
-    padded = samples
-    if frames * frame != n:
-        padded = np.zeros(frames * frame, dtype=np.float64)
-        padded[:n] = samples
-    x = padded.reshape(frames, frame).astype(np.float64, copy=False)
-    power = np.einsum("ij,ij->i", x, x) / frame
-    if frames * frame != n:  # the last frame's mean over its real samples only
-        power[-1] = power[-1] * frame / (n - (frames - 1) * frame)
+    full = n // frame
+    x = np.asarray(samples, dtype=np.float32)
+    power = np.einsum(
+        "ij,ij->i", x[: full * frame].reshape(full, frame), x[: full * frame].reshape(full, frame)
+    )
+    power = power.astype(np.float64) / frame
+    if full * frame != n:  # the last frame's mean over its real samples only
+        tail = x[full * frame :].astype(np.float64)
+        power = np.append(power, float(np.dot(tail, tail)) / tail.size)
     return 10.0 * np.log10(np.maximum(power, POWER_FLOOR))
 
 
@@ -78,9 +77,16 @@ def trim_bounds(samples: np.ndarray, rate: int, threshold_db: float, margin_s: f
     decays are not cut. Relative, so it works for quiet and loud recordings alike.
     A clip with no energy at all is returned whole (it is rejected as silent later).
     """
-    n = samples.size
     frame = max(1, round(FRAME_S * rate))
-    levels = frame_power_db(samples, frame)
+    return trim_bounds_from_levels(
+        frame_power_db(samples, frame), samples.size, frame, rate, threshold_db, margin_s
+    )
+
+
+def trim_bounds_from_levels(
+    levels: np.ndarray, n: int, frame: int, rate: int, threshold_db: float, margin_s: float
+) -> tuple[int, int]:
+    """`trim_bounds` on precomputed frame levels (shared with the SNR estimate)."""
     if levels.size == 0 or levels.max() <= 10.0 * math.log10(POWER_FLOOR):
         return 0, n
     reference = float(np.percentile(levels, 95.0))
@@ -100,8 +106,11 @@ def estimate_snr_db(samples: np.ndarray, rate: int) -> float:
     average), which is close enough to filter noisy takes. Capped at 100 dB (digital silence
     between words would otherwise give infinity); 0 for a clip of fewer than two frames.
     """
-    frame = max(1, round(FRAME_S * rate))
-    levels = frame_power_db(samples, frame)
+    return snr_from_levels(frame_power_db(samples, max(1, round(FRAME_S * rate))))
+
+
+def snr_from_levels(levels: np.ndarray) -> float:
+    """`estimate_snr_db` on precomputed 10 ms frame levels (shared with trimming)."""
     if levels.size < 2:
         return 0.0
     power = np.sort(10.0 ** (levels / 10.0))
@@ -130,26 +139,41 @@ def _k_weighting_sos(rate: int) -> np.ndarray:
 def block_energies(samples: np.ndarray, rate: int) -> np.ndarray:
     """Mean-square energy of the K-weighted signal in each BS.1770 gating block.
 
-    Block bounds follow pyloudnorm exactly (same float arithmetic), so results agree with it.
-    A signal shorter than one block is measured as one block over all its samples.
+    The number of blocks and their positions follow pyloudnorm (a last block may run past the
+    end and is then divided by the full block length), so results agree with it. Blocks are
+    sums of four 100 ms segment energies (one pass over the signal, no cumulative sum of every
+    sample). A signal shorter than one block is measured as one block over all its samples.
     """
     from scipy.signal import sosfilt
 
     n = samples.size
     if n == 0:
         return np.zeros(0)
-    weighted = sosfilt(_k_weighting_sos(rate), samples.astype(np.float64, copy=False))
+    weighted = sosfilt(_k_weighting_sos(rate).astype(np.float32), samples.astype(np.float32, copy=False))
     block_len = BLOCK_S * rate
     if n < block_len:
         return np.array([float(np.dot(weighted, weighted)) / n])
     step = 1.0 - OVERLAP
-    duration = n / rate
-    num_blocks = int(np.round((duration - BLOCK_S) / (BLOCK_S * step))) + 1
-    j = np.arange(num_blocks, dtype=np.float64)
-    lower = (BLOCK_S * (j * step) * rate).astype(np.int64)
-    upper = np.minimum((BLOCK_S * (j * step + 1) * rate).astype(np.int64), n)
-    cumulative = np.concatenate([[0.0], np.cumsum(weighted * weighted)])
-    return np.maximum(cumulative[upper] - cumulative[lower], 0.0) / block_len
+    num_blocks = int(np.round((n / rate - BLOCK_S) / (BLOCK_S * step))) + 1
+    hop = BLOCK_S * step * rate
+    per_block = round(1.0 / step)
+    if hop.is_integer():  # e.g. 1600 samples at 16 kHz: segment sums
+        hop = int(hop)
+        segments = -(-n // hop)
+        padded = np.zeros(segments * hop, dtype=np.float32)
+        padded[:n] = weighted
+        padded = padded.reshape(segments, hop)
+        energy = np.einsum("ij,ij->i", padded, padded, dtype=np.float64)
+        cumulative = np.concatenate([[0.0], np.cumsum(energy)])
+        j = np.arange(num_blocks)
+        totals = cumulative[np.minimum(j + per_block, segments)] - cumulative[np.minimum(j, segments)]
+    else:  # rates where 100 ms is not a whole number of samples: pyloudnorm's exact bounds
+        j = np.arange(num_blocks, dtype=np.float64)
+        lower = (BLOCK_S * (j * step) * rate).astype(np.int64)
+        upper = np.minimum((BLOCK_S * (j * step + 1) * rate).astype(np.int64), n)
+        cumulative = np.concatenate([[0.0], np.cumsum(np.square(weighted, dtype=np.float64))])
+        totals = cumulative[upper] - cumulative[np.minimum(lower, n)]
+    return np.maximum(totals, 0.0) / block_len
 
 
 def integrated_loudness(samples: np.ndarray, rate: int) -> float:
@@ -205,6 +229,11 @@ def normalize_loudness(
     if limited:
         base = out
         out = limit_peaks(base, rate, ceiling)
+        # The limiter touches a few milliseconds of peaks: when the plain energy drops by less
+        # than 0.05 dB, so does the loudness, and re-measuring (a filter pass) is skipped.
+        before, after = float(np.dot(base, base)), float(np.dot(out, out))
+        if after > 0 and 10.0 * math.log10(before / after) < 0.05:
+            return out, gain_db, limited
         for _ in range(2):
             shortfall = target_lufs - integrated_loudness(out, rate)
             if not math.isfinite(shortfall) or abs(shortfall) < 0.05:

@@ -165,7 +165,6 @@ def plan_documents(
         try:
             cells = load()
         except CodexError as exc:
-            log.error("%s; skipping this document, the others continue", exc)
             failed.append({"document": name, "error": str(exc)})
             continue
         cells_seen += len(cells)
@@ -223,7 +222,6 @@ def locate_local(project_dir: Path, items: list[ExportItem]) -> tuple[list[Locat
             paths = [(c, codex.resolve_attachment(project_dir, c)) for c in candidates]
         except CodexError as exc:
             skips.append(_skip(item, "unsafe_url", str(exc)))
-            log.warning("%s %s: %s", item.plan.cell.document, item.plan.cell.verse_id, exc)
             continue
         found = [(rel, p) for rel, p in paths if p.is_file()]
         audio = [(rel, p) for rel, p in found if p.stat().st_size > 0 and not is_lfs_pointer(p)]
@@ -231,7 +229,11 @@ def locate_local(project_dir: Path, items: list[ExportItem]) -> tuple[list[Locat
             rel, path = audio[0]
             located.append(Located(item, path, path.stat().st_size, sha256_file(path), rel))
         elif any(is_lfs_pointer(p) for _, p in found):
-            rel = next(rel for rel, p in found if is_lfs_pointer(p))
+            rel, pointer_path = next((rel, p) for rel, p in found if is_lfs_pointer(p))
+            stored = _local_lfs_object(project_dir, pointer_path)
+            if stored is not None:  # a git checkout that fetched the object but did not check it out
+                located.append(Located(item, stored[0], stored[1].size, stored[1].oid, rel))
+                continue
             skips.append(
                 _skip(
                     item,
@@ -244,6 +246,17 @@ def locate_local(project_dir: Path, items: list[ExportItem]) -> tuple[list[Locat
         else:
             skips.append(_skip(item, "file_missing", f"{candidates[0]} not found"))
     return located, skips
+
+
+def _local_lfs_object(project_dir: Path, pointer_path: Path) -> tuple[Path, LfsPointer] | None:
+    """The object of an LFS pointer from the checkout's own `.git/lfs/objects` store, if verified."""
+    pointer = parse_lfs_pointer(pointer_path.read_bytes()[:2048])
+    if pointer is None:
+        return None
+    path = project_dir / ".git" / "lfs" / "objects" / pointer.oid[:2] / pointer.oid[2:4] / pointer.oid
+    if path.is_file() and path.stat().st_size == pointer.size and sha256_file(path) == pointer.oid:
+        return path, pointer
+    return None
 
 
 # --------------------------------------------------------------------------- GitLab source + cache
@@ -395,7 +408,6 @@ def locate_gitlab(
             candidates = codex.attachment_repo_paths(item.take.url)
         except CodexError as exc:
             skips.append(_skip(item, "unsafe_url", str(exc)))
-            log.warning("%s %s: %s", item.plan.cell.document, item.plan.cell.verse_id, exc)
             continue
         entry = next((tree[c] for c in candidates if c in tree), None)
         if entry is None:
@@ -446,7 +458,6 @@ def locate_gitlab(
             located.append(Located(item, path, path.stat().st_size, sha256_file(path), entry.path))
         elif pointer.oid in errors:
             detail = f"{entry.path}: LFS object {pointer.oid[:12]} unavailable: {errors[pointer.oid]}"
-            log.warning("%s %s: %s", item.plan.cell.document, item.plan.cell.verse_id, detail)
             skips.append(_skip(item, "lfs_object_missing", detail))
         else:
             located.append(Located(item, cache.lfs_path(pointer.oid), pointer.size, pointer.oid, entry.path))
@@ -596,10 +607,10 @@ def _log_summary(output_dir: Path, report: dict[str, Any], stats: Stats) -> None
             stats.reused_files,
         )
     for failed in report["documents"]["failed"]:
-        log.warning("document not read: %s", failed["error"])
+        log.error("document skipped (the others were collected): %s", failed["error"])
     for problem in report["problems"][:20]:
         log.warning(
-            "%s %s: %s %s", problem["document"], problem["verse_id"], problem["reason"], problem["detail"]
+            "%s (%s): %s: %s", problem["verse_id"], problem["document"], problem["reason"], problem["detail"]
         )
     if len(report["problems"]) > 20:
         log.warning("... %d more problems in collect_report.json", len(report["problems"]) - 20)

@@ -100,6 +100,7 @@ class PreprocessSection:
     min_chars_per_second: float | None = _range(0, None, default=2.0)
     max_chars_per_second: float | None = _range(0, None, default=30.0)
     min_loudness_db: float = _range(-120, 0, default=-60.0)  # quieter input (LUFS) = silent
+    speech_rate_outlier_sigmas: float | None = _range(0.5, 100, default=4.0)  # corpus-relative chars/s bound
 
 
 @dataclass
@@ -175,6 +176,7 @@ class TrainingSection:
     eval_max_clips: int = _range(1, None, default=64)
     eval_samples: int = _range(0, 100, default=3)
     mlflow: bool = True
+    cpu_threads: int | None = _range(1, 1024, default=None)
 
 
 @dataclass
@@ -466,7 +468,8 @@ def languages_in_params(params_path: str | Path = DEFAULT_PARAMS) -> list[str]:
 
 #: What each DVC stage depends on: whole sections or single "section.key" settings.
 STAGE_SETTINGS: dict[str, list[str]] = {
-    "collect": ["language", "source", "collect"],
+    # download_workers / retries / timeouts change how, not what: they don't re-run collect.
+    "collect": ["language.code", "source", "collect.text_source"],
     "preprocess": ["audio", "preprocess"],
     "speakers": ["audio.sample_rate", "speaker_diarization"],
     "dataset": ["audio.sample_rate", "dataset", "training.base_model"],

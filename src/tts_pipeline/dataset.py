@@ -427,8 +427,14 @@ def build_dataset(
             log.warning("the %s split is empty: no speaker has enough clips for it", name)
     if not splits["train"]:
         reasons = Counter(r.reason for r in rejected)
+        hint = ""
+        if reasons["no_tokenizable_text"] and cfg.oov_policy != "uroman":
+            hint = (
+                "; the tokenizer reads none of this text's characters: for a non-Latin script "
+                "try dataset.oov_policy: uroman"
+            )
         raise PipelineError(
-            f"{metadata_csv}: no clip left for training ({n_input} read; rejected: {dict(reasons)})"
+            f"{metadata_csv}: no clip left for training ({n_input} read; rejected: {dict(reasons)}){hint}"
         )
     spoken = report.spoken()
     if spoken and cfg.oov_policy != "drop_clip":

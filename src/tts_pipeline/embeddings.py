@@ -71,7 +71,9 @@ def _finish(vector: Any, what: str) -> np.ndarray:
 def _check_samples(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1:
-        samples = samples.reshape(samples.shape[0], -1).mean(axis=0) if samples.ndim == 2 else samples.reshape(-1)
+        samples = (
+            samples.reshape(samples.shape[0], -1).mean(axis=0) if samples.ndim == 2 else samples.reshape(-1)
+        )
     if samples.size == 0:
         raise EmbeddingError("empty audio")
     if not np.isfinite(samples).all():
@@ -141,7 +143,10 @@ class ResemblyzerEmbedder:
         pcm = np.round(np.clip(trimmed, -1.0, 1.0) * (2**15 - 1)).astype("<i2").tobytes()
         vad = webrtcvad.Vad(mode=3)
         flags = np.array(
-            [vad.is_speech(pcm[i * 2 : (i + window) * 2], sample_rate=self.sample_rate) for i in range(0, usable, window)],
+            [
+                vad.is_speech(pcm[i * 2 : (i + window) * 2], sample_rate=self.sample_rate)
+                for i in range(0, usable, window)
+            ],
             dtype=np.float64,
         )
         width = hp.vad_moving_average_width
@@ -231,7 +236,9 @@ class PyannoteEmbedder:
             raise PipelineError(f"speaker_diarization.model {self.model_id!r}: pyannote could not load it")
         self._torch = torch
         self.inference = Inference(loaded, window="whole", device=torch.device(device))
-        self.dim = int(getattr(loaded, "dimension", 0) or 0) or len(self._raw(np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000))
+        self.dim = int(getattr(loaded, "dimension", 0) or 0) or len(
+            self._raw(np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+        )
 
     def _raw(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         waveform = self._torch.from_numpy(np.ascontiguousarray(samples))[None]
@@ -250,7 +257,9 @@ class SpeechBrainEmbedder:
     name = "speechbrain"
     sample_rate = 16000
 
-    def __init__(self, model: str | None = None, device: str = "cpu", savedir: str | Path | None = None) -> None:
+    def __init__(
+        self, model: str | None = None, device: str = "cpu", savedir: str | Path | None = None
+    ) -> None:
         try:
             import torch
             from speechbrain.inference.speaker import EncoderClassifier
@@ -284,7 +293,9 @@ class SpeechBrainEmbedder:
 # --------------------------------------------------------------------------- factory
 
 
-def get_embedder(backend: str = "resemblyzer", model: str | None = None, device: str = "cpu") -> SpeakerEmbedder:
+def get_embedder(
+    backend: str = "resemblyzer", model: str | None = None, device: str = "cpu"
+) -> SpeakerEmbedder:
     """Build the embedder named by `speaker_diarization.backend` (+ `.model`).
 
     Raises PipelineError for an unknown backend or one whose optional packages are missing.
@@ -295,7 +306,9 @@ def get_embedder(backend: str = "resemblyzer", model: str | None = None, device:
         return PyannoteEmbedder(model=model, device=device)
     if backend == "speechbrain":
         return SpeechBrainEmbedder(model=model, device=device)
-    raise PipelineError(f"speaker_diarization.backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise PipelineError(
+        f"speaker_diarization.backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+    )
 
 
 def embed_many(embedder: SpeakerEmbedder, batch: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:

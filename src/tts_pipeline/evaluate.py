@@ -363,14 +363,17 @@ def evaluate(
     metrics_file: str | Path | None,
     options: EvaluateOptions,
     embedder: SpeakerEmbedder | None = None,
+    plot_file: str | Path | None = None,
 ) -> EvaluationReport:
     """The stage's work: synthesize, measure, write samples, page, CSV and metrics JSON.
 
     `embedder` defaults to the `options.embedding_backend` one (tests pass their own to share it).
+    `plot_file` gets a copy of the summary image outside the report directory, for a DVC
+    `plots` entry (`dvc plots diff` then shows two experiments' images side by side).
     """
     from .audio import write_wav
     from .embeddings import get_embedder
-    from .fsutil import atomic_directory, write_json
+    from .fsutil import atomic_directory, atomic_write_bytes, write_json
     from .modeling import load_voice
 
     items = load_validation(dataset_path, options.max_samples)
@@ -437,6 +440,8 @@ def evaluate(
     if metrics_file is not None:
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
         write_json(metrics_file, report.metrics())
+    if plot_file is not None:
+        atomic_write_bytes(plot_file, (output_dir / SUMMARY_PLOT).read_bytes())
     return report
 
 
@@ -720,6 +725,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics_file", default=None, help="metrics JSON (default: <paths.metrics>/evaluate.json)"
     )
+    parser.add_argument(
+        "--plot_file",
+        default=None,
+        help="copy of summary.png for dvc plots (default: <paths.metrics>/evaluate.png)",
+    )
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow")
 
 
@@ -728,7 +738,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     dataset_path = args.dataset_path or cfg.paths.hf_dataset
     output_dir = args.output_dir or cfg.paths.reports
     metrics_file = args.metrics_file or str(Path(cfg.paths.metrics) / "evaluate.json")
-    report = evaluate(model_dir, dataset_path, output_dir, metrics_file, EvaluateOptions.from_config(cfg))
+    plot_file = args.plot_file or str(Path(cfg.paths.metrics) / "evaluate.png")
+    options = EvaluateOptions.from_config(cfg)
+    report = evaluate(model_dir, dataset_path, output_dir, metrics_file, options, plot_file=plot_file)
     if getattr(args, "mlflow", True):
         log_to_mlflow(report)
     o = report.summary.overall

@@ -8,15 +8,24 @@ over a lazily read metadata file, so memory stays flat in corpus size.
 
 Why a per-file cache: adding 10 clips to 5,000 must not redo 5,000. Each clip's result (WAV +
 measures, or the decode error) is stored under `<cache>/preprocess/` keyed by the input's
-SHA-256 + every setting that changes the result + an algorithm version. The filters (duration,
+SHA-256 + every setting that changes the result + a hash of the processing code. The filters (duration,
 clipping, SNR, speech rate) are not in the key: they are applied to the cached measures on every
 run, so tuning a filter never re-decodes anything. Output WAVs are hard links to cache entries
-(copies where the file system refuses), so a re-run costs a hash and a link per clip.
+(copies where the file system refuses), so a re-run costs a hash and a link per clip. The cache
+can be deleted at any time (`.cache/tts-pipeline/preprocess`); it is never a DVC output.
+
+Columns: the raw columns are carried over, except `duration_s`, which becomes the length of the
+written (trimmed) clip; `trimmed_s` is the silence removed; `peak_db` and `clipping_ratio` are
+measured on the decoded input at its own rate (before resampling smears them; a lossy codec's
+ringing makes the ratio an underestimate); `loudness_before_lufs` is the trimmed clip's before
+the gain; `snr_db` is estimated from 10 ms frame levels; `chars_per_second` counts letters and
+digits per second of the written clip.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -35,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from . import audio_quality as aq
-from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer, write_wav
+from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer
 from .config import Config
 from .errors import PipelineError
 from .fsutil import atomic_directory, atomic_write_text, sha256_file, sha256_json, write_json
@@ -43,10 +52,13 @@ from .metadata import FIRST_COLUMNS, MetadataError, iter_metadata
 
 log = logging.getLogger(__name__)
 
-#: Bump when the processing code changes what it writes: old cache entries are then ignored.
-ALGORITHM_VERSION = 1
+#: Layout of a cache entry's JSON.
+CACHE_FORMAT = 1
+#: Modules whose code decides what a clip becomes: their source is part of the cache key, so a
+#: code change (which makes DVC re-run the stage) never reuses a result of the old code.
+CODE_MODULES = ("preprocess", "audio_quality", "audio")
 #: Decoding stops (clip rejected as too_long) past this length, so a stray hour-long file
-#: cannot take gigabytes of memory in a worker. Part of the cache key via ALGORITHM_VERSION.
+#: cannot take gigabytes of memory in a worker. Part of the cache key.
 MAX_DECODE_S = 600.0
 
 QUALITY_COLUMNS = (
@@ -74,6 +86,9 @@ REASONS = (
     "empty_transcription",
     "speech_rate_low",
     "speech_rate_high",
+    "speech_rate_outlier",
+    "unreadable",
+    "error",
 )
 
 
@@ -115,6 +130,7 @@ class Filters:
     min_chars_per_second: float | None = 2.0
     max_chars_per_second: float | None = 30.0
     min_loudness_lufs: float = -60.0
+    speech_rate_outlier_sigmas: float | None = 4.0
 
     @classmethod
     def from_config(cls, cfg: Config) -> Filters:
@@ -127,6 +143,7 @@ class Filters:
             min_chars_per_second=p.min_chars_per_second,
             max_chars_per_second=p.max_chars_per_second,
             min_loudness_lufs=p.min_loudness_db,
+            speech_rate_outlier_sigmas=p.speech_rate_outlier_sigmas,
         )
 
 
@@ -156,11 +173,11 @@ class Rejection:
 class Context:
     """What every worker needs besides the row (small, pickled once per task chunk)."""
 
-    base_dir: Path
     out_audio_dir: Path
     cache_dir: Path
     params: ProcessParams
     filters: Filters
+    code: str  # code_fingerprint(), computed once in the main process
 
 
 @dataclass
@@ -260,11 +277,15 @@ def process_audio(
     peak = aq.peak_db(samples)
     clipping = aq.clipping_ratio(samples)
     x = resample(samples, rate, sr)
-    snr = aq.estimate_snr_db(x, sr)
+    frame = max(1, round(aq.FRAME_S * sr))
+    levels = aq.frame_power_db(x, frame)  # 10 ms frame levels, for both SNR and trimming
+    snr = aq.snr_from_levels(levels)
     full_length = x.size
     start, end = (0, full_length)
     if params.trim_silence:
-        start, end = aq.trim_bounds(x, sr, params.trim_threshold_db, params.trim_margin_s)
+        start, end = aq.trim_bounds_from_levels(
+            levels, full_length, frame, sr, params.trim_threshold_db, params.trim_margin_s
+        )
     x = x[start:end]
     loudness = aq.integrated_loudness(x, sr)
     measures = ClipMeasures(
@@ -321,10 +342,26 @@ def check_filters(measures: ClipMeasures, transcription: str, filters: Filters) 
     return None
 
 
-def cache_key(content_sha256: str, params: ProcessParams) -> str:
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the processing code and the decoder/resampler versions that shape the output."""
+    import importlib
+
+    import av
+    import soxr
+
+    sources = {}
+    for name in CODE_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        sources[name] = sha256_file(module.__file__)
+    return sha256_json({"sources": sources, "av": av.__version__, "soxr": soxr.__version__})
+
+
+def cache_key(content_sha256: str, params: ProcessParams, code: str) -> str:
     return sha256_json(
         {
-            "version": ALGORITHM_VERSION,
+            "format": CACHE_FORMAT,
+            "code": code,
             "max_decode_s": MAX_DECODE_S,
             "input": content_sha256,
             "params": dataclasses.asdict(params),
@@ -343,7 +380,7 @@ def _read_cache(cache_dir: Path, key: str) -> dict[str, Any] | None:
         entry = json.loads(entry_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if entry.get("version") != ALGORITHM_VERSION or (entry.get("audio") and not wav_path.is_file()):
+    if entry.get("format") != CACHE_FORMAT or (entry.get("audio") and not wav_path.is_file()):
         return None
     return entry
 
@@ -357,11 +394,28 @@ def _write_cache(
     if audio is not None:
         tmp = wav_path.with_name(f".{wav_path.name}.{os.getpid()}.part")
         try:
-            write_wav(tmp, audio, rate)
+            write_pcm16_wav(tmp, audio, rate)
             os.replace(tmp, wav_path)
         finally:
             tmp.unlink(missing_ok=True)
     atomic_write_text(entry_path, json.dumps(entry, sort_keys=True))
+
+
+def write_pcm16_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    """Mono 16-bit PCM WAV with the standard library.
+
+    Why not soundfile: libsndfile fsyncs every file it closes, which costs more than all the
+    signal processing of a clip on a busy disk; the cache entry is made durable enough by
+    the rename, and a lost entry is simply recomputed.
+    """
+    import wave
+
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(pcm.tobytes())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -399,11 +453,16 @@ def process_clip(ctx: Context, task: ClipTask) -> ClipOutcome:
     if size == 0:
         outcome.rejection = Rejection("empty", "empty file (0 bytes)")
         return outcome
-    if is_lfs_pointer(source):
-        outcome.rejection = Rejection("lfs_pointer", "a Git LFS pointer, not audio: run `git lfs pull`")
+    try:
+        if is_lfs_pointer(source):
+            outcome.rejection = Rejection("lfs_pointer", "a Git LFS pointer, not audio: run `git lfs pull`")
+            return outcome
+        content_hash = sha256_file(source)
+    except OSError as exc:  # permissions, a file vanishing mid-run
+        outcome.rejection = Rejection("unreadable", f"cannot read: {exc}")
         return outcome
 
-    key = cache_key(sha256_file(source), ctx.params)
+    key = cache_key(content_hash, ctx.params, ctx.code)
     entry = _read_cache(ctx.cache_dir, key)
     outcome.cache_hit = entry is not None
     if entry is None:
@@ -442,7 +501,7 @@ def process_clip(ctx: Context, task: ClipTask) -> ClipOutcome:
 
 def _compute_entry(ctx: Context, key: str, source: Path) -> dict[str, Any]:
     """Decode + process one file and store the result (or its decode error) in the cache."""
-    entry: dict[str, Any] = {"version": ALGORITHM_VERSION, "audio": False, "measures": None, "error": None}
+    entry: dict[str, Any] = {"format": CACHE_FORMAT, "audio": False, "measures": None, "error": None}
     audio = None
     try:
         samples, rate = decode_audio_native(source, max_seconds=MAX_DECODE_S)
@@ -451,7 +510,12 @@ def _compute_entry(ctx: Context, key: str, source: Path) -> dict[str, Any]:
     except AudioError as exc:
         entry["error"] = {"reason": "corrupt", "detail": _strip_path(str(exc), source)}
     else:
-        audio, measures = process_audio(samples, rate, ctx.params)
+        try:
+            audio, measures = process_audio(samples, rate, ctx.params)
+        except Exception as exc:  # a bug or a freak input: reject this clip, not the corpus
+            log.warning("%s: processing failed", source, exc_info=True)
+            entry["error"] = {"reason": "error", "detail": f"processing failed: {type(exc).__name__}: {exc}"}
+            return entry  # not cached: it may be transient (memory) or fixed in the code
         entry["measures"] = dataclasses.asdict(measures)
         entry["audio"] = audio is not None
     _write_cache(ctx.cache_dir, key, audio, entry, ctx.params.sample_rate)
@@ -459,6 +523,67 @@ def _compute_entry(ctx: Context, key: str, source: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the corpus
+
+
+#: Fewer kept clips than this: no corpus statistics, only the absolute speech-rate bounds.
+MIN_CLIPS_FOR_RATE_STATS = 10
+#: Floor of the robust spread of log speech rates (about +-16 %), so a corpus of very even
+#: readers (or a tiny one) does not turn ordinary variation into "outliers".
+MIN_LOG_RATE_SIGMA = 0.15
+
+
+def speech_rate_bounds(rates: list[float], sigmas: float) -> tuple[float, float, float] | None:
+    """(low, high, median) chars/s beyond which a clip's rate is an outlier for this corpus.
+
+    Robust statistics on log rates (rates are ratios: 2x too fast and 2x too slow are equally
+    suspicious): median +- `sigmas` x 1.4826 x MAD. Reading speed differs by language and
+    script, so a corpus-relative bound catches transcripts that belong to another verse far
+    better than the absolute min/max_chars_per_second can. None for too few clips.
+    """
+    if len(rates) < MIN_CLIPS_FOR_RATE_STATS:
+        return None
+    logs = np.log(np.asarray(rates, dtype=np.float64))
+    median = float(np.median(logs))
+    sigma = max(1.4826 * float(np.median(np.abs(logs - median))), MIN_LOG_RATE_SIGMA)
+    return math.exp(median - sigmas * sigma), math.exp(median + sigmas * sigma), math.exp(median)
+
+
+def _drop_rate_outliers(
+    folder: Path,
+    columns: list[str],
+    rejected: csv.DictWriter,
+    bounds: tuple[float, float, float],
+    raw_names: dict[str, str],
+) -> list[tuple[float, float]]:
+    """Second pass over the written metadata.csv (still in the temp dir): move the clips whose
+    speech rate is outside `bounds` to rejected.csv. Returns (duration_s, trimmed_s) of each."""
+    low, high, median = bounds
+    source = folder / "metadata.csv"
+    kept = folder / "metadata.csv.part"
+    dropped: list[tuple[float, float]] = []
+    with (
+        open(source, newline="", encoding="utf-8") as handle,
+        open(kept, "w", newline="", encoding="utf-8") as out,
+    ):
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in csv.DictReader(handle):
+            rate = float(row["chars_per_second"])
+            if low <= rate <= high:
+                writer.writerow(row)
+                continue
+            (folder / row["file_name"]).unlink()
+            dropped.append((float(row["duration_s"]), float(row["trimmed_s"])))
+            rejected.writerow(
+                {
+                    "file_name": raw_names[row["file_name"]],
+                    "reason": "speech_rate_outlier",
+                    "detail": f"{rate:.1f} chars/s outside this corpus' {low:.1f}-{high:.1f} "
+                    f"(median {median:.1f}): transcript of another verse?",
+                }
+            )
+    os.replace(kept, source)
+    return dropped
 
 
 def _read_header(metadata_path: Path) -> list[str]:
@@ -542,30 +667,47 @@ def preprocess_corpus(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
+    log.info(
+        "preprocess: %d clips from %s -> %s (%d worker%s, cache %s)",
+        total,
+        input_metadata,
+        output_dir,
+        workers,
+        "s" if workers > 1 else "",
+        cache_dir,
+    )
     summary = PreprocessSummary(output_dir=str(output_dir))
     with atomic_directory(output_dir) as tmp:
         audio_dir = tmp / "audio"
         audio_dir.mkdir()
-        ctx = Context(
-            base_dir=base_dir, out_audio_dir=audio_dir, cache_dir=cache_dir, params=params, filters=filters
-        )
+        ctx = Context(audio_dir, cache_dir, params, filters, code=code_fingerprint())
         worker = functools.partial(process_clip, ctx)
-        with (
-            open(tmp / "metadata.csv", "w", newline="", encoding="utf-8") as meta_handle,
-            open(tmp / "rejected.csv", "w", newline="", encoding="utf-8") as rej_handle,
-        ):
+        with contextlib.ExitStack() as stack:
+            meta_handle = stack.enter_context(open(tmp / "metadata.csv", "w", newline="", encoding="utf-8"))
+            rej_handle = stack.enter_context(open(tmp / "rejected.csv", "w", newline="", encoding="utf-8"))
             meta = csv.DictWriter(meta_handle, fieldnames=columns, lineterminator="\n")
             rejected = csv.DictWriter(
                 rej_handle, fieldnames=["file_name", "reason", "detail"], lineterminator="\n"
             )
             meta.writeheader()
             rejected.writeheader()
+            tasks = _tasks(input_metadata, base_dir)
+            if workers > 1:  # start the workers before tqdm starts its monitor thread
+                _warm_up(params)
+                pool = stack.enter_context(_pool(workers))
+                outcomes: Iterator[ClipOutcome] = _ordered_imap(pool, worker, tasks, window=workers * 8)
+            else:
+                outcomes = map(worker, tasks)
             bar = tqdm(total=total, unit="clip", desc="preprocess", disable=not progress or None)
-            for outcome in _run_pool(worker, _tasks(input_metadata, base_dir), workers):
+            rates: list[float] = []  # kept clips' chars/s, for the corpus-relative outlier bound
+            raw_names: dict[str, str] = {}  # output file_name -> raw file_name
+            for outcome in outcomes:
                 summary.add(outcome)
                 if outcome.rejection is None:
                     assert outcome.row is not None
                     meta.writerow({c: outcome.row.get(c, "") for c in columns})
+                    rates.append(float(outcome.row["chars_per_second"]))
+                    raw_names[outcome.row["file_name"]] = outcome.file_name
                 else:
                     rejected.writerow(
                         {
@@ -579,21 +721,69 @@ def preprocess_corpus(
                     )
                 bar.update(1)
             bar.close()
+            meta_handle.close()
+            sigmas = filters.speech_rate_outlier_sigmas
+            bounds = speech_rate_bounds(rates, sigmas) if sigmas is not None else None
+            if bounds is not None and not all(bounds[0] <= r <= bounds[1] for r in rates):
+                for duration, trimmed in _drop_rate_outliers(tmp, columns, rejected, bounds, raw_names):
+                    summary.kept -= 1
+                    summary.seconds_kept -= duration
+                    summary.seconds_trimmed -= trimmed
+                    summary.rejected["speech_rate_outlier"] += 1
     summary.elapsed_s = time.perf_counter() - started
     if metrics_file is not None:
         write_json(metrics_file, summary.to_metrics())
     return summary
 
 
-def _run_pool(worker: Any, tasks: Iterator[ClipTask], workers: int) -> Iterator[ClipOutcome]:
-    """Outcomes in input order; in-process for one worker (tests, tiny corpora)."""
-    if workers == 1:
-        yield from map(worker, tasks)
-        return
-    import multiprocessing
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the main process, which stops the pool and keeps the old output."""
+    import signal
 
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap(worker, tasks, chunksize=4)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _warm_up(params: ProcessParams) -> None:
+    """Import the signal libraries and design the filters once in the main process, so forked
+    workers start warm instead of each paying ~1 s of imports."""
+    import av  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    import scipy.signal  # noqa: F401
+    import soxr  # noqa: F401
+
+    aq._k_weighting_sos(params.sample_rate)
+
+
+def _pool(workers: int) -> Any:
+    """A process pool whose broken worker (killed for memory, say) fails the run loudly
+    (BrokenProcessPool) instead of hanging like multiprocessing.Pool would."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+
+
+def _ordered_imap(pool: Any, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
+    """Like Pool.imap: results in input order, at most `window` tasks in flight, so the rows
+    are read lazily and memory stays flat however long the metadata file is."""
+    from collections import deque
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise PipelineError(
+            "a preprocess worker process died (killed for memory?); the previous output is kept. "
+            "Re-run with fewer workers (preprocess.workers / --workers): finished clips are cached"
+        ) from None
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 # --------------------------------------------------------------------------- CLI

@@ -6,6 +6,7 @@ have no usable human recording (the collect rules from `codex.py`), and writes
     <output_dir>/audio/<BOOK_CCC_VVV>.webm   WebM/Opus 48 kHz mono (or .wav, `synthesis.format`)
     <output_dir>/metadata.csv                file_name,transcription,verse_id,speaker,duration_s,
                                              model_revision,document,cell_id,speaker_id,chunks
+    <output_dir>/synthesize_report.json      speaker, verses not voiced and why, unreadable documents
 
 through `fsutil.atomic_directory`, so a crash never leaves a half output. Each verse is cached
 under `<paths.cache>/synthesize/` by (model revision, normalised text chunks, speaker, the
@@ -324,10 +325,9 @@ def model_revision(model_dir: str | Path) -> str:
 class LazyVoice:
     """Loads the model only when a verse is not in the cache (a fully cached run loads nothing)."""
 
-    def __init__(self, model_dir: Path, speaking_rate: float = 1.0) -> None:
+    def __init__(self, model_dir: Path, loaded: LoadedVoice | None = None) -> None:
         self.model_dir = model_dir
-        self.speaking_rate = speaking_rate
-        self._voice: LoadedVoice | None = None
+        self._voice = loaded
 
     @property
     def speakers(self) -> dict[int, dict[str, Any]]:
@@ -341,7 +341,6 @@ class LazyVoice:
 
             log.info("loading model %s", self.model_dir)
             self._voice = load_voice(self.model_dir)
-            self._voice.model.speaking_rate = self.speaking_rate
         return self._voice
 
 
@@ -359,6 +358,7 @@ def resolve_speaker(
 
 def render(voice: LoadedVoice, chunks: list[str], speaker_id: int, settings: SynthesisSettings) -> np.ndarray:
     """Speech for the chunks, joined with `pause_s` of silence; seeded so output is repeatable."""
+    voice.model.speaking_rate = settings.speaking_rate  # VitsModel reads it at every forward
     pause = np.zeros(int(round(settings.pause_s * voice.sampling_rate)), dtype=np.float32)
     parts: list[np.ndarray] = []
     for chunk in chunks:
@@ -371,11 +371,33 @@ def render(voice: LoadedVoice, chunks: list[str], speaker_id: int, settings: Syn
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
+def encode_webm_opus_bitexact(samples: np.ndarray, sample_rate: int, bitrate: int = 48000) -> bytes:
+    """`audio.encode_webm_opus`, but byte-reproducible: same samples -> same file.
+
+    FFmpeg's Matroska muxer writes random segment/track UIDs unless told to be bit-exact;
+    reproducible files keep the DVC output and the per-verse cache stable across runs.
+    """
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="webm", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("libopus", rate=48000, layout="mono")
+        stream.bit_rate = bitrate
+        pcm = np.clip(samples, -1.0, 1.0).astype(np.float32).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=48000)
+        for resampled in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(resampled):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
 def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     """The audio file bytes: WebM/Opus 48 kHz (what the recording app writes) or 16-bit WAV."""
     if fmt == "webm":
-        from .audio import encode_webm_opus_bitexact
-
         return encode_webm_opus_bitexact(samples, sample_rate)
     if fmt == "wav":
         import soundfile as sf
@@ -414,10 +436,14 @@ def synthesize_verses(
     speaker: str | int | None = None,
     normalize: Callable[[str], str] | None = None,
     progress: bool = True,
+    loaded: LoadedVoice | None = None,
+    problems: Iterable[str] = (),
 ) -> SynthesisReport:
     """Voice `verses` into `output_dir` (replaced atomically): audio/ + metadata.csv.
 
     Verses whose text yields nothing the model can say are reported in `failed`, not written.
+    `loaded` is the already loaded model of `model_dir` (else it is loaded on the first cache miss).
+    `problems` (unreadable documents) go into `synthesize_report.json` next to metadata.csv.
     """
     from tqdm import tqdm
 
@@ -425,7 +451,7 @@ def synthesize_verses(
     output_dir = Path(output_dir)
     normalize = normalize or text_normalizer(None)
     revision = model_revision(model_dir)
-    voice = LazyVoice(model_dir, settings.speaking_rate)
+    voice = LazyVoice(model_dir, loaded)
     speaker_id, speaker_name = resolve_speaker(voice.speakers, speaker, model_dir)
     cache = Path(cache_dir) if cache_dir is not None else None
     report = SynthesisReport(model_revision=revision)
@@ -448,13 +474,13 @@ def synthesize_verses(
                 duration = hit
                 report.cache_hits += 1
             else:
-                loaded = voice.get()
-                samples = render(loaded, chunks, speaker_id, settings)
+                model = voice.get()
+                samples = render(model, chunks, speaker_id, settings)
                 if samples.size == 0:
                     report.failed.append((verse, "no character of the text is in the model's vocabulary"))
                     continue
-                duration = round(samples.size / loaded.sampling_rate, 3)
-                data = encode(samples, loaded.sampling_rate, settings.format)
+                duration = round(samples.size / model.sampling_rate, 3)
+                data = encode(samples, model.sampling_rate, settings.format)
                 (tmp / file_name).write_bytes(data)
                 _to_cache(cache, key, settings.format, data, duration)
             report.verses.append(
@@ -470,6 +496,19 @@ def synthesize_verses(
                 )
             )
         write_metadata(tmp / "metadata.csv", [v.row() for v in report.verses], METADATA_COLUMNS)
+        write_json(
+            tmp / "synthesize_report.json",
+            {
+                "model_revision": revision,
+                "speaker": {"id": speaker_id, "name": speaker_name},
+                "voiced": len(report.verses),
+                "not_voiced": [
+                    {"verse_id": v.verse_id, "document": v.document, "reason": reason}
+                    for v, reason in report.failed
+                ],
+                "unreadable_documents": list(problems),
+            },
+        )
     for verse, reason in report.failed:
         log.warning("%s (%s): not voiced: %s", verse.verse_id, verse.document, reason)
     return report
@@ -558,6 +597,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     report = synthesize_verses(
         verses, model_dir, output_dir, settings,
         cache_dir=Path(cfg.paths.cache) / "synthesize", speaker=speaker, normalize=normalize,
+        problems=problems,
     )  # fmt: skip
     print(
         f"synthesize: {len(report.verses)} verse(s) voiced into {output_dir} "
@@ -568,7 +608,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         from . import writeback
 
         writeback.write_back(cfg, output_dir, dry_run=False)
-    return 1 if problems else 0
+    return 0  # like collect: unreadable documents are reported (log + synthesize_report.json), not fatal
 
 
 def _dry_run(

@@ -157,6 +157,13 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
     (checkpoint_dir / modeling.CHECKPOINT_INDEX).unlink(missing_ok=True)
 
 
+def remove_partial_checkpoints(checkpoint_dir: Path) -> None:
+    """Temporary directories left by a run killed while it wrote a checkpoint."""
+    for child in checkpoint_dir.glob(f".{modeling.CHECKPOINT_PREFIX}*.tmp-*"):
+        log.info("removing %s (a checkpoint interrupted while being written)", child)
+        shutil.rmtree(child, ignore_errors=True)
+
+
 def choose_resume(checkpoint_dir: Path, config_hash: str, resume: bool | None) -> Path | None:
     """The checkpoint to resume from (None = start over, after removing stale checkpoints)."""
     checkpoints = modeling.list_checkpoints(checkpoint_dir)
@@ -229,6 +236,10 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
         raise PipelineError(f"{cfg.origins.get('training.discriminator_periods', cfg.params_path)}: "
                             "training.discriminator_periods must be a list of positive integers")  # fmt: skip
     accelerator = make_accelerator(s.mixed_precision)
+    if accelerator.device.type == "cpu" and s.cpu_threads:
+        import torch
+
+        torch.set_num_threads(s.cpu_threads)
     data = load_dataset_dict(paths.dataset)
     speakers = dataset_speakers(paths.dataset, data)
     fingerprints = {name: str(getattr(split, "_fingerprint", "")) for name, split in data.items()}
@@ -268,9 +279,14 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
         trainer = Trainer(s, model, tokenizer, speakers, train_examples, val_examples, paths.checkpoint_dir,
                           config_hash=config_hash, tracker=tracker, accelerator=accelerator)  # fmt: skip
         resumed_from = None
+        # the main process decides (and may remove stale checkpoints) before the others look
         if accelerator.is_main_process:
             paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = choose_resume(paths.checkpoint_dir, config_hash, resume)
+            remove_partial_checkpoints(paths.checkpoint_dir)
+            checkpoint = choose_resume(paths.checkpoint_dir, config_hash, resume)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            checkpoint = choose_resume(paths.checkpoint_dir, config_hash, resume)
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint)
             resumed_from = trainer.state.step

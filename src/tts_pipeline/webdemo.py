@@ -265,7 +265,6 @@ def build_app(
 
     revision = model_revision(model_dir)
     voice = load_voice(model_dir)
-    voice.model.speaking_rate = settings.speaking_rate
     return DemoApp(voice, settings, normalize, revision, Path(synthesized_dir) if synthesized_dir else None)
 
 

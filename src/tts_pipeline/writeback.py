@@ -10,8 +10,8 @@ Rules (the same for a local folder and for GitLab):
   The app falls back to the newest usable take anyway, so an unselected take still plays.
 * A cell is left alone when it was recorded since synthesis (it has a usable human take now) or
   its text changed since (the take would not match it): re-run `synthesize` first.
-* Re-running adds no duplicates: a cell that already has our synthetic take for the same text
-  and model revision (even one a person deleted, i.e. rejected) is skipped.
+* Re-running adds no duplicates: a cell that already has our synthetic take for the same text,
+  model revision and speaker (even one a person deleted, i.e. rejected) is skipped.
 * Audio goes where the app puts a recording: `.project/attachments/files/<BOOK>/<id>.webm`
   (what `url` points at) and, when the project has a `pointers/` folder (a git-synced
   project), the same bytes at `.project/attachments/pointers/<BOOK>/<id>.webm` (the copy git
@@ -185,14 +185,18 @@ def plan_document(
             continue
         meta = raw["metadata"]
         attachments = meta.get("attachments")
-        if not isinstance(attachments, dict):
+        if attachments is None:
             attachments = {}
+        elif not isinstance(attachments, dict):  # never replace what we do not understand
+            skipped.append((take, "cell attachments are not a mapping; left alone"))
+            continue
         duplicate = next(
             (
                 aid
                 for aid, att in attachments.items()
                 if _is_ours(att)
                 and att["metadata"].get("modelRevision") == take.model_revision
+                and att["metadata"].get("speaker", take.speaker) == take.speaker
                 and _transcription(att) == take.text
             ),
             None,
@@ -434,12 +438,22 @@ def lfs_pointer(oid: str, size: int) -> str:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 
 
-def lfs_upload(repo_url: str, token: str, objects: list[bytes], timeout: float = 60.0) -> int:
+def lfs_upload(
+    repo_url: str,
+    token: str,
+    objects: list[bytes],
+    timeout: float = 60.0,
+    max_retries: int = 5,
+    backoff_s: float = 1.0,
+) -> int:
     """Upload blobs through the Git LFS batch API (basic transfer); returns how many were sent.
 
     The server answers which objects it lacks; those get a PUT (and a verify when asked).
+    429, 5xx and dropped connections are retried with backoff, like collect's downloads.
     """
     import requests
+
+    from .gitlab_source import TransientError, _retry_after, with_retries
 
     by_oid = {hashlib.sha256(data).hexdigest(): data for data in objects}
     if not by_oid:
@@ -449,22 +463,37 @@ def lfs_upload(repo_url: str, token: str, objects: list[bytes], timeout: float =
     base = repo_url.rstrip("/")
     base = base if base.endswith(".git") else base + ".git"
     headers = {"Accept": LFS_MEDIA_TYPE, "Content-Type": LFS_MEDIA_TYPE}
+
+    def call(method: str, url: str, what: str, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
+        def once() -> requests.Response:
+            response = session.request(method, url, timeout=timeout, **kw)
+            if response.status_code == 429 or response.status_code >= 500:
+                raise TransientError(
+                    f"HTTP {response.status_code} from {what}", _retry_after(response.headers)
+                )
+            if response.status_code not in ok:
+                hint = "; the token needs write_repository" if response.status_code in (401, 403) else ""
+                raise PipelineError(f"{base}: {what} failed (HTTP {response.status_code}){hint}")
+            return response
+
+        return with_retries(once, f"{base}: {what}", max_retries, backoff_s)
+
     payload = {
         "operation": "upload",
         "transfers": ["basic"],
         "objects": [{"oid": oid, "size": len(data)} for oid, data in by_oid.items()],
         "hash_algo": "sha256",
     }
-    response = session.post(
-        f"{base}/info/lfs/objects/batch", json=payload, headers=headers, timeout=timeout, auth=basic
+    answer = call(
+        "POST",
+        f"{base}/info/lfs/objects/batch",
+        "LFS batch upload",
+        json=payload,
+        headers=headers,
+        auth=basic,
     )
-    if response.status_code != 200:
-        raise PipelineError(
-            f"{base}: LFS upload refused (HTTP {response.status_code}); the token needs write_repository "
-            "and the project needs Git LFS enabled"
-        )
     sent = 0
-    for obj in response.json().get("objects", []):
+    for obj in answer.json().get("objects", []):
         if obj.get("oid") not in by_oid:
             continue
         if obj.get("error"):
@@ -473,24 +502,29 @@ def lfs_upload(repo_url: str, token: str, objects: list[bytes], timeout: float =
         upload = actions.get("upload")
         if not upload:
             continue  # the server has it already
-        data = by_oid[obj["oid"]]
+        oid, data = obj["oid"], by_oid[obj["oid"]]
         header = dict(upload.get("header") or {})
         auth = None if "Authorization" in header else basic
-        put = session.put(upload["href"], data=data, headers=header, timeout=timeout, auth=auth)
-        if put.status_code not in (200, 201):
-            raise PipelineError(f"{base}: LFS upload of {obj['oid']} failed (HTTP {put.status_code})")
+        call(
+            "PUT",
+            upload["href"],
+            f"LFS upload of {oid[:12]}",
+            (200, 201),
+            data=data,
+            headers=header,
+            auth=auth,
+        )
         verify = actions.get("verify")
         if verify:
             vheader = {**headers, **(verify.get("header") or {})}
-            check = session.post(
+            call(
+                "POST",
                 verify["href"],
-                json={"oid": obj["oid"], "size": len(data)},
+                f"LFS verify of {oid[:12]}",
+                json={"oid": oid, "size": len(data)},
                 headers=vheader,
-                timeout=timeout,
                 auth=None if "Authorization" in vheader else basic,
             )
-            if check.status_code != 200:
-                raise PipelineError(f"{base}: LFS verify of {obj['oid']} failed (HTTP {check.status_code})")
         sent += 1
     return sent
 
@@ -499,7 +533,9 @@ def branch_name(takes: list[SyntheticTake]) -> str:
     """Deterministic per (model revision, verses): pushing the same takes twice finds the branch."""
     revisions = sorted({t.model_revision for t in takes})
     digest = hashlib.sha256(
-        json.dumps(sorted((t.document, t.cell_id, t.text, t.model_revision) for t in takes)).encode()
+        json.dumps(
+            sorted((t.document, t.cell_id, t.text, t.model_revision, t.speaker) for t in takes)
+        ).encode()
     ).hexdigest()
     return f"tts-pipeline/synthesized-{'-'.join(r[:10] for r in revisions)[:40]}-{digest[:8]}"
 
@@ -542,7 +578,14 @@ def write_back_gitlab(
         actions.append({"action": "create", "file_path": change.pointer_path, "content": pointer})
     for path, text in new_texts.items():
         actions.append({"action": "update", "file_path": path, "content": text})
-    sent = lfs_upload(source.lfs_base, source._token or "", blobs, timeout=cfg.collect.timeout_s)
+    sent = lfs_upload(
+        source.lfs_base,
+        source._token or "",
+        blobs,
+        cfg.collect.timeout_s,
+        cfg.collect.max_retries,
+        source.backoff_s,
+    )
     log.info("uploaded %d LFS object(s) to %s", sent, source.where)
     revision = ", ".join(sorted({c.take.model_revision for c in report.changes}))
     speakers = ", ".join(sorted({c.take.speaker for c in report.changes}))

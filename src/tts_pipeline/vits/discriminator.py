@@ -132,17 +132,42 @@ class VitsDiscriminator(nn.Module):
 
 
 def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map old-style weight-norm names (`weight_g`, `weight_v`) and prefixes to ours."""
+    """Map other discriminator layouts' names to ours.
+
+    Original VITS/MMS `D_*.pth`: old-style weight norm (`weight_g`, `weight_v`). finetune-hf-vits
+    (a whole `VitsModelForPreTraining` file): keys under `discriminator.`, `final_conv` for our
+    `conv_post`, weight norm removed (plain `weight`, split again in `load_discriminator_checkpoint`).
+    """
+    if any(k.startswith("discriminator.") for k in state):  # a full training model: keep its discriminator
+        state = {k: v for k, v in state.items() if k.startswith("discriminator.")}
     out = {}
     for key, value in state.items():
         for prefix in ("module.", "model.", "discriminator."):
             if key.startswith(prefix):
                 key = key[len(prefix) :]
+        key = key.replace(".final_conv.", ".conv_post.")
         if key.endswith(".weight_g"):
             key = key[: -len(".weight_g")] + ".parametrizations.weight.original0"
         elif key.endswith(".weight_v"):
             key = key[: -len(".weight_v")] + ".parametrizations.weight.original1"
         out[key] = value
+    return out
+
+
+def _split_weight_norm(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Plain `X.weight` where our layer is weight-normed -> magnitude g and direction v (same weight)."""
+    out = {}
+    for key, value in state.items():
+        stem = key[: -len(".weight")] if key.endswith(".weight") else None
+        g_key = f"{stem}.parametrizations.weight.original0"
+        if stem is not None and key not in own and g_key in own:
+            dims = tuple(range(1, value.dim()))
+            out[g_key] = torch.linalg.vector_norm(value, dim=dims, keepdim=True)
+            out[f"{stem}.parametrizations.weight.original1"] = value
+        else:
+            out[key] = value
     return out
 
 
@@ -162,8 +187,8 @@ def load_discriminator_checkpoint(discriminator: VitsDiscriminator, path: str | 
                 state = state["model"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise PipelineError(f"{path}: cannot read discriminator checkpoint: {exc}") from None
-    state = convert_state_dict(state)
     own = discriminator.state_dict()
+    state = _split_weight_norm(convert_state_dict(state), own)
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         raise PipelineError(

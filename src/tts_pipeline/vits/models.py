@@ -102,3 +102,29 @@ def model_summary(model, discriminator) -> dict[str, Any]:
         "num_speakers": int(model.config.num_speakers),
         "speaker_embedding_size": int(model.config.speaker_embedding_size),
     }
+
+
+def export_generator(model):
+    """A copy of the training model with the decoder's weight norm folded into plain weights.
+
+    Why not `deepcopy` + `remove_parametrizations`: a deep copy shares the dynamically created
+    `Parametrized*` classes, and removing the parametrisation from the copy deletes the `weight`
+    property from that shared class, breaking the model still being trained. So the folded
+    weights are computed here and loaded into a fresh `VitsModel` (built under a forked RNG so
+    that exporting does not change the training run's random stream).
+    """
+    from transformers import VitsModel
+
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name, module in model.decoder.named_modules():
+        if not torch.nn.utils.parametrize.is_parametrized(module):
+            continue
+        prefix = f"decoder.{name}." if name else "decoder."
+        for tensor_name in list(module.parametrizations.keys()):
+            for key in [k for k in state if k.startswith(f"{prefix}parametrizations.{tensor_name}.")]:
+                del state[key]
+            state[f"{prefix}{tensor_name}"] = getattr(module, tensor_name).detach().clone()
+    with torch.random.fork_rng():
+        fresh = VitsModel(copy.deepcopy(model.config))
+    fresh.load_state_dict(state, strict=True)
+    return fresh.eval()

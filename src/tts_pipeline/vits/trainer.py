@@ -6,8 +6,8 @@ of the group the discriminator steps first, then the generator losses (mel L1, K
 NLL, LSGAN adversarial, feature matching: weights from `training.weight_*`) are computed
 against the *updated* discriminator and the generator steps, as in VITS. With accumulation 1
 this is exactly VITS's order. Both optimisers are AdamW (betas from the config), with a
-linear warm-up over `warmup_steps` and then `lr_decay ** steps` exponential decay; gradients
-are clipped to `max_grad_norm`. A step whose loss (or, in fp32/bf16, gradient norm) is NaN or
+linear warm-up over `warmup_steps` and then exponential decay by `lr_decay` per epoch (VITS's
+schedule, applied smoothly per step); gradients are clipped to `max_grad_norm`. A step whose loss (or, in fp32/bf16, gradient norm) is NaN or
 inf is skipped for the optimiser concerned and counted; `max_nonfinite_steps` in a row stop the
 run with an error.
 
@@ -20,13 +20,13 @@ sample synthesis run under a forked RNG. So k steps + resume to N equals N strai
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import random
 import resource
 import shutil
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ from . import losses
 from .data import Example, collate, epoch_batches
 from .discriminator import DiscriminatorConfig, VitsDiscriminator, load_discriminator_checkpoint
 from .generator import Batch, GeneratorOutput, training_forward
-from .models import model_summary, prepare_for_training
+from .models import export_generator, model_summary, prepare_for_training
 from .spectrogram import SpectrogramConfig
 
 log = logging.getLogger(__name__)
@@ -50,30 +50,47 @@ STATE_DIR = "state"
 MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.json"
 
-#: Activation memory per second of audio in a batch item, for automatic batch sizes on CUDA.
-#: Measured on CPU with the MMS-size model (192 hidden, 46.7 M discriminator, segment 8192) as the
-#: peak-memory growth per second of audio of a forward+backward, with a 1.5x margin for the
-#: allocator/cuDNN workspaces; halved activations under fp16/bf16 autocast are not assumed.
-CUDA_BYTES_PER_AUDIO_SECOND = 160 * 2**20
-CUDA_RESERVED_BYTES = int(1.5 * 2**30)  # CUDA context, cuDNN workspaces, fragmentation
+#: Activation memory of one batch item for the MMS-size model in fp32, measured with
+#: `benchmarks/train.py --mms_memory` (bytes autograd saves for backward in one full step):
+#: 991 MB for a 2 s clip, 1085 MB for 8 s, so ~16 MB per second of audio (text encoder,
+#: posterior encoder, flow, duration predictor run on the whole clip) plus ~960 MB for the
+#: decoder + discriminator on the 8192-sample segment (~120 KB per segment sample).
+ACTIVATION_BYTES_PER_AUDIO_SECOND = 16 * 2**20
+ACTIVATION_BYTES_PER_SEGMENT_SAMPLE = 120 * 2**10
+ACTIVATION_MARGIN = 1.5  # allocator fragmentation, cuDNN workspaces, transient buffers
+CUDA_RESERVED_BYTES = int(1.5 * 2**30)  # CUDA context and libraries
 CPU_DEFAULT_BATCH_SIZE = 4
 MAX_AUTO_BATCH_SIZE = 64
 
 
-def auto_batch_size(device: torch.device, max_item_seconds: float, num_parameters: int) -> int:
+def auto_batch_size(
+    device: torch.device, max_item_seconds: float, num_parameters: int, segment_size: int = 8192
+) -> int:
     """Batch size when `training.batch_size` is null.
 
-    CUDA: `(free memory - reserved - 16 bytes per parameter) / (bytes per audio second x the
-    longest clip in seconds)`, clamped to [1, 64]. 16 bytes per parameter = fp32 weight, gradient
-    and AdamW's two moments, for generator + discriminator; `CUDA_BYTES_PER_AUDIO_SECOND` is the
-    per-item activation estimate (see its comment). CPU: a small fixed default (4); CPU training
-    is for tests and the demo, where the step time, not memory, is the limit.
+    CUDA: `(free memory - 1.5 GiB reserved - 16 bytes per parameter) / per-item activations`,
+    clamped to [1, 64]. 16 bytes per parameter = fp32 weight, gradient and AdamW's two moments,
+    generator + discriminator. Per item = 1.5 x (120 KB x segment_size + 16 MB x the longest
+    clip's seconds), measured on the MMS-size model in fp32 (see the constants above; fp16/bf16
+    activations are smaller, which only adds headroom). A 12 GB card with the MMS model,
+    15 s clips and segment 8192 gets 5. CPU: a small fixed default (4): CPU training is for
+    tests and the demo, where step time, not memory, is the limit.
     """
     if device.type != "cuda":
         return CPU_DEFAULT_BATCH_SIZE
     free, _total = torch.cuda.mem_get_info(device)
-    budget = free - CUDA_RESERVED_BYTES - 16 * num_parameters
-    per_item = CUDA_BYTES_PER_AUDIO_SECOND * max(1.0, max_item_seconds)
+    return batch_size_for_memory(free, max_item_seconds, num_parameters, segment_size)
+
+
+def batch_size_for_memory(
+    free_bytes: int, max_item_seconds: float, num_parameters: int, segment_size: int
+) -> int:
+    """The arithmetic of `auto_batch_size`, separate so that it can be tested without a GPU."""
+    budget = free_bytes - CUDA_RESERVED_BYTES - 16 * num_parameters
+    per_item = ACTIVATION_MARGIN * (
+        ACTIVATION_BYTES_PER_SEGMENT_SAMPLE * segment_size
+        + ACTIVATION_BYTES_PER_AUDIO_SECOND * max_item_seconds
+    )
     return int(min(MAX_AUTO_BATCH_SIZE, max(1, budget // per_item)))
 
 
@@ -218,22 +235,26 @@ class Trainer:
         self.gen, self.disc, self.opt_g, self.opt_d = self.accelerator.prepare(
             gen_module, self.discriminator, opt_g, opt_d
         )
-        warmup, decay = settings.warmup_steps, settings.lr_decay
-
-        def schedule(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            return decay ** (step - warmup)
-
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
         self.state = TrainerState(config_hash=config_hash)
+        self._steps_per_epoch_key: tuple[int, int] | None = None
+        self._steps_per_epoch = 1
         max_seconds = max((e.num_samples for e in train_examples), default=0) / self.spec_config.sampling_rate
         self.state.batch_size = settings.batch_size or auto_batch_size(
             self.device,
             max_seconds,
             self.summary["generator_parameters"] + self.summary["discriminator_parameters"],
+            settings.segment_size,
         )
+        warmup, decay = settings.warmup_steps, settings.lr_decay
+
+        def schedule(step: int) -> float:
+            """Linear warm-up, then `lr_decay` per epoch (VITS), applied smoothly per step."""
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            return decay ** ((step - warmup) / self.steps_per_epoch())
+
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
         self._since_log: dict[str, float] = defaultdict(float)
         self._steps_since_log = 0
         self._time_since_log = 0.0
@@ -258,7 +279,12 @@ class Trainer:
                              self.accelerator.num_processes, self.accelerator.process_index)  # fmt: skip
 
     def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(len(self.batches_for_epoch(0)) / self.s.gradient_accumulation_steps))
+        key = (self.state.batch_size, self.accelerator.num_processes)
+        if self._steps_per_epoch_key != key:
+            batches = len(self.batches_for_epoch(0))
+            self._steps_per_epoch = max(1, math.ceil(batches / self.s.gradient_accumulation_steps))
+            self._steps_per_epoch_key = key
+        return self._steps_per_epoch
 
     def total_steps(self) -> int:
         total = self.s.num_epochs * self.steps_per_epoch()
@@ -340,8 +366,10 @@ class Trainer:
                         self.opt_g.zero_grad(set_to_none=True)
                     else:
                         self.opt_g.step()
-        self.sched_g.step()
-        self.sched_d.step()
+        with warnings.catch_warnings():  # a skipped (non-finite) step still advances the schedule
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
+            self.sched_g.step()
+            self.sched_d.step()
         sums["nonfinite"] = float(bad_d or bad_g)
         return dict(sums)
 
@@ -411,9 +439,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, directory: str | Path, extra_info: dict[str, Any] | None = None) -> None:
         """A loadable model directory: decoder weight norm folded, tokenizer, speakers.json."""
-        model = copy.deepcopy(self.model).to("cpu")
-        modeling.remove_decoder_weight_norm(model)
-        model.eval()
+        model = export_generator(self.model).to("cpu")
         directory = Path(directory)
         model.save_pretrained(str(directory))
         self.tokenizer.save_pretrained(str(directory))

@@ -1,0 +1,367 @@
+"""The train stage end to end on CPU with a tiny VITS model and real audio (LibriSpeech clips).
+
+The datasets are built here the way the dataset stage writes them: a DatasetDict saved to disk
+with an `Audio` column of embedded WAV bytes, `speakers.json` and `vocab.json`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tts_pipeline import modeling
+from tts_pipeline.audio import decode_audio
+from tts_pipeline.config import load_config
+from tts_pipeline.errors import PipelineError
+
+REPO = Path(__file__).resolve().parents[1]
+CLIPS = REPO / "tests" / "data" / "librispeech-6spk"
+TEXTS = ["she sells sea shells", "a quick brown fox", "hello there my friend", "the rain in spain",
+         "good morning to you", "we will meet again"]  # fmt: skip
+TINY_TRAINING = {
+    "base_model": None,
+    "scratch_model": yaml.safe_load((REPO / "languages" / "demo.yaml").read_text())["training"][
+        "scratch_model"
+    ],
+    "discriminator_width": 0.0625,
+    "batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "mixed_precision": "no",
+    "max_steps": 4,
+    "save_steps": 2,
+    "save_total_limit": 2,
+    "logging_steps": 1,
+    "eval_steps": 2,
+    "warmup_steps": 2,
+    "segment_size": 2048,
+    "num_workers": 0,
+    "mlflow": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest (and steadiest on a shared machine) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_dataset(
+    out: Path, speakers=("1688", "1998"), per_speaker=3, seconds=1.0, with_speaker_column=True
+) -> Path:
+    import soundfile as sf
+    from datasets import Audio, Dataset, DatasetDict, Features, Value
+
+    rows: dict[str, list] = {"train": [], "validation": []}
+    for sid, spk in enumerate(speakers):
+        for i, clip in enumerate(sorted((CLIPS / spk).glob("*.webm"))[: per_speaker + 1]):
+            wave = decode_audio(clip, 16000)[4800 : 4800 + int(seconds * 16000)]
+            buffer = io.BytesIO()
+            sf.write(buffer, wave, 16000, format="WAV", subtype="PCM_16")
+            row = {
+                "audio": {"bytes": buffer.getvalue(), "path": f"{clip.stem}.wav"},
+                "text": TEXTS[(i + sid) % 6],
+            }
+            if with_speaker_column:
+                row |= {"speaker_id": sid, "speaker": f"reader_{spk}"}
+            rows["train" if i < per_speaker else "validation"].append(row)
+    columns = {"audio": {"bytes": Value("binary"), "path": Value("string")}, "text": Value("string")}
+    if with_speaker_column:
+        columns |= {"speaker_id": Value("int64"), "speaker": Value("string")}
+    data = DatasetDict(
+        {
+            name: Dataset.from_list(items, features=Features(columns)).cast_column(
+                "audio", Audio(sampling_rate=16000)
+            )
+            for name, items in rows.items()
+        }
+    )
+    data.save_to_disk(str(out))
+    if with_speaker_column:
+        speakers_json = {
+            str(i): {"name": f"reader_{s}", "clips": per_speaker, "hours": 0.001}
+            for i, s in enumerate(speakers)
+        }
+        (out / "speakers.json").write_text(json.dumps(speakers_json))
+    (out / "vocab.json").write_text(json.dumps(modeling.build_vocab(TEXTS)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_speakers(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "dataset")
+
+
+def make_config(tmp: Path, params: Path | None = None, **training):
+    lang = {"language": {"code": "tt"}, "source": {"type": "local", "path": str(tmp)},
+            "training": {**TINY_TRAINING, **training}}  # fmt: skip
+    path = tmp / "tt.yaml"
+    path.write_text(yaml.safe_dump(lang))
+    return load_config(path, params or REPO / "params.yaml")
+
+
+def paths_for(tmp: Path, dataset: Path, name: str = "run"):
+    from tts_pipeline.train import TrainPaths
+
+    return TrainPaths(dataset=dataset, output_dir=tmp / name / "model", checkpoint_dir=tmp / name / "checkpoints",
+                      metrics_file=tmp / name / "metrics" / "train.json")  # fmt: skip
+
+
+def make_trainer(cfg, dataset: Path, tmp: Path):
+    from accelerate.utils import set_seed
+
+    from tts_pipeline.train import build_generator
+    from tts_pipeline.vits.data import dataset_speakers, load_dataset_dict, prepare_split
+    from tts_pipeline.vits.trainer import Trainer
+
+    data = load_dataset_dict(dataset)
+    speakers = dataset_speakers(dataset, data)
+    set_seed(cfg.training.seed)
+    model, tokenizer = build_generator(cfg, dataset, len(speakers), tmp)
+    common = {"sampling_rate": 16000, "hop_length": 256, "max_audio_s": 15.0, "num_speakers": len(speakers)}
+    train, _ = prepare_split(data["train"], tokenizer, where="train", **common)
+    val, _ = prepare_split(data["validation"], tokenizer, where="validation", **common)
+    return Trainer(cfg.training, model, tokenizer, speakers, train, val, tmp / "checkpoints")
+
+
+def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
+    from tts_pipeline.vits.data import collate
+
+    trainer = make_trainer(make_config(tmp_path), two_speakers, tmp_path)
+    gen_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    disc_before = {k: v.clone() for k, v in trainer.bare_discriminator.state_dict().items()}
+    metrics = trainer.train_step([collate(trainer.train_examples[:2])])
+    assert metrics["nonfinite"] == 0
+    for name in ("loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial", "feature_matching"):
+        assert torch.isfinite(torch.tensor(metrics[name])), name
+    gen_changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, gen_before[k])]
+    disc_changed = [
+        k for k, v in trainer.bare_discriminator.state_dict().items() if not torch.equal(v, disc_before[k])
+    ]
+    for part in (
+        "text_encoder.",
+        "posterior_encoder.",
+        "flow.",
+        "duration_predictor.",
+        "decoder.",
+        "embed_speaker.",
+    ):
+        assert any(k.startswith(part) for k in gen_changed), f"{part} did not learn"
+    assert len(disc_changed) == len(disc_before), "every discriminator weight moves"
+
+
+def test_overfits_one_short_utterance(tmp_path, two_speakers):
+    from tts_pipeline.vits.data import collate
+
+    cfg = make_config(tmp_path, learning_rate=3e-4, warmup_steps=0, batch_size=1)
+    trainer = make_trainer(cfg, two_speakers, tmp_path)
+    example = trainer.train_examples[0]
+    example.audio = example.audio[: 256 * 50]  # 0.8 s
+    trainer.train_examples = trainer.val_examples = [example]
+    before = trainer.evaluate()
+    batch = collate([example])
+    for _ in range(100):
+        assert trainer.train_step([batch])["nonfinite"] == 0
+    after = trainer.evaluate()
+    assert after["val_mel_l1"] < 0.6 * before["val_mel_l1"], (before, after)
+    assert after["val_loss"] < 0.2 * before["val_loss"], (before, after)
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, two_speakers):
+    from tts_pipeline.train import train
+
+    # 6 train clips, batch 2: 3 batches per epoch, so step 4 resumes in the middle of epoch 2
+    straight = train(make_config(tmp_path, max_steps=6), paths_for(tmp_path, two_speakers, "straight"))
+    assert straight.steps == 6 and straight.resumed_from is None
+
+    part = paths_for(tmp_path, two_speakers, "resumed")
+    first = train(make_config(tmp_path, max_steps=4), part)  # "killed" after step 4
+    assert first.steps == 4
+    resumed = train(make_config(tmp_path, max_steps=6), part)  # same settings, longer run
+    assert resumed.resumed_from == 4 and resumed.steps == 6
+
+    a, b = _weights(straight.model_dir), _weights(resumed.model_dir)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    disc_a = torch.load(
+        part.checkpoint_dir / "checkpoint-6" / "state" / "discriminator.pt", weights_only=True
+    )
+    disc_b = torch.load(tmp_path / "straight" / "checkpoints" / "checkpoint-6" / "state" / "discriminator.pt",
+                        weights_only=True)  # fmt: skip
+    assert all(torch.equal(disc_a[k], disc_b[k]) for k in disc_a)
+    # the curve of the resumed run continues the first part's
+    curve = (part.metrics_file.parent / "train_curve.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in curve[1:]] == ["1", "2", "3", "4", "5", "6"]
+
+    # keep the last 2 (save_total_limit) plus the best; index.json lists them
+    index = json.loads((part.checkpoint_dir / "index.json").read_text())
+    steps = [c["step"] for c in index["checkpoints"]]
+    assert steps[-2:] == [4, 6] and set(steps) <= {2, 4, 6} and index["best_step"] in steps
+    assert modeling.resolve_checkpoint(part.output_dir, part.checkpoint_dir, "latest") == (
+        part.checkpoint_dir / "checkpoint-6" / "model"
+    )
+    best = modeling.resolve_checkpoint(part.output_dir, part.checkpoint_dir, "best")
+    assert best == part.checkpoint_dir / f"checkpoint-{index['best_step']}" / "model"
+    assert (
+        modeling.resolve_checkpoint(part.output_dir, part.checkpoint_dir, "4").parent.name == "checkpoint-4"
+    )
+    assert modeling.load_voice(best).synthesize("hello there", speaker_id=1).size > 0
+
+    # a changed setting starts over (automatically) ...
+    from tts_pipeline.train import choose_resume
+
+    assert choose_resume(part.checkpoint_dir, "another-config", resume=True) is not None  # --resume insists
+    assert choose_resume(part.checkpoint_dir, "another-config", resume=None) is None
+    assert modeling.list_checkpoints(part.checkpoint_dir) == []
+    with pytest.raises(PipelineError, match="no checkpoint"):
+        choose_resume(part.checkpoint_dir, "x", resume=True)
+
+
+def test_saved_model_reloads_bit_identically_and_speaks(tmp_path, two_speakers):
+    from transformers import VitsModel, pipeline
+
+    from tts_pipeline.train import train
+
+    paths = paths_for(tmp_path, two_speakers)
+    result = train(make_config(tmp_path, max_steps=2), paths)
+    saved = _weights(paths.output_dir)
+    reloaded = VitsModel.from_pretrained(str(paths.output_dir))
+    state = reloaded.state_dict()
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+    # the same weights as the final checkpoint's model (the trained state, folded)
+    ckpt = _weights(paths.checkpoint_dir / "checkpoint-2" / "model")
+    assert all(torch.equal(saved[k], ckpt[k]) for k in saved)
+
+    voice = modeling.load_voice(paths.output_dir)
+    assert voice.speakers[1]["name"] == "reader_1998"
+    audio = voice.synthesize("hello there my friend", speaker_id=voice.speaker_id("reader_1998"))
+    assert (
+        audio.dtype.name == "float32" and audio.size > 1000 and torch.isfinite(torch.from_numpy(audio)).all()
+    )
+    speech = pipeline("text-to-speech", model=str(paths.output_dir), device="cpu")("hello")
+    assert speech["sampling_rate"] == 16000 and speech["audio"].size > 0
+
+    info = json.loads((paths.output_dir / "training_info.json").read_text())
+    assert info["steps"] == 2 and info["speakers"] == 2 and info["train_split"]["kept"] == 6
+    metrics = json.loads(paths.metrics_file.read_text())
+    assert metrics["step"] == 2 and metrics["val_loss"] is not None and result.metrics == metrics
+    header = (paths.metrics_file.parent / "train_curve.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["step", "epoch", "lr"] and "mel_l1" in header
+
+
+def test_configured_learning_rate_reaches_the_optimizer(tmp_path, two_speakers):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["training"]["learning_rate"] = "5e-5"  # as `dvc exp run -S training.learning_rate=5e-5` writes it
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    overrides = {k: v for k, v in TINY_TRAINING.items()}
+    cfg = make_config(tmp_path, params=params_file, **overrides)
+    cfg_lr = cfg.training.learning_rate
+    assert cfg_lr == 5e-5
+    trainer = make_trainer(cfg, two_speakers, tmp_path)
+    for optimizer in (trainer.opt_g, trainer.opt_d):
+        group = optimizer.param_groups[0]
+        assert group["initial_lr"] == 5e-5
+        assert group["lr"] == pytest.approx(5e-5 / 2)  # warm-up step 1 of 2
+        assert group["betas"] == (0.8, 0.99)
+    trainer.train_step([trainer_batch(trainer)])
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(5e-5)
+
+
+def trainer_batch(trainer):
+    from tts_pipeline.vits.data import collate
+
+    return collate(trainer.train_examples[:2])
+
+
+def test_single_speaker_dataset_without_speaker_columns_trains(tmp_path):
+    from tts_pipeline.train import train
+
+    dataset = make_dataset(tmp_path / "single", speakers=("2414",), per_speaker=4, with_speaker_column=False)
+    paths = paths_for(tmp_path, dataset)
+    result = train(make_config(tmp_path, max_steps=2), paths)
+    voice = modeling.load_voice(paths.output_dir)
+    assert voice.model.config.num_speakers == 1 and voice.speakers == {0: {"name": "speaker_0"}}
+    assert result.steps == 2 and voice.synthesize("good morning").size > 0
+
+
+def test_fp16_on_cpu_falls_back_to_fp32_with_a_warning(caplog):
+    from tts_pipeline.vits.trainer import make_accelerator
+
+    with caplog.at_level(logging.WARNING):
+        accelerator = make_accelerator("fp16")
+    assert accelerator.mixed_precision == "no"
+    assert any("fp16 needs CUDA" in r.message for r in caplog.records)
+    assert make_accelerator("bf16").mixed_precision == "bf16"  # bf16 autocast is allowed on CPU
+    make_accelerator("no")
+
+
+def test_bf16_step_runs_on_cpu(tmp_path, two_speakers):
+    trainer = make_trainer(make_config(tmp_path, mixed_precision="bf16"), two_speakers, tmp_path)
+    metrics = trainer.train_step([trainer_batch(trainer)])
+    assert metrics["nonfinite"] == 0 and metrics["mel_l1"] > 0
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, two_speakers, monkeypatch):
+    from tts_pipeline.vits import generator
+
+    trainer = make_trainer(make_config(tmp_path, max_nonfinite_steps=3, max_steps=10), two_speakers, tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real_kl = generator.kl_loss
+    monkeypatch.setattr(generator, "kl_loss", lambda *a: real_kl(*a) * float("nan"))
+    with pytest.raises(PipelineError, match="3 steps in a row had NaN/inf"):
+        trainer.fit()
+    assert trainer.state.step == 3 and trainer.state.total_nonfinite == 3
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items()), (
+        "skipped steps change nothing"
+    )
+
+
+def test_mlflow_run_has_params_metrics_and_audio_and_failures_only_warn(
+    tmp_path, two_speakers, monkeypatch, caplog
+):
+    import mlflow
+
+    from tts_pipeline.train import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "lucky-lark")
+    monkeypatch.setenv("GITLAB_TOKEN", "glpat-secret-value")
+    result = train(
+        make_config(tmp_path, max_steps=2, mlflow=True, eval_samples=2), paths_for(tmp_path, two_speakers)
+    )
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(result.info["mlflow_run_id"])
+    assert run.data.tags["dvc.exp_name"] == "lucky-lark"
+    assert run.data.params["training.learning_rate"] == "0.0001"
+    assert "glpat-secret-value" not in json.dumps(run.data.params)
+    assert {"loss_gen", "mel_l1", "val_loss", "lr"} <= set(run.data.metrics)
+    artifacts = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="samples", tracking_uri=uri
+    )
+    wavs = sorted(Path(artifacts).rglob("*.wav"))
+    assert len(wavs) == 2 and all(w.stat().st_size > 1000 for w in wavs)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with caplog.at_level(logging.WARNING):
+        broken = train(
+            make_config(tmp_path, max_steps=1, mlflow=True), paths_for(tmp_path, two_speakers, "b")
+        )
+    assert broken.steps == 1 and any("MLflow" in r.message for r in caplog.records)

@@ -1,0 +1,212 @@
+"""Unit tests of the training-time VITS pieces (CPU, tiny sizes, real transformers modules)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tts_pipeline import modeling
+from tts_pipeline.vits import alignment, losses
+from tts_pipeline.vits.discriminator import (
+    DiscriminatorConfig,
+    VitsDiscriminator,
+    convert_state_dict,
+    load_discriminator_checkpoint,
+)
+from tts_pipeline.vits.models import export_generator, load_base_model, prepare_for_training
+from tts_pipeline.vits.spectrogram import SpectrogramConfig, linear_spectrogram, mel_spectrogram
+
+TINY = {
+    "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "ffn_dim": 32, "flow_size": 16,
+    "upsample_initial_channel": 32, "upsample_rates": [8, 8, 2, 2], "upsample_kernel_sizes": [16, 16, 4, 4],
+    "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3]], "prior_encoder_num_flows": 2,
+    "posterior_encoder_num_wavenet_layers": 2, "duration_predictor_num_flows": 2,
+    "duration_predictor_filter_channels": 16,
+}  # fmt: skip
+VOCAB = modeling.build_vocab(["abc def"])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ragged(batch=5, frames=70, tokens=25, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ll = torch.randn(batch, frames, tokens, generator=gen)
+    f_len = torch.randint(tokens, frames + 1, (batch,), generator=gen)
+    t_len = torch.randint(1, tokens + 1, (batch,), generator=gen)
+    t_len = torch.minimum(t_len, f_len)
+    mask = (torch.arange(frames)[None, :, None] < f_len[:, None, None]) & (
+        torch.arange(tokens)[None, None, :] < t_len[:, None, None]
+    )
+    return ll, mask.float(), f_len, t_len
+
+
+def test_mas_numba_matches_numpy_and_is_a_monotonic_path():
+    ll, mask, f_len, t_len = _ragged()
+    path = alignment.maximum_path(ll, mask)
+    assert torch.equal(path, alignment.maximum_path_numpy(ll, mask))
+    for b in range(len(f_len)):
+        p = path[b, : f_len[b], : t_len[b]]
+        assert torch.all(p.sum(1) == 1), "every frame gets exactly one token"
+        assert torch.all(p.sum(0) >= 1), "every token gets at least one frame"
+        idx = p.argmax(1)
+        assert idx[0] == 0 and idx[-1] == t_len[b] - 1
+        assert torch.all((idx.diff() >= 0) & (idx.diff() <= 1))
+        assert path[b].sum() == f_len[b], "nothing outside the mask"
+
+
+def test_mas_finds_the_best_path_on_a_small_case():
+    # a diagonal of high likelihood must be followed exactly
+    ll = torch.full((1, 6, 3), -10.0)
+    for frame, token in enumerate([0, 0, 1, 1, 1, 2]):
+        ll[0, frame, token] = 0.0
+    path = alignment.maximum_path(ll, torch.ones_like(ll))
+    assert path[0].argmax(1).tolist() == [0, 0, 1, 1, 1, 2]
+
+
+def test_spectrogram_frames_match_hop_and_are_finite():
+    cfg = SpectrogramConfig(sampling_rate=16000, n_fft=1024, hop_length=256, win_length=1024)
+    wave = torch.randn(2, 256 * 20) * 0.1
+    spec = linear_spectrogram(wave, cfg)
+    mel = mel_spectrogram(wave, cfg)
+    assert spec.shape == (2, 513, 20) and mel.shape == (2, 80, 20)
+    assert torch.isfinite(mel).all() and torch.isfinite(spec).all()
+    silent = mel_spectrogram(torch.zeros(1, 256 * 4), cfg)
+    # silence: finite (the 1e-6 inside the sqrt avoids log(0) and NaN gradients), very low, flat
+    assert torch.isfinite(silent).all() and float(silent.max()) < -9.0
+    assert torch.allclose(silent, silent[..., :1].expand_as(silent))
+
+
+def test_discriminator_layout_size_and_outputs():
+    full = VitsDiscriminator()
+    assert abs(sum(p.numel() for p in full.parameters()) / 1e6 - 46.7) < 0.1  # VITS's discriminator
+    small = VitsDiscriminator(DiscriminatorConfig(scales=3, width=1 / 16))
+    assert len(small.discriminators) == 1 + 5 + 2
+    x = torch.randn(2, 1, 2048)
+    with torch.no_grad():
+        scores_r, scores_g, fmaps_r, fmaps_g = small(x, x)
+    assert len(scores_r) == 8 and all(torch.equal(a, b) for a, b in zip(scores_r, scores_g, strict=True))
+    assert float(losses.feature_matching_loss(fmaps_r, fmaps_g)) == 0.0
+
+
+def test_discriminator_checkpoint_with_old_weight_norm_names_loads(tmp_path):
+    source = VitsDiscriminator(DiscriminatorConfig(width=1 / 16))
+    old_style = {}
+    for key, value in source.state_dict().items():  # how original VITS D_*.pth files name them
+        key = key.replace(".parametrizations.weight.original0", ".weight_g")
+        key = key.replace(".parametrizations.weight.original1", ".weight_v")
+        old_style[key] = value
+    assert any(k.endswith("weight_g") for k in old_style)
+    torch.save({"model": old_style, "iteration": 1}, tmp_path / "D_1.pth")
+    target = VitsDiscriminator(DiscriminatorConfig(width=1 / 16))
+    load_discriminator_checkpoint(target, tmp_path / "D_1.pth")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    assert convert_state_dict({"module.x.weight_g": torch.ones(1)}) == {
+        "x.parametrizations.weight.original0": torch.ones(1)
+    }
+    # finetune-hf-vits layout: inside a full training model, `final_conv`, weight norm folded
+    from safetensors.torch import save_file
+
+    folded = {"text_encoder.embed_tokens.weight": torch.zeros(3, 2)}
+    for name, module in source.named_modules():
+        if hasattr(module, "parametrizations"):
+            hf_name = name.replace("conv_post", "final_conv")
+            folded[f"discriminator.{hf_name}.weight"] = module.weight.detach().clone()
+            folded[f"discriminator.{hf_name}.bias"] = module.bias.detach().clone()
+    save_file(folded, str(tmp_path / "model.safetensors"))
+    from_hf = VitsDiscriminator(DiscriminatorConfig(width=1 / 16))
+    load_discriminator_checkpoint(from_hf, tmp_path / "model.safetensors")
+    x = torch.randn(1, 1, 1024)
+    with torch.no_grad():
+        for a, b in zip(source(x, x)[0], from_hf(x, x)[0], strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+    wrong = VitsDiscriminator(DiscriminatorConfig(width=1 / 8))
+    with pytest.raises(Exception, match="shapes differ"):
+        load_discriminator_checkpoint(wrong, tmp_path / "D_1.pth")
+
+
+def test_losses_have_their_minimum_where_expected():
+    ones, zeros = [torch.ones(2, 5)], [torch.zeros(2, 5)]
+    assert float(losses.discriminator_loss(ones, zeros)) == 0.0
+    assert float(losses.generator_adversarial_loss(ones)) == 0.0
+    assert float(losses.discriminator_loss(zeros, ones)) == 2.0
+    m = torch.randn(1, 4, 7)
+    logs = torch.randn(1, 4, 7) * 0.1
+    mask = torch.ones(1, 1, 7)
+    # z_p at the prior mean with equal variances: KL reduces to -0.5 per element
+    assert abs(float(losses.kl_loss(m, logs, m, logs, mask)) + 0.5 * 4) < 1e-5
+
+
+def _save_single_speaker_base(path):
+    torch.manual_seed(0)
+    model = modeling.build_scratch_model(TINY, VOCAB, num_speakers=1)
+    model.save_pretrained(str(path))
+    return model
+
+
+def test_single_speaker_base_grows_a_speaker_table_without_nan(tmp_path):
+    base = _save_single_speaker_base(tmp_path / "base")
+    model = load_base_model(str(tmp_path / "base"), num_speakers=3, speaker_embedding_size=8)
+    assert model.config.num_speakers == 3 and model.embed_speaker.weight.shape == (3, 8)
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all(), name
+    # new conditioning starts at zero: every speaker initially sounds like the base model
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    outputs = []
+    for model_, kwargs in ((base, {}), (model, {"speaker_id": 0}), (model, {"speaker_id": 2})):
+        model_.eval()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            outputs.append(model_(input_ids=ids, **kwargs).waveform)
+    assert torch.allclose(outputs[0], outputs[1]) and torch.allclose(outputs[0], outputs[2])
+
+
+def test_multi_speaker_base_is_resized_to_the_dataset(tmp_path):
+    model = modeling.build_scratch_model({**TINY, "speaker_embedding_size": 8}, VOCAB, num_speakers=4)
+    model.save_pretrained(str(tmp_path / "base4"))
+    resized = load_base_model(str(tmp_path / "base4"), num_speakers=2)
+    assert resized.embed_speaker.weight.shape == (2, 8)
+    assert torch.equal(resized.flow.flows[0].conv_pre.weight, model.flow.flows[0].conv_pre.weight)
+    same = load_base_model(str(tmp_path / "base4"), num_speakers=1)  # single-speaker data: keep the table
+    assert same.config.num_speakers == 4
+
+
+def test_export_is_bit_identical_after_reload_and_leaves_training_model_intact(tmp_path):
+    from transformers import VitsModel
+
+    model = modeling.build_scratch_model({**TINY, "speaker_embedding_size": 8}, VOCAB, num_speakers=2)
+    prepare_for_training(model)
+    with torch.no_grad():  # make the weight-norm magnitudes differ from the folded weights' norms
+        for module in model.decoder.modules():
+            if torch.nn.utils.parametrize.is_parametrized(module):
+                module.parametrizations.weight.original0.mul_(1.5)
+    rng_before = torch.get_rng_state()
+    exported = export_generator(model)
+    assert torch.equal(rng_before, torch.get_rng_state()), "exporting must not consume the training RNG"
+    exported.save_pretrained(str(tmp_path / "m"))
+    reloaded = VitsModel.from_pretrained(str(tmp_path / "m"))
+    exported_state = exported.state_dict()
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(value, exported_state[key]), key
+    assert torch.equal(reloaded.decoder.upsampler[0].weight, model.decoder.upsampler[0].weight)
+    # the training model still works (a deepcopy + remove_parametrizations would break it)
+    model.decoder(torch.randn(1, 16, 4), model.embed_speaker(torch.tensor([1])).unsqueeze(-1))
+
+
+def test_automatic_batch_size_arithmetic():
+    from tts_pipeline.vits.trainer import auto_batch_size, batch_size_for_memory
+
+    mms_params = 83_000_000  # generator + full discriminator
+    on_12gb = batch_size_for_memory(12 * 2**30, 15.0, mms_params, 8192)
+    assert 2 <= on_12gb <= 8
+    assert batch_size_for_memory(8 * 2**30, 15.0, mms_params, 8192) < on_12gb
+    assert batch_size_for_memory(12 * 2**30, 15.0, mms_params, 4096) > on_12gb  # shorter decoder window
+    assert batch_size_for_memory(2**30, 15.0, mms_params, 8192) == 1  # never 0
+    assert batch_size_for_memory(2**40, 1.0, 1, 256) == 64  # capped
+    assert auto_batch_size(torch.device("cpu"), 15.0, mms_params) == 4
