@@ -387,8 +387,10 @@ def test_one_new_clip_is_one_decode(raw, first_run, decode_counter, tmp_path):
     with open(grown / "metadata.csv", "a", newline="", encoding="utf-8") as handle:
         seconds = len(decode_audio(grown / "audio" / "new.webm", SR)) / SR
         csv.writer(handle, lineterminator="\n").writerow(["audio/new.webm", _text_for(seconds), "new", ""])
+    cache = tmp_path / "cache"
+    shutil.copytree(work / "cache", cache)
     decode_counter.clear()
-    summary = _run(grown, tmp_path / "out", work / "cache")
+    summary = _run(grown, tmp_path / "out", cache)
     assert [p.name for p in decode_counter] == ["new.webm"]
     assert summary.decoded == 1
     assert (tmp_path / "out" / "audio" / "new.wav").is_file()
@@ -422,10 +424,13 @@ def test_broken_cache_entry_is_recomputed(raw, first_run, decode_counter, tmp_pa
     _, work = first_run
     cache = tmp_path / "cache"
     shutil.copytree(work / "cache", cache)
-    entry = sorted(cache.rglob("*.json"))[0]
+    clip = raw / "audio" / Path(OPUS[3]).name
+    key = pp.cache_key(pp.sha256_file(clip), pp.ProcessParams(), pp.code_fingerprint())
+    entry = cache / key[:2] / f"{key}.json"
+    assert entry.is_file()
     entry.write_text('{"format": 1, "aud')  # as if a crash had cut it short
     summary = _run(raw, tmp_path / "out", cache)
-    assert summary.decoded == len(decode_counter) == 1
+    assert summary.decoded == 1 and decode_counter == [clip]
     json.loads(entry.read_text())  # rewritten whole
 
 

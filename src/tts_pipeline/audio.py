@@ -75,11 +75,15 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def encode_webm_opus(samples: np.ndarray, sample_rate: int, bitrate: int = 48000) -> bytes:
-    """Encode mono float audio as WebM/Opus at 48 kHz, as the Codex recording app does."""
+    """Encode mono float audio as WebM/Opus at 48 kHz, as the Codex recording app does.
+
+    Byte-reproducible (same samples -> same file): FFmpeg's Matroska muxer writes random
+    segment/track UIDs unless told to be bit-exact, which would churn DVC hashes and caches.
+    """
     import av
 
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="webm") as container:
+    with av.open(buffer, mode="w", format="webm", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libopus", rate=48000, layout="mono")
         stream.bit_rate = bitrate
         pcm = np.clip(samples, -1.0, 1.0).astype(np.float32).reshape(1, -1)

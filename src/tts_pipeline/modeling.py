@@ -145,7 +145,8 @@ class LoadedVoice:
         """Speech for `text` as float32 at `sampling_rate`; empty array if nothing tokenises."""
         import torch
 
-        inputs = self.tokenizer(text, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) for k, v in self.tokenizer(text, return_tensors="pt").items()}
         if inputs["input_ids"].shape[-1] == 0:
             return np.zeros(0, dtype=np.float32)
         if seed is not None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import codex
+from .audio import encode_webm_opus
 from .errors import PipelineError
 from .fsutil import atomic_directory, atomic_write_bytes, read_json, sha256_file, sha256_json, write_json
 from .metadata import write_metadata
@@ -371,34 +372,10 @@ def render(voice: LoadedVoice, chunks: list[str], speaker_id: int, settings: Syn
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-def encode_webm_opus_bitexact(samples: np.ndarray, sample_rate: int, bitrate: int = 48000) -> bytes:
-    """`audio.encode_webm_opus`, but byte-reproducible: same samples -> same file.
-
-    FFmpeg's Matroska muxer writes random segment/track UIDs unless told to be bit-exact;
-    reproducible files keep the DVC output and the per-verse cache stable across runs.
-    """
-    import av
-
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="webm", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libopus", rate=48000, layout="mono")
-        stream.bit_rate = bitrate
-        pcm = np.clip(samples, -1.0, 1.0).astype(np.float32).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=48000)
-        for resampled in resampler.resample(frame) + resampler.resample(None):
-            for packet in stream.encode(resampled):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
-
-
 def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     """The audio file bytes: WebM/Opus 48 kHz (what the recording app writes) or 16-bit WAV."""
     if fmt == "webm":
-        return encode_webm_opus_bitexact(samples, sample_rate)
+        return encode_webm_opus(samples, sample_rate)
     if fmt == "wav":
         import soundfile as sf
 
