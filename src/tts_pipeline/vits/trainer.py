@@ -47,6 +47,7 @@ from .spectrogram import SpectrogramConfig
 log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
+FULL_CLIP = 1 << 30  # segment length that the training forward clamps to the shortest clip
 MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.json"
 
@@ -120,8 +121,11 @@ class GeneratorTrainingModule(torch.nn.Module):
         self.spec_config = spec_config
         self.segment_frames = segment_frames
 
-    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> GeneratorOutput:
-        return training_forward(self.model, batch, self.spec_config, self.segment_frames, generator)
+    def forward(
+        self, batch: Batch, generator: torch.Generator | None = None, segment_frames: int | None = None
+    ) -> GeneratorOutput:
+        segment = segment_frames or self.segment_frames
+        return training_forward(self.model, batch, self.spec_config, segment, generator)
 
 
 @dataclass
@@ -385,7 +389,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation losses (mel L1, KL, duration; no adversarial terms) with fixed noise."""
+        """Validation losses (mel L1 on whole clips, KL, duration; no adversarial terms), fixed noise."""
         if not self.val_examples:
             return {}
         s = self.s
@@ -400,7 +404,8 @@ class Trainer:
                 for examples in self._val_batches():
                     batch = collate(examples).to(self.device)
                     with self.accelerator.autocast():
-                        out = gen(batch, generator=window_rng)
+                        # whole clips (the shortest of the batch): a stabler measure than one window
+                        out = gen(batch, generator=window_rng, segment_frames=FULL_CLIP)
                     k = len(examples)
                     totals["val_mel_l1"] += float(out.mel_l1) * k
                     totals["val_kl"] += float(out.kl) * k
