@@ -103,17 +103,30 @@ action, local, remote = sys.argv[1], Path(sys.argv[2]), sys.argv[3].removeprefix
 endpoint = os.environ.get("TTS_S3_ENDPOINT") or None
 fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
 if action == "push":
-    if not local.is_dir():
-        print(f"no {local} yet: nothing to back up")
+    # Checkpoints are renamed into place when complete; skip the temporary ones being written.
+    files = sorted(
+        (p for p in local.rglob("*") if p.is_file() and not any(".tmp-" in part for part in p.parts)),
+        key=lambda p: (p.name == "index.json", str(p)),  # the index last: it names finished checkpoints
+    )
+    if not files:
+        print(f"no checkpoints in {local} yet: nothing to back up")
         sys.exit(0)
     have = {p: info["size"] for p, info in fs.find(remote, detail=True).items()} if fs.exists(remote) else {}
     sent = 0
-    for path in sorted(p for p in local.rglob("*") if p.is_file() and ".tmp" not in p.name):
+    keys = set()
+    for path in files:
         key = f"{remote}/{path.relative_to(local).as_posix()}"
-        if have.get(key) != path.stat().st_size:
-            fs.put_file(str(path), key)
-            sent += 1
-    print(f"checkpoint backup: {sent} file(s) uploaded to s3://{remote}")
+        keys.add(key)
+        try:
+            if have.get(key) != path.stat().st_size:
+                fs.put_file(str(path), key)
+                sent += 1
+        except FileNotFoundError:  # rotated away (save_total_limit) while we looked
+            keys.discard(key)
+    stale = [key for key in have if key not in keys]
+    if stale:
+        fs.rm(stale)
+    print(f"checkpoint backup: {sent} file(s) uploaded, {len(stale)} removed, to s3://{remote}")
 else:
     if not fs.exists(remote):
         print(f"no checkpoint backup at s3://{remote}")
@@ -211,6 +224,14 @@ elif [ "$DRY" = 0 ] && ! dvc remote list --local 2>/dev/null | grep -q .; then
   die "TTS_S3_URL is not set and no remote is configured in .dvc/config.local (export TTS_S3_URL=s3://bucket/path)"
 fi
 
+# `dvc exp run` records each experiment as a git commit: it needs an identity. A fresh box has
+# none; set a repository-local one (not committed anywhere) unless the user has their own.
+if ! git config user.email >/dev/null 2>&1; then
+  say "no git identity on this box: setting a local one (git config --local; change it to yours to push commits)"
+  run git config --local user.name "tts-pipeline GPU box"
+  run git config --local user.email "gpu-box@$(hostname 2>/dev/null || echo localhost)"
+fi
+
 # --------------------------------------------------------------------------- 3. what training needs
 # The frozen settings (config@<code>) are cheap and not in the remote: regenerate them.
 if grep -qE '^[[:space:]]+config:' dvc.yaml; then
@@ -218,7 +239,8 @@ if grep -qE '^[[:space:]]+config:' dvc.yaml; then
   run dvc repro --single-item "config@$LANG_CODE"
 fi
 say "pulling the dataset (data/$LANG_CODE/dataset) and any earlier training outputs"
-run dvc pull "dataset@$LANG_CODE"
+run dvc pull "dataset@$LANG_CODE" \
+  || die "could not pull dataset@$LANG_CODE: did the laptop run 'dvc push' and commit + push dvc.lock? (dvc status --cloud dataset@$LANG_CODE shows what the remote lacks)"
 # A previous run's model/checkpoints, if one was pushed; none yet is fine.
 run dvc pull --allow-missing "train@$LANG_CODE" || echo "(no earlier training outputs in the remote)"
 if [ -n "${TTS_S3_URL:-}" ] && { [ ! -d "$CKPT_DIR" ] || [ -z "$(ls -A "$CKPT_DIR" 2>/dev/null)" ]; }; then

@@ -43,6 +43,7 @@ elif stage == "train":
     data = Path(f"data/{code}/dataset/data.txt").read_text()
     (out / "weights.txt").write_text(f"{len(data)} {lr}\\n")
     env = {k: v for k, v in os.environ.items() if k.startswith("DVC")}
+    env["cwd"] = os.getcwd()
     (out / "dvc_env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
     Path(f"metrics/{code}").mkdir(parents=True, exist_ok=True)
     Path(f"metrics/{code}/train.json").write_text(json.dumps({"learning_rate": lr, "loss": 1.0 / (1 + lr)}))

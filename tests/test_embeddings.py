@@ -58,9 +58,10 @@ def test_matches_resemblyzer_reference_pipeline(embedder, wavs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from resemblyzer import preprocess_wav
-    batch = embed_many(embedder, list(wavs.values()), 16000)
-    reference = np.stack([embedder.encoder.embed_utterance(preprocess_wav(w, 16000)) for w in wavs.values()])
-    assert batch.shape == (4, 256)
+    two = [wavs["1688a"], wavs["3080b"]]
+    batch = embed_many(embedder, two, 16000)
+    reference = np.stack([embedder.encoder.embed_utterance(preprocess_wav(w, 16000)) for w in two])
+    assert batch.shape == (2, 256)
     np.testing.assert_allclose(batch, reference, atol=1e-4)
 
 

@@ -71,6 +71,7 @@ def test_exp_run_set_param_reaches_train_only(project: Path) -> None:
     assert env["DVC_EXP_BASELINE_REV"] == head
     assert env["DVC_STAGE"] == "train@demo"
     assert Path(env["DVC_ROOT"]).resolve() == project.resolve()
+    assert Path(env["cwd"]).resolve() == project.resolve()  # a workspace run runs in place
 
     exps = experiments(project)
     assert exps["lr-5e-5"]["lr"] == 5e-5
@@ -128,4 +129,9 @@ def test_queue_then_start_then_show_and_apply(queue_project: Path) -> None:
     assert float(weights[1]) == 3e-5
     env = json.loads((project / "models/demo/model/dvc_env.json").read_text())
     assert env["DVC_EXP_NAME"] == "lr-3e-5"
+    # A queued experiment runs in a temporary copy (.dvc/tmp/exps/...), but DVC_ROOT names the
+    # project: anything relative to the working directory (e.g. sqlite:///mlflow.db) is lost.
+    assert Path(env["DVC_ROOT"]).resolve() == project.resolve()
+    assert Path(env["cwd"]).resolve() != project.resolve()
+    assert ".dvc/tmp/exps" in Path(env["cwd"]).as_posix()
     assert "up to date" in dvc("status", cwd=project).stdout

@@ -261,6 +261,25 @@ def test_demo_round_trip_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
     status = dvc("status", "train@demo", "evaluate@demo", cwd=laptop, env=env).stdout
     assert "up to date" in status, status
 
+    # An experiment on the box: `-S` reaches the real train stage (and nothing upstream of it
+    # runs), and the MLflow run is tagged with the experiment's name and git revision.
+    exp = dvc(
+        "exp", "run", "-n", "box-lr5e-5", "--allow-missing", "-S", "training.learning_rate=5e-5", "train@demo",
+        cwd=box, env=env, timeout=900,
+    )  # fmt: skip
+    assert set(ran_stages(exp.stdout)) == {"config@demo", "train@demo"}, exp.stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{box / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    tagged = [r for r in runs if r.data.tags.get("dvc.exp_name") == "box-lr5e-5"]
+    assert len(tagged) == 1, [r.data.tags for r in runs]
+    run = tagged[0].data
+    assert float(run.params["training.learning_rate"]) == 5e-5
+    head = git("rev-parse", "HEAD", cwd=box).stdout.strip()
+    assert run.tags["dvc.baseline_rev"] == head
+    assert run.tags["git.revision"].startswith(head)
+
 
 def test_nothing_secret_in_tracked_dvc_config() -> None:
     """The committed DVC config keeps the local-directory default remote and no credentials."""
@@ -327,7 +346,13 @@ def test_gpu_box_sets_up_a_clone_and_backs_up_checkpoints(tmp_path: Path, s3_end
     box = tmp_path / "box"
     git("clone", "-q", str(laptop), str(box), cwd=tmp_path, env=env)
 
+    # A fresh box: no git identity anywhere (the script sets a repository-local one).
+    home = tmp_path / "home"
+    home.mkdir()
     env_box = {**env, "TTS_S3_URL": f"s3://{BUCKET}/box", "TTS_S3_ENDPOINT": s3_endpoint}
+    env_box.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1")
+    for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        env_box.pop(key)
     script = ["bash", "scripts/gpu-box.sh", "--lang", "demo", "--skip-install"]
     proc = subprocess.run(script, cwd=box, env=env_box, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
@@ -336,26 +361,45 @@ def test_gpu_box_sets_up_a_clone_and_backs_up_checkpoints(tmp_path: Path, s3_end
     local = (box / ".dvc/config.local").read_text()
     assert f"s3://{BUCKET}/box" in local and s3_endpoint in local and "testing" not in local
     assert git("status", "--porcelain", cwd=box).stdout.strip() == ""  # nothing for git to commit
+    assert git("config", "--local", "user.email", cwd=box).stdout.startswith("gpu-box@")
     assert "tts-pipeline run --config languages/demo.yaml --until evaluate --allow-missing" in proc.stdout
 
     # Preemption insurance: back up checkpoints (only what changed), lose them, set up again.
-    ckpt = box / "models/demo/checkpoints/checkpoint-10"
-    ckpt.mkdir(parents=True)
-    (ckpt / "state.bin").write_bytes(b"\x00\x01" * 1000)
-    (ckpt / "trainer.json").write_text('{"step": 10}')
+    ckpts = box / "models/demo/checkpoints"
+    old = ckpts / "checkpoint-10"
+    old.mkdir(parents=True)
+    (old / "state.bin").write_bytes(b"\x00\x01" * 1000)
+    (old / "trainer.json").write_text('{"step": 10}')
     sync = subprocess.run([*script, "--sync-once"], cwd=box, env=env_box, capture_output=True, text=True)
-    assert sync.returncode == 0 and "2 file(s) uploaded" in sync.stdout, sync.stdout + sync.stderr
+    assert sync.returncode == 0 and "2 file(s) uploaded, 0 removed" in sync.stdout, sync.stdout + sync.stderr
+    # Training goes on: a new checkpoint, the old one rotated away, one still being written.
+    ckpt = ckpts / "checkpoint-20"
+    ckpt.mkdir()
+    (ckpt / "state.bin").write_bytes(b"\x02" * 500)
+    (ckpt / "trainer.json").write_text('{"step": 20}')
+    (ckpts / "index.json").write_text('{"checkpoints": ["checkpoint-20"]}')
+    shutil.rmtree(old)
+    (ckpts / ".checkpoint-30.tmp-x1").mkdir()
+    (ckpts / ".checkpoint-30.tmp-x1" / "half.bin").write_bytes(b"\x03")
     again = subprocess.run([*script, "--sync-once"], cwd=box, env=env_box, capture_output=True, text=True)
-    assert "0 file(s) uploaded" in again.stdout, again.stdout + again.stderr
-    assert len(bucket_keys(s3_endpoint, "box/checkpoints-backup/demo/checkpoint-10/")) == 2
+    assert "3 file(s) uploaded, 2 removed" in again.stdout, again.stdout + again.stderr
+    same = subprocess.run([*script, "--sync-once"], cwd=box, env=env_box, capture_output=True, text=True)
+    assert "0 file(s) uploaded, 0 removed" in same.stdout, same.stdout + same.stderr
+    keys = bucket_keys(s3_endpoint, "box/checkpoints-backup/demo/")
+    assert sorted(k.rsplit("demo/", 1)[1] for k in keys) == [
+        "checkpoint-20/state.bin",
+        "checkpoint-20/trainer.json",
+        "index.json",
+    ]
 
-    shutil.rmtree(box / "models/demo/checkpoints")
+    shutil.rmtree(ckpts)
     shutil.rmtree(box / "data/demo/dataset")
     # Idempotent: the same set-up again (what a replacement box runs) restores everything.
     proc = subprocess.run(script, cwd=box, env=env_box, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 file(s) restored" in proc.stdout
-    assert (ckpt / "state.bin").read_bytes() == b"\x00\x01" * 1000
-    assert (ckpt / "trainer.json").read_text() == '{"step": 10}'
+    assert "3 file(s) restored" in proc.stdout
+    assert (ckpt / "state.bin").read_bytes() == b"\x02" * 500
+    assert (ckpt / "trainer.json").read_text() == '{"step": 20}'
+    assert not old.exists()
     assert (box / "data/demo/dataset/data.txt").read_text() == "HELLO FROM DEMO\n"
     assert (box / ".dvc/config.local").read_text() == local

@@ -76,6 +76,11 @@ def test_source_change_reruns_downstream_and_failure_keeps_upstream(
     run_pipeline(toy, "demo")
     stage_runs(toy)
     (toy / "source/demo.txt").write_text("new recordings\n")
+    plan = {r.name: r for r in run_pipeline(toy, "demo", dry=True).results}
+    assert plan["collect@demo"].status == WOULD_RUN
+    assert "source/demo.txt modified" in plan["collect@demo"].reason
+    assert plan["dataset@demo"].reason == "if collect@demo changes its output"
+    assert plan["train@demo"].reason == "if dataset@demo changes its output"
     monkeypatch.setenv("TOY_FAIL", "train")
     with pytest.raises(PipelineError, match=r"stage 'train@demo' failed") as info:
         run_pipeline(toy, "demo")

@@ -466,3 +466,21 @@ def test_failed_run_keeps_the_previous_output(corpus, embedder, cache_root, tmp_
     with pytest.raises(PipelineError):
         _run(corpus, out, embedder, cache_root, metadata=one, corrections=broken)
     assert (out / "speaker_ids.json").read_bytes() == before
+
+
+def test_review_action_parses():
+    from tts_pipeline.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["speakers", "review", "--config", "x.yaml", "--no-browser", "--port", "8123"]
+    )
+    assert (args.action, args.no_browser, args.port) == ("review", True, 8123)
+    assert build_parser().parse_args(["speakers", "--config", "x.yaml"]).action == "run"
+
+
+def test_shipped_demo_corrections_are_valid():
+    path = Path(__file__).resolve().parents[1] / "languages" / "demo.speakers.yaml"
+    corrections = sp.load_corrections(path)
+    assert [s.name for s in corrections.speakers] == ["Diane", "Sheila"]
+    listed = [c for s in corrections.speakers for c in s.anchors + s.clips]
+    assert len(listed) == len(set(listed)) == 13

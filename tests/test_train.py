@@ -157,11 +157,18 @@ def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
         assert any(k.startswith(part) for k in gen_changed), f"{part} did not learn"
     assert len(disc_changed) == len(disc_before), "every discriminator weight moves"
 
+    # gradient accumulation: two batches, one optimiser step each for D and G
+    before_acc = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batches = [collate(trainer.train_examples[:2]), collate(trainer.train_examples[2:4])]
+    metrics = trainer.train_step(batches)
+    assert metrics["nonfinite"] == 0 and trainer.opt_g.optimizer.state_dict()["state"][0]["step"] == 2
+    assert any(not torch.equal(v, before_acc[k]) for k, v in trainer.model.state_dict().items())
+
 
 def test_overfits_one_short_utterance(tmp_path, two_speakers):
     from tts_pipeline.vits.data import collate
 
-    cfg = make_config(tmp_path, learning_rate=3e-4, warmup_steps=0, batch_size=1)
+    cfg = make_config(tmp_path, learning_rate=3e-4, warmup_steps=0, batch_size=1, segment_size=4096)
     trainer = make_trainer(cfg, two_speakers, tmp_path)
     example = trainer.train_examples[0]
     example.audio = example.audio[: 256 * 50]  # 0.8 s
@@ -171,7 +178,8 @@ def test_overfits_one_short_utterance(tmp_path, two_speakers):
     for _ in range(100):
         assert trainer.train_step([batch])["nonfinite"] == 0
     after = trainer.evaluate()
-    assert after["val_mel_l1"] < 0.6 * before["val_mel_l1"], (before, after)
+    # mel L1 on the whole clip: ~4.5 -> ~2.0 (ratio 0.41-0.50 over seeds 1, 2, 42)
+    assert after["val_mel_l1"] < 0.65 * before["val_mel_l1"], (before, after)
     assert after["val_loss"] < 0.2 * before["val_loss"], (before, after)
 
 
@@ -290,14 +298,41 @@ def trainer_batch(trainer):
 
 
 def test_single_speaker_dataset_without_speaker_columns_trains(tmp_path):
-    from tts_pipeline.train import train
+
+    from tts_pipeline import cli
 
     dataset = make_dataset(tmp_path / "single", speakers=("2414",), per_speaker=4, with_speaker_column=False)
     paths = paths_for(tmp_path, dataset)
-    result = train(make_config(tmp_path, max_steps=2), paths)
+    make_config(tmp_path, max_steps=2)  # writes tmp_path/tt.yaml
+    argv = ["train", "--config", str(tmp_path / "tt.yaml"), "--params", str(REPO / "params.yaml"),
+            "--dataset_path", str(dataset), "--output_dir", str(paths.output_dir), "--checkpoint_dir",
+            str(paths.checkpoint_dir), "--metrics_file", str(paths.metrics_file), "--no-resume"]  # fmt: skip
+    assert cli.main(argv) == 0
     voice = modeling.load_voice(paths.output_dir)
     assert voice.model.config.num_speakers == 1 and voice.speakers == {0: {"name": "speaker_0"}}
-    assert result.steps == 2 and voice.synthesize("good morning").size > 0
+    assert voice.synthesize("good morning").size > 0
+    assert json.loads(paths.metrics_file.read_text())["step"] == 2
+    argv[argv.index("--no-resume")] = "--resume"
+    assert cli.main(argv) == 0  # finished run: resumes at step 2, nothing to train, same model
+    assert json.loads((paths.output_dir / "training_info.json").read_text())["resumed_from"] == 2
+
+
+def test_fine_tunes_a_single_speaker_base_model_on_two_speakers(tmp_path, two_speakers):
+    """The MMS path: `training.base_model` (a local directory here: no hub offline) + its tokenizer."""
+    from tts_pipeline.train import train
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    vocab = modeling.build_vocab(TEXTS)
+    modeling.make_tokenizer(vocab, base).save_pretrained(str(base))
+    base_model = modeling.build_scratch_model(TINY_TRAINING["scratch_model"], vocab, num_speakers=1)
+    base_model.save_pretrained(str(base))
+    paths = paths_for(tmp_path, two_speakers)
+    result = train(make_config(tmp_path, base_model=str(base), max_steps=2, speaker_embedding_size=8), paths)
+    voice = modeling.load_voice(paths.output_dir)
+    assert voice.model.config.num_speakers == 2 and voice.model.config.speaker_embedding_size == 8
+    assert all(torch.isfinite(p).all() for p in voice.model.parameters())
+    assert result.info["base_model"] == str(base) and voice.synthesize("hello", speaker_id=1).size > 0
 
 
 def test_fp16_on_cpu_falls_back_to_fp32_with_a_warning(caplog):

@@ -211,7 +211,7 @@ def describe_changes(stage: Stage) -> str:
     return "; ".join(bits[:3]) + (" ..." if len(bits) > 3 else "")
 
 
-def _missing_uncached_outs(repo: Repo, stage: Stage) -> list[str]:
+def _missing_uncached_outs(stage: Stage) -> list[str]:
     """`cache: false` outputs that are not on disk: no remote has them, only a re-run makes them."""
     return [str(out) for out in stage.outs if not out.use_cache and not out.exists]
 
@@ -292,19 +292,28 @@ def run_pipeline(
             except DvcException as exc:
                 raise PipelineError(f"{root}/dvc.yaml: {exc}") from exc
             total = len(steps)
-            upstream_runs = False
+            # stage -> the stages it depends on (DVC's graph points from a stage to its deps)
+            graph = repo.index.graph
+            upstream_of = {
+                s.addressing: {u.addressing for u in graph.successors(s)} if s in graph else set()
+                for s in steps
+            }
+            will_run: set[str] = set()
             for i, stage in enumerate(steps, 1):
                 name = stage.addressing
                 stage_force = force or stage_base(name) in force_stages
                 if dry:
                     with lock_repo(repo):
-                        missing_ok = allow_missing and not _missing_uncached_outs(repo, stage)
+                        missing_ok = allow_missing and not _missing_uncached_outs(stage)
                         changed = stage_force or stage.changed(allow_missing=missing_ok)
                         why = describe_changes(stage) if changed and not stage_force else ""
-                    if changed or upstream_runs:
-                        reason = "forced" if stage_force else (why or "an upstream stage will run")
+                    runs_before = sorted(upstream_of[name] & will_run)
+                    if changed or runs_before:
+                        reason = "forced" if stage_force else why
+                        if not reason:
+                            reason = f"if {', '.join(runs_before)} changes its output"
                         result = StageResult(name, WOULD_RUN, reason=reason)
-                        upstream_runs = True
+                        will_run.add(name)
                     else:
                         result = StageResult(name, UP_TO_DATE)
                     summary.results.append(result)
@@ -314,7 +323,7 @@ def run_pipeline(
                 print(f"==> [{i}/{total}] {name}", flush=True)
                 capture.messages.clear()
                 started = time.perf_counter()
-                missing_ok = allow_missing and not _missing_uncached_outs(repo, stage)
+                missing_ok = allow_missing and not _missing_uncached_outs(stage)
                 try:
                     done = repo.reproduce(
                         name, single_item=True, force=stage_force, pull=pull, allow_missing=missing_ok

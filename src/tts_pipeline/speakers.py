@@ -67,10 +67,11 @@ SAMPLES_DIR = "cluster_samples"
 EMBEDDING_VERSION = 2
 #: k-means with no max_speakers tries at most this many speakers (set max_speakers for more).
 AUTO_MAX_SPEAKERS = 20
-#: Below this best silhouette (cosine) the corpus is taken as one speaker when min_speakers
-#: allows it. Chosen on the tuning half of the LibriSpeech test set (clips 0000-0004): one
-#: reader split in two scored 0.16-0.38, real 2-6 speaker splits 0.58-0.77.
-SINGLE_SPEAKER_SILHOUETTE = 0.45
+#: Two groups of clips whose mean embeddings have a cosine of at least this are one voice.
+#: Chosen on the tuning half of the LibriSpeech test set (clips 0000-0004 of each reader): one
+#: reader's clips split in two gave centroid cosines 0.88-0.95, two readers 0.49-0.72.
+#: Decides "one speaker" (when min_speakers allows it) and whether a cluster is a voice mix.
+SAME_VOICE_COSINE = 0.8
 #: Softmax temperature turning cosine similarities to the speaker centroids into a confidence.
 CONFIDENCE_TEMPERATURE = 0.05
 #: A clip whose confidence is below this (another speaker is nearly as close: a similarity
@@ -328,63 +329,105 @@ def _silhouette(X: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
     return float(silhouette_score(X, labels, metric="cosine", sample_size=sample, random_state=seed))
 
 
-def _kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _kmeans(X: np.ndarray, k: int, seed: int, init: np.ndarray | None = None) -> np.ndarray:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    n_init = 10 if len(X) <= 2000 else 3
+    n_init = 1 if init is not None else (10 if len(X) <= 2000 else 3)
     # One thread for small inputs: thread start-up costs 10x the work on a busy 2-core machine.
     with warnings.catch_warnings(), threadpool_limits(1 if len(X) < 5000 else None):
         warnings.simplefilter("ignore")  # ConvergenceWarning on near-duplicate points
-        return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(X)
+        model = KMeans(
+            n_clusters=k, init="k-means++" if init is None else init, n_init=n_init, random_state=seed
+        )
+        return model.fit_predict(X)
+
+
+def _farthest_and_closest(X: np.ndarray, labels: np.ndarray, min_size: int = 1) -> tuple[float, float]:
+    """Lowest and highest cosine between two centroids of clusters with at least `min_size`
+    clips (1.0, 1.0 when fewer than two such clusters: an outlier clip is not a speaker)."""
+    k = int(labels.max()) + 1
+    big = [c for c in range(k) if (labels == c).sum() >= min_size]
+    if len(big) < 2:
+        return 1.0, 1.0
+    C = centroids_of(X, labels, k)[big]
+    sims = (C @ C.T)[np.triu_indices(len(big), 1)]
+    return float(sims.min()), float(sims.max())
+
+
+class _KSearch:
+    """k-means candidates for k = 2, 3, ...: k-means++ (10 restarts) and k-means seeded by
+    average-linkage (cosine) clusters, the better by silhouette. The linkage seed keeps small
+    readers as clusters of their own when one reader has most of the clips."""
+
+    def __init__(self, X: np.ndarray, seed: int) -> None:
+        from scipy.cluster.hierarchy import linkage
+
+        self.X, self.seed = X, seed
+        self.tree = linkage(X.astype(np.float64), method="average", metric="cosine")
+
+    def labels(self, k: int) -> tuple[np.ndarray, float | None]:
+        from scipy.cluster.hierarchy import fcluster
+
+        candidates = [_kmeans(self.X, k, self.seed)]
+        tree_labels = fcluster(self.tree, k, criterion="maxclust") - 1
+        found = int(tree_labels.max()) + 1
+        if found == k:
+            candidates.append(_kmeans(self.X, k, self.seed, init=centroids_of(self.X, tree_labels, k)))
+        scored = [(_silhouette(self.X, c, self.seed), i) for i, c in enumerate(candidates)]
+        score, best = max(scored, key=lambda t: (-np.inf if t[0] is None else t[0], -t[1]))
+        return candidates[best], score
 
 
 def _kmeans_auto(
-    X: np.ndarray, lo: int, hi: int, seed: int, notes: list[str]
+    X: np.ndarray, lo: int, hi: int, seed: int, notes: list[str], min_size: int = 2
 ) -> tuple[np.ndarray, float | None]:
-    """k-means with k chosen by cosine silhouette within [lo, hi] (k = 1 allowed when lo = 1)."""
+    """k-means with k chosen by cosine silhouette within [lo, hi].
+
+    k = 1 (one speaker) when lo allows it and even the two most different clusters of the best
+    split sound alike (centroid cosine >= SAME_VOICE_COSINE; clusters under `min_size` clips
+    are outliers, not speakers). On a large corpus k is chosen on
+    a fixed random sample, then k-means runs once on all clips from the sample's centroids.
+    """
     if hi <= 1:
         return np.zeros(len(X), dtype=int), None
-    if lo == hi:
-        labels = _kmeans(X, hi, seed)
-        return labels, _silhouette(X, labels, seed)
-    best: tuple[float, int, np.ndarray] | None = None
-    # On a large corpus k is chosen on a fixed random sample, then k-means runs once on all.
     probe = (
         np.sort(np.random.default_rng(seed).choice(len(X), KMEANS_SELECT_SAMPLE, replace=False))
         if len(X) > KMEANS_SELECT_SAMPLE
         else None
     )
     Xs = X if probe is None else X[probe]
-    for k in range(max(lo, 2), min(hi, len(Xs) - 1) + 1):
-        labels = _kmeans(Xs, k, seed)
-        score = _silhouette(Xs, labels, seed)
+    search = _KSearch(Xs, seed)
+    best: tuple[float, int, np.ndarray] | None = None
+    ks = [hi] if lo == hi else range(max(lo, 2), min(hi, len(Xs) - 1) + 1)
+    for k in ks:
+        labels, score = search.labels(k)
         log.debug("kmeans k=%d silhouette=%s", k, score)
-        if score is not None and (best is None or score > best[0] + 1e-9):
-            best = (score, k, labels)
-    if best is not None and probe is not None:
-        best = (best[0], best[1], _kmeans(X, best[1], seed))
+        value = -np.inf if score is None else score
+        if best is None or value > best[0] + 1e-9:
+            best = (value, k, labels)
     if best is None:  # too few clips to compare k values
         k = max(lo, 1)
         labels = _kmeans(X, k, seed) if k > 1 else np.zeros(len(X), dtype=int)
         return labels, _silhouette(X, labels, seed)
     score, k, labels = best
-    if lo <= 1 and score < SINGLE_SPEAKER_SILHOUETTE:
-        notes.append(
-            f"best split (k={k}) has silhouette {score:.2f} < {SINGLE_SPEAKER_SILHOUETTE}: one speaker"
-        )
+    if probe is not None:
+        labels = _kmeans(X, k, seed, init=centroids_of(Xs, labels, k))
+    farthest, _ = _farthest_and_closest(X, labels, min_size)
+    if lo <= 1 and farthest >= SAME_VOICE_COSINE:
+        notes.append(f"best split (k={k}) has centroids alike (cosine >= {farthest:.2f}): one speaker")
         return np.zeros(len(X), dtype=int), None
     notes.append(f"k-means: k={k} chosen by silhouette {score:.3f} in [{max(lo, 2)}, {hi}]")
-    return labels, score
+    return labels, (None if not np.isfinite(score) else float(score))
 
 
 def _split_mixed(X: np.ndarray, labels: np.ndarray, min_size: int, seed: int, notes: list[str]) -> np.ndarray:
     """Split clusters that hold several voices.
 
     HDBSCAN chains two readers together through a few in-between clips (single linkage), so
-    each cluster is checked: if k-means inside it (k = 2..10) reaches a silhouette of
-    SINGLE_SPEAKER_SILHOUETTE, the separation of two real readers, it is split, and the parts
-    are checked again.
+    each cluster is checked: among k-means splits (k = 2..10, parts of at least `min_size`)
+    whose parts all sound different (every centroid pair below SAME_VOICE_COSINE), the best
+    by silhouette is taken, and the parts are checked again.
     """
     labels = np.asarray(labels, dtype=int).copy()
     queue = sorted(set(labels.tolist()))
@@ -401,12 +444,14 @@ def _split_mixed(X: np.ndarray, labels: np.ndarray, min_size: int, seed: int, no
         best: tuple[float, np.ndarray] | None = None
         for k in range(2, min(len(probe) // min_size, 10) + 1):
             sub = _kmeans(X[probe], k, seed)
-            if np.bincount(sub).min() < min_size:
+            if np.bincount(sub, minlength=k).min() < min_size:
+                continue
+            if _farthest_and_closest(X[probe], sub)[1] >= SAME_VOICE_COSINE:
                 continue
             score = _silhouette(X[probe], sub, seed)
             if score is not None and (best is None or score > best[0] + 1e-9):
                 best = (score, sub)
-        if best is None or best[0] < SINGLE_SPEAKER_SILHOUETTE:
+        if best is None:
             continue
         score, sub = best
         if len(probe) < len(members):  # everyone to the nearest part of the sample
@@ -466,13 +511,13 @@ def cluster_embeddings(
     lo = min(lo, hi)
     noise_mask = np.zeros(n, dtype=bool)
     silhouette: float | None = None
+    size = max(2, min(min_cluster_size, n // 2))
 
     if method == "kmeans":
-        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes)
+        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
     elif method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
-        size = max(2, min(min_cluster_size, n // 2))
         space = X
         if n > HDBSCAN_PCA_ABOVE:  # HDBSCAN's neighbour search is slow in 256-d: 10,000 clips 80 s -> 3 s
             from sklearn.decomposition import PCA
@@ -485,15 +530,15 @@ def cluster_embeddings(
             f"hdbscan (min_cluster_size={size}): {found} cluster(s), {(raw < 0).sum()} noise clip(s)"
         )
         if found == 0:
-            labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes)
+            labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
             notes.append("hdbscan found no cluster: k-means fallback")
         else:
             noise_mask = raw < 0
             core = ~noise_mask
             labels = np.searchsorted(np.unique(raw[core]), raw)
-            natural = _silhouette(X[core], labels[core], seed) if found > 1 else None
-            if found > 1 and (natural is None or natural < SINGLE_SPEAKER_SILHOUETTE):
-                notes.append(f"hdbscan clusters barely separate (silhouette {natural or 0:.2f}): merged")
+            farthest, _ = _farthest_and_closest(X[core], labels[core], size)
+            if found > 1 and farthest >= SAME_VOICE_COSINE:
+                notes.append(f"hdbscan clusters all sound alike (centroid cosine >= {farthest:.2f}): merged")
                 labels[core] = 0
             labels[core] = _split_mixed(X[core], labels[core], size, seed, notes)
             found = int(labels[core].max()) + 1
@@ -504,7 +549,7 @@ def cluster_embeddings(
                 labels = _merge_to(X, labels, hi)
                 notes.append(f"merged the closest clusters down to max_speakers={hi}")
             elif found < lo:
-                labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes)
+                labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
                 notes.append(f"fewer clusters than min_speakers={lo}: k-means within the bounds")
             silhouette = silhouette if silhouette is not None else _silhouette(X, labels, seed)
     else:

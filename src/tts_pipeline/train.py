@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -204,14 +205,20 @@ def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
     fsutil.atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _number(value: Any) -> float | None:
+    """Rounded float, or None for NaN/inf (which are not valid JSON for `dvc metrics`)."""
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else None
+
+
 def final_metrics(state, steps_per_epoch: int) -> dict[str, Any]:
     last = state.history[-1] if state.history else {}
     metrics: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "steps_per_epoch": steps_per_epoch}
     for key in ("loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial", "feature_matching", "lr"):
         if key in last:
-            metrics[key] = round(float(last[key]), 6)
+            metrics[key] = _number(last[key])
     for key, value in state.last_eval.items():
-        metrics[key] = round(float(value), 6)
+        metrics[key] = _number(value)
     metrics["best_val_loss"] = None if state.best_val_loss is None else round(state.best_val_loss, 6)
     metrics["best_step"] = state.best_step
     metrics["nonfinite_steps"] = state.total_nonfinite
@@ -248,8 +255,6 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
     with tempfile.TemporaryDirectory(prefix="tts-train-") as workdir:
         set_seed(s.seed)
         model, tokenizer = build_generator(cfg, paths.dataset, len(speakers), Path(workdir))
-        import math
-
         rate = int(model.config.sampling_rate)
         hop = int(math.prod(model.config.upsample_rates))
         common = {

@@ -124,7 +124,7 @@ def training_forward(
     z_p = model.flow(z, y_mask, g, reverse=False)
 
     # --- monotonic alignment search (no gradient, float32)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):  # float32 under fp16/bf16
         log_likelihood = alignment_log_likelihood(z_p, m_p, logs_p)  # (B, Ty, Tx)
         path_mask = y_mask.transpose(1, 2) * x_mask  # (B, Ty, Tx)
         attn = alignment.maximum_path(log_likelihood, path_mask).to(m_p.dtype)

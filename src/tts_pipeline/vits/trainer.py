@@ -546,14 +546,16 @@ class Trainer:
         if evaluate:
             metrics = self.evaluate()
             if metrics:
-                val_loss = metrics["val_loss"]
+                val_loss = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else None
                 self.state.last_eval = metrics
-                if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
+                if val_loss is not None and (
+                    self.state.best_val_loss is None or val_loss < self.state.best_val_loss
+                ):
                     self.state.best_val_loss, self.state.best_step = val_loss, self.state.step
                 log.info(
                     "step %d: validation loss %.4f (mel %.4f)",
                     self.state.step,
-                    val_loss,
+                    metrics["val_loss"],
                     metrics["val_mel_l1"],
                 )
                 if self.state.history and self.state.history[-1]["step"] == self.state.step:
