@@ -165,6 +165,10 @@ def test_toy_round_trip_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
 # --------------------------------------------------------------------------- the real demo
 
 
+#: Top-level folders that only pipeline runs fill (DVC outputs, metrics, MLflow).
+PIPELINE_OUTPUT_DIRS = {"data", "models", "reports", "metrics", "build", "mlruns", "mlartifacts"}
+
+
 def copy_repo(dest: Path, edit: Callable[[Path], None] | None = None) -> Path:
     """The repository's working tree (tracked + untracked, not ignored) in a fresh git repo.
 
@@ -181,6 +185,8 @@ def copy_repo(dest: Path, edit: Callable[[Path], None] | None = None) -> Path:
         .split("\0")
     )
     for rel in filter(None, listed):
+        if rel == "dvc.lock" or rel.split("/", 1)[0] in PIPELINE_OUTPUT_DIRS:
+            continue  # a fresh laptop: no outputs or lock entries from runs in the real checkout
         src = REPO / rel
         if not src.is_file():  # deleted in the working tree but still in the index
             continue

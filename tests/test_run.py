@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,16 @@ from dvc_helpers import git, make_toy_project, stage_runs
 
 from tts_pipeline import cli
 from tts_pipeline.errors import PipelineError
-from tts_pipeline.run import FAILED, RAN, SKIPPED, UP_TO_DATE, WOULD_RUN, check_language, run_pipeline
+from tts_pipeline.run import (
+    FAILED,
+    RAN,
+    RESTORED,
+    SKIPPED,
+    UP_TO_DATE,
+    WOULD_RUN,
+    check_language,
+    run_pipeline,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -148,3 +159,23 @@ def test_check_language_accepts_list_and_mapping(tmp_path: Path) -> None:
     params.write_text("training: {}\n")
     with pytest.raises(PipelineError, match="no 'languages'"):
         check_language(params, "demo")
+
+
+def test_missing_data_is_restored_and_hints_allow_missing(
+    toy: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(toy)
+    run_pipeline(toy, "demo")
+    stage_runs(toy)
+    shutil.rmtree(toy / "data/demo/raw")  # like a clone that pulled only the dataset
+    # --allow-missing: nothing to do, nothing recomputed, raw stays absent.
+    skipped = run_pipeline(toy, "demo", allow_missing=True)
+    assert statuses(skipped) == dict.fromkeys(statuses(skipped), UP_TO_DATE)
+    assert not (toy / "data/demo/raw").exists()
+    # Without it DVC brings raw back (here from its run cache, without running) and we say why.
+    with caplog.at_level(logging.WARNING, logger="tts_pipeline.run"):
+        restored = run_pipeline(toy, "demo")
+    assert statuses(restored)["collect@demo"] == RESTORED
+    assert "add --allow-missing" in caplog.text
+    assert (toy / "data/demo/raw/items.txt").is_file()
+    assert stage_runs(toy) == []

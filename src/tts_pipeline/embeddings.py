@@ -70,10 +70,10 @@ def _finish(vector: Any, what: str) -> np.ndarray:
 
 def _check_samples(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim != 1:
-        samples = (
-            samples.reshape(samples.shape[0], -1).mean(axis=0) if samples.ndim == 2 else samples.reshape(-1)
-        )
+    if samples.ndim == 2:  # multi-channel, either layout: the shorter axis is the channels
+        samples = samples.mean(axis=int(np.argmin(samples.shape)))
+    elif samples.ndim != 1:
+        samples = samples.reshape(-1)
     if samples.size == 0:
         raise EmbeddingError("empty audio")
     if not np.isfinite(samples).all():

@@ -34,6 +34,12 @@ def sha256_json(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces `final` only if the block succeeds.
@@ -44,9 +50,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; outputs should be as readable as any directory
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs should be as readable as any directory
     try:
         yield tmp
     except BaseException:
@@ -66,6 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file is an ordinary file
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,6 +216,17 @@ def _missing_uncached_outs(stage: Stage) -> list[str]:
     return [str(out) for out in stage.outs if not out.use_cache and not out.exists]
 
 
+def _only_data_missing(repo: Repo, stage: Stage) -> bool:
+    """True when the stage counts as changed only because its outputs/inputs are absent."""
+    from dvc.repo import lock_repo
+
+    try:
+        with lock_repo(repo):
+            return stage.changed() and not stage.changed(allow_missing=True)
+    except Exception:  # noqa: BLE001 - only a hint
+        return False
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -258,7 +269,6 @@ def run_pipeline(
     pull: bool = False,
     allow_missing: bool = False,
     force_stages: Sequence[str] = (),
-    on_stage: Callable[[StageResult, int, int], None] | None = None,
 ) -> RunSummary:
     """Reproduce `code`'s stages up to `until` in the DVC project at `root`.
 
@@ -299,6 +309,7 @@ def run_pipeline(
                 for s in steps
             }
             will_run: set[str] = set()
+            hinted = False
             for i, stage in enumerate(steps, 1):
                 name = stage.addressing
                 stage_force = force or stage_base(name) in force_stages
@@ -317,10 +328,15 @@ def run_pipeline(
                     else:
                         result = StageResult(name, UP_TO_DATE)
                     summary.results.append(result)
-                    if on_stage:
-                        on_stage(result, i, total)
                     continue
                 print(f"==> [{i}/{total}] {name}", flush=True)
+                if not allow_missing and not stage_force and not hinted and _only_data_missing(repo, stage):
+                    hinted = True
+                    log.warning(
+                        "%s: nothing changed, only its data is not here, so DVC recomputes it; on a "
+                        "machine that pulled just what it needs (a GPU box), add --allow-missing",
+                        name,
+                    )
                 capture.messages.clear()
                 started = time.perf_counter()
                 missing_ok = allow_missing and not _missing_uncached_outs(stage)
@@ -330,12 +346,12 @@ def run_pipeline(
                     )
                 except DvcException as exc:
                     seconds = time.perf_counter() - started
-                    cause = exc.__cause__ or exc
-                    summary.results.append(StageResult(name, FAILED, seconds, reason=str(cause)))
+                    cause = str(exc.__cause__ or exc).strip()
+                    summary.results.append(
+                        StageResult(name, FAILED, seconds, reason=(cause.splitlines() or [""])[0])
+                    )
                     for rest in steps[i:]:
                         summary.results.append(StageResult(rest.addressing, SKIPPED))
-                    if on_stage:
-                        on_stage(summary.results[i - 1], i, total)
                     err = PipelineError(
                         f"stage '{name}' failed: {cause}; outputs of the stages before it are kept "
                         f"(see the log above), fix the problem and re-run the same command"
@@ -347,8 +363,6 @@ def run_pipeline(
                 result = StageResult(name, status, seconds)
                 summary.results.append(result)
                 print(f"==> [{i}/{total}] {name}: {status} ({seconds:.1f}s)", flush=True)
-                if on_stage:
-                    on_stage(result, i, total)
     finally:
         dvc_logger.removeHandler(capture)
         dvc_logger.setLevel(old_level)

@@ -487,10 +487,11 @@ def cluster_embeddings(
 ) -> Clustering:
     """Group L2-normalised embeddings by speaker, honouring min/max_speakers (None = automatic).
 
-    hdbscan: density clusters on the unit sphere (Euclidean there is monotone in cosine);
-    noise clips go to the nearest centroid and are flagged uncertain. If HDBSCAN's count
-    falls outside the bounds, the closest clusters are merged (too many) or k-means picks k
-    within the bounds (too few). kmeans: k by silhouette within the bounds.
+    hdbscan: density clusters on the unit sphere (Euclidean there is monotone in cosine),
+    clusters that hold several voices split (`_split_mixed`), noise clips assigned to the
+    nearest centroid and flagged uncertain. If the count falls outside the bounds, the closest
+    clusters are merged (too many) or k-means picks k within the bounds (too few).
+    kmeans: k by silhouette within the bounds (`_kmeans_auto`).
     Tiny or degenerate input (fewer than 3 clips, all identical) is one speaker, with a warning.
     """
     from .embeddings import l2_normalise
