@@ -9,7 +9,6 @@ the code under test, the rows collect must write and the skip counts it must rep
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import uuid
@@ -17,16 +16,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fake_gitlab import lfs_pointer
+
 ROOT = Path(__file__).resolve().parent
 REAL_CLIPS = sorted((ROOT / "data" / "librispeech-6spk").glob("*/*.webm"))
 FILES = ".project/attachments/files"
 POINTERS = ".project/attachments/pointers"
 BASE_MS = 1_700_000_000_000
-
-
-def lfs_pointer(data: bytes) -> tuple[str, bytes]:
-    oid = hashlib.sha256(data).hexdigest()
-    return oid, f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n".encode()
 
 
 @dataclass

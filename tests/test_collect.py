@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 from codex_fixtures import build_project
+from helpers import DEMO_PROJECT as DEMO
+from helpers import PARAMS, read_rows, tree_bytes
 
 from tts_pipeline import cli
 from tts_pipeline.collect import collect
 from tts_pipeline.config import load_config
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "examples" / "demo-codex-project"
-PARAMS = REPO / "params.yaml"
 
 
 def local_config(tmp_path: Path, project: Path, **collect_settings):
@@ -30,15 +27,6 @@ def local_config(tmp_path: Path, project: Path, **collect_settings):
     path = tmp_path / "xx.yaml"
     path.write_text(yaml.safe_dump(language))
     return load_config(path, PARAMS)
-
-
-def read_rows(out: Path) -> list[dict[str, str]]:
-    with open(out / "metadata.csv", newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_demo_project_exports_13_verses(tmp_path):

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from helpers import DEMO_PROJECT, PARAMS, REPO, tree_bytes
 
 from tts_pipeline import cli
-
-REPO = Path(__file__).resolve().parent.parent
-PARAMS = REPO / "params.yaml"
 
 
 def demo_language(tmp_path: Path, name: str) -> Path:
     """languages/demo.yaml with every output (and the caches) under tmp_path/name."""
     language = yaml.safe_load((REPO / "languages" / "demo.yaml").read_text())
-    language["source"] = {"type": "local", "path": str(REPO / "examples" / "demo-codex-project")}
+    language["source"] = {"type": "local", "path": str(DEMO_PROJECT)}
     root = tmp_path / name
     language["paths"] = {
         "raw_dataset": str(root / "raw"),
@@ -27,12 +25,6 @@ def demo_language(tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(language))
     return path
-
-
-def files(root: Path, pattern: str = "*") -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob(pattern)) if p.is_file()
-    }
 
 
 def test_collect_preprocess_diarize_equals_separate_stages(tmp_path):
@@ -47,9 +39,9 @@ def test_collect_preprocess_diarize_equals_separate_stages(tmp_path):
         assert cli.main([stage, "--config", str(separate), "--params", str(PARAMS)]) == 0
 
     a, b = tmp_path / "chained", tmp_path / "separate"
-    assert files(a / "raw") == files(b / "raw")
-    assert files(a / "preprocessed") == files(b / "preprocessed")
-    assert len(files(a / "preprocessed", "*.wav")) == 13
+    assert tree_bytes(a / "raw") == tree_bytes(b / "raw")
+    assert tree_bytes(a / "preprocessed") == tree_bytes(b / "preprocessed")
+    assert len(tree_bytes(a / "preprocessed", "*.wav")) == 13
     for name in ("speaker_ids.json", "embeddings.npy", "embeddings_index.json"):
         assert (a / "speakers" / name).read_bytes() == (b / "speakers" / name).read_bytes()
     assert (a / "metrics" / "preprocess.json").is_file() and (a / "metrics" / "speakers.json").is_file()
@@ -75,4 +67,4 @@ def test_preprocess_reads_a_custom_output_dir(tmp_path):
     )
     assert (out / "metadata.csv").is_file()
     assert not (tmp_path / "custom" / "raw").exists()
-    assert len(files(tmp_path / "custom" / "preprocessed", "*.wav")) == 13
+    assert len(tree_bytes(tmp_path / "custom" / "preprocessed", "*.wav")) == 13

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import signal
@@ -15,6 +14,8 @@ import pytest
 import yaml
 from codex_fixtures import build_project
 from fake_gitlab import FakeGitLab, tree_from_directory
+from helpers import DEMO_PROJECT as DEMO
+from helpers import PARAMS, REPO, read_rows, tree_bytes
 
 from tts_pipeline import cli
 from tts_pipeline.collect import collect
@@ -22,9 +23,6 @@ from tts_pipeline.config import load_config
 from tts_pipeline.errors import PipelineError
 from tts_pipeline.gitlab_source import GitLabSource, make_lfs_pointer, parse_lfs_pointer
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "examples" / "demo-codex-project"
-PARAMS = REPO / "params.yaml"
 TOKEN = "glpat-loopback-secret"
 LFS_GET = r"/gitlab-lfs/objects/"
 RAW_GET = r"/repository/files/.*/raw$"
@@ -55,15 +53,6 @@ def write_config(tmp_path: Path, url: str, project: str = "translators/fixture",
 
 def gitlab_config(tmp_path: Path, url: str, **kw):
     return load_config(write_config(tmp_path, url, **kw), PARAMS)
-
-
-def read_rows(out: Path) -> list[dict[str, str]]:
-    with open(out / "metadata.csv", newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(autouse=True)

@@ -163,3 +163,11 @@ def test_cli_help_does_not_import_heavy_libraries() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_unquoted_no_is_the_word_not_false(tmp_path: Path, params: Path) -> None:
+    # YAML 1.1 reads `no` as false, and `dvc exp run -S` rewrites drop the quotes around "no".
+    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\ntraining: {mixed_precision: no}\n"), params)
+    assert cfg.training.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(lang(tmp_path, "source: {type: local, path: p}\ntraining: {mixed_precision: yes}\n"), params)

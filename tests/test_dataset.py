@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import tree_sha256
 
 from tts_pipeline import audio, fsutil, modeling
 from tts_pipeline.config import DatasetSection
@@ -85,10 +86,6 @@ def save_tokenizer(directory: Path, chars: str, **kwargs) -> Path:
     return directory
 
 
-def dir_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): fsutil.sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def cfg(**kw) -> DatasetSection:
     kw.setdefault("train_split", 0.8)
     kw.setdefault("validation_split", 0.2)
@@ -145,15 +142,15 @@ def test_byte_identical_rerun(tmp_path, source_audio):
     c = cfg(max_shard_size="20KB")
     a, b = tmp_path / "a", tmp_path / "b"
     build_dataset(meta, pre, ids, a, c, base_model=None)
-    first = dir_hashes(a)
+    first = tree_sha256(a)
     build_dataset(meta, pre, ids, b, c, base_model=None)
     build_dataset(meta, pre, ids, a, c, base_model=None)  # over an existing output
-    assert first == dir_hashes(b) == dir_hashes(a)
+    assert first == tree_sha256(b) == tree_sha256(a)
     assert len([k for k in first if k.startswith("train/data-")]) > 1  # several shards
     assert not any("cache-" in k or ".lock" in k for k in first)
     # A different seed gives a different (still deterministic) split.
     build_dataset(meta, pre, ids, b, cfg(max_shard_size="20KB", seed=7), base_model=None)
-    assert dir_hashes(b)["validation/state.json"] != first["validation/state.json"]
+    assert tree_sha256(b)["validation/state.json"] != first["validation/state.json"]
 
 
 def _clips(counts: dict[int, int]) -> list[Clip]:
@@ -396,14 +393,14 @@ def test_failure_while_writing_keeps_the_previous_output(tmp_path, source_audio)
     pre, meta, ids = make_corpus(tmp_path, source_audio, {"1688": 3, "1998": 3})
     out = tmp_path / "out"
     build_dataset(meta, pre, ids, out, cfg(), base_model=None)
-    before = dir_hashes(out)
+    before = tree_sha256(out)
     clips, rejected, n = read_clips(meta, pre, load_speaker_labels(ids), cfg(), 16000)
     splits = split_clips(clips, cfg())
     summary = DatasetSummary(splits, rejected, renumber_speakers(splits), OovReport(), n)
     audio.write_wav(pre / "audio" / "MRK_002_002.wav", source_audio["2033"][0], 16000)  # changes under us
     with pytest.raises(PipelineError, match="MRK_002_002.wav: changed while"):
         write_dataset(out, summary, cfg(), sample_rate=16000, language="x")
-    assert dir_hashes(out) == before
+    assert tree_sha256(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "preprocessed", "speakers"]
 
 

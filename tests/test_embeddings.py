@@ -29,11 +29,6 @@ CLIPS = {
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SpeakerEmbedder:
-    return get_embedder("resemblyzer")
-
-
-@pytest.fixture(scope="module")
 def wavs() -> dict[str, np.ndarray]:
     return {k: decode_audio(p, 16000) for k, p in CLIPS.items()}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from html.parser import HTMLParser
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import build_tiny_model, wav_bytes
 
 from tts_pipeline.audio import decode_audio
 from tts_pipeline.config import load_config
@@ -31,12 +31,6 @@ CLIPS = ROOT / "tests" / "data" / "librispeech-6spk"
 SR = 16000
 TEXTS = ["hello there", "good morning friend", "the sun is up", "we read the book", "see you soon"]
 METRIC_KEYS = {"mcd_dtw", "speaker_similarity", "duration_ratio", "silent_fraction", "clipped_fraction"}
-
-
-def _wav_bytes(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, SR, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def build_dataset(path: Path, speakers: dict[str, str], per_speaker: int = 2, seconds: float = 2.5) -> None:
@@ -61,7 +55,7 @@ def build_dataset(path: Path, speakers: dict[str, str], per_speaker: int = 2, se
             samples = decode_audio(clip, SR)[: int(seconds * SR)]
             text = TEXTS[(sid * per_speaker + n) % len(TEXTS)]
             stem = f"MRK_{sid + 1:03d}_{n + 1:03d}"
-            rows["audio"].append({"bytes": _wav_bytes(samples), "path": f"{stem}.wav"})
+            rows["audio"].append({"bytes": wav_bytes(samples, SR), "path": f"{stem}.wav"})
             rows["text"].append(text)
             rows["text_original"].append(text.capitalize() + ".")
             rows["speaker_id"].append(sid)
@@ -75,20 +69,7 @@ def build_dataset(path: Path, speakers: dict[str, str], per_speaker: int = 2, se
 
 def build_model(path: Path, speakers: list[str]) -> Path:
     """A tiny randomly initialised VITS (the demo's scratch_model sizes), saved as a model dir."""
-    from tts_pipeline import modeling
-
-    cfg = load_config(ROOT / "languages" / "demo.yaml", ROOT / "params.yaml")
-    vocab = modeling.build_vocab(TEXTS)
-    tokenizer = modeling.make_tokenizer(vocab, path)
-    import torch
-
-    torch.manual_seed(0)
-    model = modeling.build_scratch_model(cfg.training.scratch_model, vocab, num_speakers=len(speakers))
-    modeling.remove_decoder_weight_norm(model)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    modeling.save_speakers(path, {i: {"name": name} for i, name in enumerate(speakers)})
-    return path
+    return build_tiny_model(path, {i: {"name": name} for i, name in enumerate(speakers)}, TEXTS)
 
 
 SPEAKERS = {"anna": "3080", "ben": "1688"}
@@ -100,13 +81,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_dataset(root / "dataset", SPEAKERS)
     build_model(root / "model", list(SPEAKERS))
     return root
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    from tts_pipeline.embeddings import get_embedder
-
-    return get_embedder("resemblyzer")
 
 
 @pytest.fixture(scope="module")

@@ -135,3 +135,12 @@ def test_queue_then_start_then_show_and_apply(queue_project: Path) -> None:
     assert Path(env["cwd"]).resolve() != project.resolve()
     assert ".dvc/tmp/exps" in Path(env["cwd"]).as_posix()
     assert "up to date" in dvc("status", cwd=project).stdout
+
+
+def test_exp_run_set_language_value_keeps_the_config_loadable(project: Path) -> None:
+    from tts_pipeline.config import load_config
+
+    dvc("exp", "run", "-n", "steps", "-S", "languages/demo.yaml:training.max_steps=7", cwd=project)
+    cfg = load_config(project / "languages/demo.yaml", project / "params.yaml")
+    assert cfg.training.max_steps == 7
+    assert cfg.training.mixed_precision == "no"

@@ -7,7 +7,6 @@ and cache folders so the cache behaviour is observable (decode calls are counted
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import numpy as np
 import pyloudnorm
 import pytest
 import soundfile as sf
+from helpers import tree_sha256
 
 from tts_pipeline import audio_quality as aq
 from tts_pipeline import preprocess as pp
@@ -48,14 +48,6 @@ def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=["file_name", "transcription", "verse_id", "duration_s"])
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 #: raw file_name -> the reason it must be rejected with (None = kept)
@@ -163,9 +155,9 @@ def _run(raw: Path, out: Path, cache: Path, workers: int = 1, **kw) -> pp.Prepro
 def first_run(raw, tmp_path_factory):
     """One pooled run (2 workers) shared by the read-only checks."""
     work = tmp_path_factory.mktemp("run")
-    before = _tree_digest(raw)
+    before = tree_sha256(raw)
     summary = _run(raw, work / "out", work / "cache", workers=2, metrics_file=work / "metrics" / "pp.json")
-    assert _tree_digest(raw) == before, "the input folder must never change"
+    assert tree_sha256(raw) == before, "the input folder must never change"
     return summary, work
 
 
@@ -376,7 +368,7 @@ def test_second_run_does_no_decoding(raw, first_run, decode_counter, tmp_path):
     summary = _run(raw, tmp_path / "out", cache)
     assert decode_counter == []
     assert summary.decoded == 0 and summary.cache_hits > 0
-    assert _tree_digest(tmp_path / "out") == _tree_digest(work / "out")
+    assert tree_sha256(tmp_path / "out") == tree_sha256(work / "out")
 
 
 def test_one_new_clip_is_one_decode(raw, first_run, decode_counter, tmp_path):
@@ -438,7 +430,7 @@ def test_interrupted_run_leaves_previous_output(raw, first_run, monkeypatch, dec
     _, work = first_run
     out = tmp_path / "out"
     shutil.copytree(work / "out", out)
-    before = _tree_digest(out)
+    before = tree_sha256(out)
     real = pp.process_clip
     seen = []
 
@@ -451,7 +443,7 @@ def test_interrupted_run_leaves_previous_output(raw, first_run, monkeypatch, dec
     monkeypatch.setattr(pp, "process_clip", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         _run(raw, out, tmp_path / "cache")
-    assert _tree_digest(out) == before
+    assert tree_sha256(out) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
     # the clips finished before the interruption are cached: the re-run does not decode them
     monkeypatch.setattr(pp, "process_clip", real)
@@ -460,7 +452,7 @@ def test_interrupted_run_leaves_previous_output(raw, first_run, monkeypatch, dec
     summary = _run(raw, out, tmp_path / "cache")
     assert finished.isdisjoint(p.name for p in decode_counter)
     assert summary.cache_hits == 3  # those two + mismatch.webm (same bytes as an earlier clip)
-    assert _tree_digest(out) == before
+    assert tree_sha256(out) == before
 
 
 def test_processing_failure_rejects_one_clip(raw, monkeypatch, tmp_path):
@@ -493,11 +485,11 @@ def test_dead_worker_fails_the_run_and_keeps_previous_output(raw, first_run, mon
     _, work = first_run
     out = tmp_path / "out"
     shutil.copytree(work / "out", out)
-    before = _tree_digest(out)
+    before = tree_sha256(out)
     monkeypatch.setattr(pp, "process_clip", _dying_worker)  # workers are forked: they see it too
     with pytest.raises(PipelineError, match="worker process died"):
         _run(raw, out, tmp_path / "cache", workers=2)
-    assert _tree_digest(out) == before
+    assert tree_sha256(out) == before
 
 
 def test_bad_inputs_are_clear_errors(raw, tmp_path):

@@ -166,7 +166,7 @@ def test_toy_round_trip_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
 
 
 #: Top-level folders that only pipeline runs fill (DVC outputs, metrics, MLflow).
-PIPELINE_OUTPUT_DIRS = {"data", "models", "reports", "metrics", "build", "mlruns", "mlartifacts"}
+PIPELINE_OUTPUT_DIRS = {"data", "models", "reports", "metrics", "params", "mlruns", "mlartifacts"}
 
 
 def copy_repo(dest: Path, edit: Callable[[Path], None] | None = None) -> Path:

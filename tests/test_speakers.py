@@ -24,7 +24,6 @@ from sklearn.metrics import adjusted_rand_score
 
 from tts_pipeline import speakers as sp
 from tts_pipeline.audio import decode_audio, write_wav
-from tts_pipeline.embeddings import get_embedder
 from tts_pipeline.errors import PipelineError
 
 DATA = Path(__file__).parent / "data" / "librispeech-6spk"
@@ -56,11 +55,6 @@ def corpus(tmp_path_factory) -> Path:
         names.append(f"audio/{webm.stem}.wav")
     _write_metadata(root / "metadata.csv", names)
     return root
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return get_embedder("resemblyzer")
 
 
 @pytest.fixture(scope="module")

@@ -115,13 +115,6 @@ def test_measure_sample_flags_broken_output(speech: np.ndarray) -> None:
     assert by["mcd_dtw"] == summary["mcd_dtw"]
 
 
-@pytest.fixture(scope="module")
-def embedder():
-    from tts_pipeline.embeddings import get_embedder
-
-    return get_embedder("resemblyzer")
-
-
 def test_speaker_similarity_same_speaker_higher_than_different(embedder) -> None:
     speakers = sorted(p.name for p in DATA.iterdir() if p.is_dir())
     assert len(speakers) == 6

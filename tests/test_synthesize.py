@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synth_helpers import DEMO_PROJECT, REPO, copy_demo_project, shared_tiny_model, write_config
+from codex_fixtures import cell
+from helpers import DEMO_PROJECT, REPO
+from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
 from tts_pipeline import audio, cli, synthesize
 from tts_pipeline.config import DatasetSection, load_config
@@ -33,15 +35,6 @@ def test_missing_verses_of_the_demo_project() -> None:
     assert verses[0].text == "It is a long way from Texas to New Jersey, isn't it?"  # &#39; decoded
 
 
-def _cell(cell_id: str, value: str, cell_type: str = "text", data: dict | None = None, **meta) -> dict:
-    return {
-        "kind": 2,
-        "languageId": "html",
-        "value": value,
-        "metadata": {"id": cell_id, "type": cell_type, "edits": [], "data": data or {}, **meta},
-    }
-
-
 def _take(audio_id: str, deleted: bool = False, missing: bool = False, synthetic: bool = False) -> dict:
     meta = {"mimeType": "audio/webm", "durationSec": 1.0}
     if synthetic:
@@ -60,22 +53,22 @@ def _take(audio_id: str, deleted: bool = False, missing: bool = False, synthetic
 
 def test_missing_verses_follow_the_collect_skip_rules() -> None:
     cells = [
-        _cell("GEN 1:0", "<h1>Genesis</h1>", "paratext"),
-        _cell("GEN 1", "1", "milestone"),
-        _cell("GEN 1:1", "<span>recorded</span>", attachments=_take("audio-1-a")),
-        _cell("GEN 1:2", "<span>never recorded</span>"),
-        _cell("GEN 1:3", "<span>only a deleted take</span>", attachments=_take("audio-1-b", deleted=True)),
-        _cell("GEN 1:4", "<span>only a missing take</span>", attachments=_take("audio-1-c", missing=True)),
-        _cell("GEN 1:5", "<span>merged away</span>", data={"merged": True}),
-        _cell("GEN 1:6", "<span>deleted cell</span>", data={"deleted": True}),
-        _cell("GEN 1:7", "<span>hidden</span>", data={"hidden": True}),
-        _cell("GEN 1:8", "<span></span>"),
-        _cell(
+        cell("GEN 1:0", "<h1>Genesis</h1>", "paratext"),
+        cell("GEN 1", "1", "milestone"),
+        cell("GEN 1:1", "<span>recorded</span>", attachments=_take("audio-1-a")),
+        cell("GEN 1:2", "<span>never recorded</span>"),
+        cell("GEN 1:3", "<span>only a deleted take</span>", attachments=_take("audio-1-b", deleted=True)),
+        cell("GEN 1:4", "<span>only a missing take</span>", attachments=_take("audio-1-c", missing=True)),
+        cell("GEN 1:5", "<span>merged away</span>", data={"merged": True}),
+        cell("GEN 1:6", "<span>deleted cell</span>", data={"deleted": True}),
+        cell("GEN 1:7", "<span>hidden</span>", data={"hidden": True}),
+        cell("GEN 1:8", "<span></span>"),
+        cell(
             "6f1c0c4e-uuid",
             "<span>uuid cell &amp; more</span>",
             data={"globalReferences": ["GEN 1:9"]},
         ),
-        _cell(
+        cell(
             "GEN 1:10", "<span>only our synthetic take</span>", attachments=_take("audio-2-t", synthetic=True)
         ),
     ]

@@ -115,7 +115,7 @@ def paths_for(tmp: Path, dataset: Path, name: str = "run"):
                       metrics_file=tmp / name / "metrics" / "train.json")  # fmt: skip
 
 
-def make_trainer(cfg, dataset: Path, tmp: Path):
+def make_trainer(cfg, dataset: Path, tmp: Path, **trainer_kwargs):
     from accelerate.utils import set_seed
 
     from tts_pipeline.train import build_generator
@@ -129,7 +129,7 @@ def make_trainer(cfg, dataset: Path, tmp: Path):
     common = {"sampling_rate": 16000, "hop_length": 256, "max_audio_s": 15.0, "num_speakers": len(speakers)}
     train, _ = prepare_split(data["train"], tokenizer, where="train", **common)
     val, _ = prepare_split(data["validation"], tokenizer, where="validation", **common)
-    return Trainer(cfg.training, model, tokenizer, speakers, train, val, tmp / "checkpoints")
+    return Trainer(cfg.training, model, tokenizer, speakers, train, val, tmp / "checkpoints", **trainer_kwargs)
 
 
 def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
@@ -161,7 +161,7 @@ def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
     before_acc = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     batches = [collate(trainer.train_examples[:2]), collate(trainer.train_examples[2:4])]
     metrics = trainer.train_step(batches)
-    assert metrics["nonfinite"] == 0 and trainer.opt_g.optimizer.state_dict()["state"][0]["step"] == 2
+    assert metrics["nonfinite"] == 0 and trainer.opt_g.state_dict()["state"][0]["step"] == 2
     assert any(not torch.equal(v, before_acc[k]) for k, v in trainer.model.state_dict().items())
 
 
@@ -350,6 +350,107 @@ def test_bf16_step_runs_on_cpu(tmp_path, two_speakers):
     trainer = make_trainer(make_config(tmp_path, mixed_precision="bf16"), two_speakers, tmp_path)
     metrics = trainer.train_step([trainer_batch(trainer)])
     assert metrics["nonfinite"] == 0 and metrics["mel_l1"] > 0
+
+
+def _scalers(trainer, gen_scale: float, disc_scale: float) -> None:
+    """Give a (CPU, fp16) trainer fresh loss scalers with known, different initial scales."""
+    trainer.scaler_g = torch.amp.GradScaler("cpu", init_scale=gen_scale)
+    trainer.scaler_d = torch.amp.GradScaler("cpu", init_scale=disc_scale)
+
+
+def _grads_at_step(optimizer) -> list[list[torch.Tensor]]:
+    """Records the (unscaled, clipped) gradients each time `optimizer` really steps."""
+    seen: list[list[torch.Tensor]] = []
+    optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([p.grad.clone() for g in opt.param_groups for p in g["params"]
+                                               if p.grad is not None])  # fmt: skip
+    )
+    return seen
+
+
+def _inject_inf_once(module: torch.nn.Module):
+    """The next backward through `module` gives its first parameter an inf gradient (an fp16 overflow)."""
+    param = next(module.parameters())
+    fired: list[bool] = []
+
+    def hook(grad):
+        if not fired:
+            fired.append(True)
+            return torch.full_like(grad, float("inf"))
+        return None
+
+    return param.register_hook(hook)
+
+
+def test_fp16_loss_scalers_are_independent_with_accumulation_and_resume_exactly(tmp_path, two_speakers):
+    """fp16 loss scaling (forced on CPU) with 2 micro-batches: one scaler per optimiser.
+
+    The discriminator overflows on the first micro-batch; its step is skipped and its scale
+    halved *between* the generator's two backward passes. The generator must still step, with
+    gradients unscaled by the one scale they were scaled with: they match a run whose
+    generator scale is 1 (nothing to unscale). A shared scaler fails this: half the generator
+    gradient would come out 2x too large.
+    """
+    # a scratch model's KL gradients are huge (norm ~2e5 at weight 1.5): fp16 overflows at scale 4
+    cfg = make_config(tmp_path, gradient_accumulation_steps=2, max_grad_norm=0.0, weight_kl=0.1)
+    scaled = make_trainer(cfg, two_speakers, tmp_path / "a", precision="fp16")
+    plain = make_trainer(cfg, two_speakers, tmp_path / "b", precision="fp16")
+    assert scaled.scaler_g is not scaled.scaler_d and scaled.scaler_g.is_enabled()
+    _scalers(scaled, gen_scale=8.0, disc_scale=1024.0)
+    _scalers(plain, gen_scale=1.0, disc_scale=1.0)
+    micro = [collate_one(scaled, 0), collate_one(scaled, 2)]
+    grads = {}
+    for name, trainer in (("scaled", scaled), ("plain", plain)):
+        disc_before = {k: v.clone() for k, v in trainer.bare_discriminator.state_dict().items()}
+        gen_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        grads[name] = _grads_at_step(trainer.opt_g)
+        disc_steps = _grads_at_step(trainer.opt_d)
+        handle = _inject_inf_once(trainer.bare_discriminator)
+        torch.manual_seed(7)
+        metrics = trainer.train_step(micro)
+        handle.remove()
+        assert metrics["nonfinite"] == 0, "an fp16 overflow is the scaler's business, not a bad step"
+        assert disc_steps == [] and all(torch.equal(v, disc_before[k])
+                                        for k, v in trainer.bare_discriminator.state_dict().items())  # fmt: skip
+        assert len(grads[name]) == 1, "the generator steps despite the discriminator's overflow"
+        assert any(not torch.equal(v, gen_before[k]) for k, v in trainer.model.state_dict().items())
+    assert scaled.scaler_d.get_scale() == 512.0 and scaled.scaler_g.get_scale() == 8.0
+    assert metrics["loss_scale_disc"] == 0.5 and metrics["loss_scale_gen"] == 1.0
+    a, b = torch.cat([g.flatten() for g in grads["scaled"][0]]), torch.cat([g.flatten() for g in grads["plain"][0]])
+    assert torch.isfinite(a).all() and a.norm() > 0
+    # a shared scaler: relative error 0.56; separate ones: 5e-5 (fp16 rounding)
+    assert ((a - b).norm() / b.norm()) < 1e-3, "generator gradients are not correctly unscaled"
+
+    # a normal step: both optimisers step with their own scales
+    torch.manual_seed(8)
+    metrics = scaled.train_step(micro)
+    assert metrics["nonfinite"] == 0 and metrics["loss_scale_disc"] == 512.0 and metrics["loss_scale_gen"] == 8.0
+
+    # resume: both scalers' states come back (a fresh trainer starts at another scale)
+    saved = scaled.save_checkpoint()
+    resumed = make_trainer(cfg, two_speakers, tmp_path / "c", precision="fp16")
+    assert resumed.scaler_d.get_scale() != 512.0
+    resumed.load_checkpoint(saved)
+    assert resumed.scaler_g.state_dict() == scaled.scaler_g.state_dict()
+    assert resumed.scaler_d.state_dict() == scaled.scaler_d.state_dict()
+    for trainer in (scaled, resumed):
+        _inject_inf_once(trainer.bare_discriminator)
+        torch.manual_seed(9)
+        trainer.train_step(micro)
+    assert resumed.scaler_d.get_scale() == scaled.scaler_d.get_scale() == 256.0
+    a, b = scaled.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed fp16 training diverges"
+
+    # an overflow at a scale that cannot usefully go lower is a real NaN/inf: a counted bad step
+    plain.scaler_d = torch.amp.GradScaler("cpu", init_scale=2.0**-20)
+    _inject_inf_once(plain.bare_discriminator)
+    assert plain.train_step(micro)["nonfinite"] == 1
+
+
+def collate_one(trainer, index: int):
+    from tts_pipeline.vits.data import collate
+
+    return collate(trainer.train_examples[index : index + 2])
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, two_speakers, monkeypatch):

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 import soundfile as sf
-from synth_helpers import DEMO_PROJECT, shared_tiny_model
+from helpers import DEMO_PROJECT
+from synth_helpers import shared_tiny_model
 
 from tts_pipeline import synthesize, webdemo
 from tts_pipeline.synthesize import SynthesisSettings

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from fake_gitlab import tree_from_directory
 from fake_gitlab_writes import FakeGitLabWrites
-from synth_helpers import REPO, copy_demo_project, shared_tiny_model, tree_bytes, write_config
+from helpers import DEMO_PROJECT, PARAMS, tree_bytes
+from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
 from tts_pipeline import cli, codex, synthesize, writeback
 from tts_pipeline.config import load_config
 from tts_pipeline.synthesize import SynthesisSettings
 from tts_pipeline.writeback import SyntheticTake
 
-PARAMS = REPO / "params.yaml"
 NEW_IDS = {"LUK 1:7", "MRK 1:9", "MRK 1:10"}
 
 
@@ -28,8 +28,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def synthesized(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo project's missing verses, voiced once for the whole module."""
-    from synth_helpers import DEMO_PROJECT
-
     out = tmp_path_factory.mktemp("synth") / "synthesized"
     verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
     fast = SynthesisSettings(speaking_rate=4.0)  # an untrained model drawls: keep the clips short
@@ -215,8 +213,6 @@ def _gitlab_config(tmp_path: Path, server: FakeGitLabWrites, model_dir: Path, mo
 def test_gitlab_write_back_opens_a_merge_request(
     model_dir: Path, synthesized: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from synth_helpers import DEMO_PROJECT
-
     with FakeGitLabWrites() as server:
         files = tree_from_directory(
             DEMO_PROJECT,
@@ -284,8 +280,6 @@ def test_gitlab_write_back_without_token_is_a_clear_error(
 
 
 def test_documents_are_rewritten_in_their_own_format() -> None:
-    from synth_helpers import DEMO_PROJECT
-
     for path in (DEMO_PROJECT / "files" / "target").glob("*.codex"):
         text = path.read_text(encoding="utf-8")
         assert writeback.dump_like(text, json.loads(text)) == text

@@ -24,13 +24,8 @@ def is_lfs_pointer(path: str | Path) -> bool:
         return handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
 
 
-def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Decode any audio file to mono float32 in [-1, 1] at `sample_rate`.
-
-    Raises AudioError naming the file for corrupt, empty or LFS-pointer input.
-    """
-    import av
-
+def _check_audio_file(path: str | Path) -> Path:
+    """The checks every decoder makes first, so a missing, empty or LFS-pointer file is named clearly."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
@@ -38,6 +33,17 @@ def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
         raise AudioError(f"{path}: empty file")
     if is_lfs_pointer(path):
         raise AudioError(f"{path}: is a Git LFS pointer, not audio (run `git lfs pull` on the project)")
+    return path
+
+
+def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Decode any audio file to mono float32 in [-1, 1] at `sample_rate`.
+
+    Raises AudioError naming the file for corrupt, empty or LFS-pointer input.
+    """
+    import av
+
+    path = _check_audio_file(path)
     chunks: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
@@ -74,22 +80,35 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return data.mean(axis=1), rate
 
 
-def encode_webm_opus(samples: np.ndarray, sample_rate: int, bitrate: int = 48000) -> bytes:
+def encode_webm_opus(
+    samples: np.ndarray,
+    sample_rate: int,
+    bitrate: int = 48000,
+    *,
+    opus_rate: int = 48000,
+    compression_level: int | None = None,
+    bitexact: bool = True,
+) -> bytes:
     """Encode mono float audio as WebM/Opus at 48 kHz, as the Codex recording app does.
 
     Byte-reproducible (same samples -> same file): FFmpeg's Matroska muxer writes random
     segment/track UIDs unless told to be bit-exact, which would churn DVC hashes and caches.
+    `opus_rate` and `compression_level` (0 = fastest) trade quality for speed where the
+    audio is only listened to, e.g. the clips embedded in the speakers review page.
     """
     import av
 
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="webm", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libopus", rate=48000, layout="mono")
+    options = {"fflags": "+bitexact"} if bitexact else {}
+    with av.open(buffer, mode="w", format="webm", options=options) as container:
+        stream = container.add_stream("libopus", rate=opus_rate, layout="mono")
         stream.bit_rate = bitrate
+        if compression_level is not None:
+            stream.codec_context.options = {"compression_level": str(compression_level)}
         pcm = np.clip(samples, -1.0, 1.0).astype(np.float32).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
         frame.sample_rate = sample_rate
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=48000)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=opus_rate)
         for resampled in resampler.resample(frame) + resampler.resample(None):
             for packet in stream.encode(resampled):
                 container.mux(packet)
@@ -152,13 +171,7 @@ def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> t
     """
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
-    if is_lfs_pointer(path):
-        raise AudioError(f"{path}: is a Git LFS pointer, not audio (run `git lfs pull` on the project)")
+    path = _check_audio_file(path)
     if path.suffix.lower() in (".wav", ".flac"):  # libsndfile: no per-frame Python work at all
         read = _read_soundfile(path, max_seconds)
         if read is not None:

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "freeze", help="write each stage's effective settings to OUTPUT_DIR/<stage>.json (used by dvc.yaml)"
     )
     _common(freeze)
-    freeze.add_argument("--output_dir", required=True, help="e.g. build/<code>")
+    freeze.add_argument("--output_dir", required=True, help="e.g. params/<code>")
     return parser
 
 

@@ -298,6 +298,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads an unquoted `no`/`off` as false (and DVC's `-S` rewrites drop quotes):
+            # take it as the word when the setting allows that word.
+            words = ("yes", "on", "true") if value else ("no", "off", "false")
+            value = next((w for w in words if w in allowed), value)
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
         return value
@@ -493,7 +498,7 @@ def stage_settings(cfg: Config, stage: str) -> dict[str, Any]:
 
 
 def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
-    """Write build/<code>/<stage>.json per stage: DVC re-runs a stage only when its own file changes."""
+    """Write params/<code>/<stage>.json per stage: DVC re-runs a stage only when its own file changes."""
     import json
 
     output_dir = Path(output_dir)

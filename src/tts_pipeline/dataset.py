@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from . import fsutil, modeling
 from .errors import PipelineError
-from .metadata import MetadataError, iter_metadata
+from .metadata import MetadataError, iter_metadata, resolve_clip_path
 from .text import OovReport, Tokenized, normalize_text, tokenizer_view
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,15 +174,6 @@ def load_speaker_labels(path: Path | None) -> SpeakerLabels:
     return SpeakerLabels(clips=clips, names=names, path=path)
 
 
-def _resolve_audio(audio_dir: Path, file_name: str) -> Path:
-    """`file_name` relative to `audio_dir` (the preprocessed dir); a dir of the WAVs also works."""
-    direct = audio_dir / file_name
-    if direct.is_file():
-        return direct
-    flat = audio_dir / Path(file_name).name
-    return flat if flat.is_file() else direct
-
-
 def read_clips(
     metadata_csv: Path,
     audio_dir: Path,
@@ -225,7 +216,7 @@ def read_clips(
             unlabelled.append(name)
             rejected.append(Rejection(name, "no_speaker", f"not in {labels.path}"))
             continue
-        path = _resolve_audio(audio_dir, name)
+        path = resolve_clip_path(audio_dir, name)
         if not path.is_file():
             rejected.append(Rejection(name, "audio_missing", str(path)))
             log.warning("%s: audio file missing, clip rejected", path)

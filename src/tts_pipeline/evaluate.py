@@ -680,7 +680,7 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
     try:
         import mlflow
 
-        from .tracking import run_tags, tracking_uri
+        from .tracking import run_tags, tracking_uri, use_experiment
     except ImportError:
         return None
     recorded, step = training_run(report.model_dir)
@@ -694,7 +694,7 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
             except Exception as exc:  # trained on another machine: its run is in another store
                 log.info("MLflow run %s not found here (%s); logging to a new run", run_id, exc)
         if active is None:
-            mlflow.set_experiment(f"tts-pipeline-{report.code}")
+            use_experiment(mlflow, f"tts-pipeline-{report.code}")
             active = mlflow.start_run(run_name=f"evaluate-{report.code}")
             tags = {"language": report.code, "stage": "evaluate", "model_dir": report.model_dir}
             if run_id:

@@ -37,6 +37,19 @@ def iter_metadata(path: str | Path) -> Iterator[dict[str, str]]:
             yield row
 
 
+def resolve_clip_path(base_dir: Path, file_name: str) -> Path:
+    """`file_name` (`audio/<stem>.wav`) relative to `base_dir`, the preprocessed dir.
+
+    A flat dir of the WAVs also works; when neither exists the relative path is returned, so
+    the caller's "not found" message names where the clip was expected.
+    """
+    direct = base_dir / file_name
+    if direct.is_file():
+        return direct
+    flat = base_dir / Path(file_name).name
+    return flat if flat.is_file() else direct
+
+
 def read_metadata(path: str | Path) -> list[dict[str, str]]:
     return list(iter_metadata(path))
 

@@ -80,16 +80,21 @@ class RunSummary:
         return sum(r.status == status for r in self.results)
 
     def format(self) -> str:
-        """A small table: stage, outcome, seconds; then totals."""
+        """A small table: stage, outcome, seconds (why, for a dry run); then totals."""
         title = "plan" if self.dry else "summary"
         width = max([len(r.name) for r in self.results] + [5])
         lines = [f"tts-pipeline run: {title} for language '{self.code}' ({self.root})"]
-        lines.append(f"  {'stage':<{width}}  {'status':<19}  {'time':>8}")
-        for r in self.results:
-            timed = not self.dry and r.status in (RAN, UP_TO_DATE, RESTORED, FAILED)
-            secs = f"{r.seconds:7.1f}s" if timed else ""
-            extra = f"  ({r.reason})" if r.reason else ""
-            lines.append(f"  {r.name:<{width}}  {r.status:<19}  {secs:>8}{extra}")
+        if self.dry:
+            lines.append(f"  {'stage':<{width}}  {'status':<10}  why")
+            for r in self.results:
+                lines.append(f"  {r.name:<{width}}  {r.status:<10}  {r.reason}".rstrip())
+        else:
+            lines.append(f"  {'stage':<{width}}  {'status':<19}  {'time':>8}")
+            for r in self.results:
+                timed = r.status in (RAN, UP_TO_DATE, RESTORED, FAILED)
+                secs = f"{r.seconds:7.1f}s" if timed else ""
+                extra = f"  ({r.reason})" if r.reason else ""
+                lines.append(f"  {r.name:<{width}}  {r.status:<19}  {secs:>8}{extra}")
         total = sum(r.seconds for r in self.results)
         if self.dry:
             lines.append(
@@ -191,7 +196,7 @@ def _order_key(base: str) -> tuple[int, str]:
 
 
 def describe_changes(stage: Stage) -> str:
-    """Why a stage is out of date, short ("deps modified: data/demo/raw")."""
+    """Why a stage is out of date, short ("data/demo/raw modified; output models/x deleted")."""
     try:
         status = stage.status()
     except Exception as exc:  # noqa: BLE001 - a status problem must not stop a dry run
@@ -207,7 +212,7 @@ def describe_changes(stage: Stage) -> str:
                 if isinstance(change, dict):  # params file: {key: modified|new|deleted}
                     bits.extend(f"{path}: {key} {how}" for key, how in change.items())
                 else:
-                    bits.append(f"{kind} {path} {change}")
+                    bits.append(f"{'output ' if kind == 'outs' else ''}{path} {change}")
     return "; ".join(bits[:3]) + (" ..." if len(bits) > 3 else "")
 
 

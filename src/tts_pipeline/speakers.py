@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import PipelineError
+from .localserver import serve_until_interrupted
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -158,20 +159,11 @@ class SpeakersResult:
 # --------------------------------------------------------------------------- inputs
 
 
-def resolve_audio(audio_dir: Path, file_name: str) -> Path:
-    """`file_name` (`audio/<stem>.wav`) under the preprocessed dir; a flat dir of WAVs also works."""
-    direct = audio_dir / file_name
-    if direct.is_file():
-        return direct
-    flat = audio_dir / Path(file_name).name
-    return flat if flat.is_file() else direct
-
-
 def load_clips(metadata_csv: Path, audio_dir: Path) -> list[Clip]:
     """Clips of a preprocessed metadata.csv, sorted by file_name so results never depend on row order."""
     import soundfile as sf
 
-    from .metadata import MetadataError, iter_metadata
+    from .metadata import MetadataError, iter_metadata, resolve_clip_path
 
     try:
         rows = list(iter_metadata(metadata_csv))
@@ -182,7 +174,7 @@ def load_clips(metadata_csv: Path, audio_dir: Path) -> list[Clip]:
         name = row["file_name"]
         if name in clips:
             raise PipelineError(f"{metadata_csv}: file_name {name!r} appears twice")
-        path = resolve_audio(audio_dir, name)
+        path = resolve_clip_path(audio_dir, name)
         if not path.is_file():
             raise PipelineError(
                 f"{metadata_csv}: audio for {name!r} not found at {path} (re-run preprocess?)"
@@ -959,17 +951,9 @@ def serve_review(directory: Path, port: int = 0, open_browser: bool = True) -> N
         raise PipelineError(f"{page}: no review page yet; run `tts-pipeline speakers --config ...` first")
     server = make_review_server(directory, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/{REVIEW_FILE}"
-    print(f"speaker review page: {url}  (Ctrl-C to stop)", flush=True)
-    if open_browser:
-        import webbrowser
-
-        webbrowser.open(url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(
+        server, f"speaker review page: {url}  (Ctrl-C to stop)", url if open_browser else None
+    )
 
 
 # --------------------------------------------------------------------------- CLI

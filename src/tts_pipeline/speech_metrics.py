@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from . import audio_quality as aq
+
 #: 10 / ln(10) * sqrt(2): the constant of the mel-cepstral distortion in dB.
 MCD_CONSTANT = 10.0 / math.log(10.0) * math.sqrt(2.0)
 #: Dynamic range kept below an utterance's loudest mel bin (dB): deeper silence compares equal,
@@ -100,12 +102,8 @@ def mcd_dtw(
 
 
 def peak_db(samples: np.ndarray) -> float:
-    """Peak level in dBFS (-inf for empty or all-zero audio)."""
-    samples = np.asarray(samples)
-    if samples.size == 0:
-        return -math.inf
-    peak = float(np.max(np.abs(samples)))
-    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
+    """Peak level in dBFS (-inf for empty or all-zero audio); the preprocess stage's measure."""
+    return aq.peak_db(np.asarray(samples))
 
 
 def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0) -> np.ndarray:
@@ -137,11 +135,12 @@ def is_silent(samples: np.ndarray, threshold_db: float = -50.0) -> bool:
 
 
 def clipping_ratio(samples: np.ndarray, level: float = 0.999) -> float:
-    """Fraction of samples at or beyond full scale (a model's raw output may exceed 1.0)."""
-    samples = np.asarray(samples)
-    if samples.size == 0:
-        return 0.0
-    return float(np.mean(np.abs(samples) >= level))
+    """Fraction of samples at or beyond full scale (a model's raw output may exceed 1.0).
+
+    The preprocess stage's measure with a stricter default level: synthesized audio has no
+    lossy-codec ringing around its flat tops.
+    """
+    return aq.clipping_ratio(np.asarray(samples), level)
 
 
 def speaker_similarity(real_embedding: np.ndarray, synth_embedding: np.ndarray) -> float:

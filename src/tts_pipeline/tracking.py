@@ -34,8 +34,30 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNO
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|credential)", re.IGNORECASE)
 
 
+def project_root() -> Path:
+    """The DVC project: `DVC_ROOT` under `dvc repro`/`dvc exp run`, else the working directory.
+
+    A queued experiment (`dvc exp run --queue`) runs in a temporary copy under .dvc/tmp/exps
+    that is deleted afterwards; anything relative to the working directory would vanish with it.
+    """
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """`MLFLOW_TRACKING_URI`, else the embedded store `mlflow.db` at the project root."""
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit:
+        return explicit
+    if os.environ.get("DVC_ROOT"):
+        return f"sqlite:///{project_root() / 'mlflow.db'}"
+    return DEFAULT_URI
+
+
+def use_experiment(mlflow: Any, name: str) -> None:
+    """Select (creating if needed) an experiment whose artifacts live at the project root."""
+    if mlflow.get_experiment_by_name(name) is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri())
+    mlflow.set_experiment(name)
 
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
@@ -119,7 +141,7 @@ class Tracker:
 
             self._mlflow = mlflow
             mlflow.set_tracking_uri(tracking_uri())
-            mlflow.set_experiment(experiment)
+            use_experiment(mlflow, experiment)
             run = None
             if resume_run_id:
                 try:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .errors import PipelineError
+from .localserver import serve_until_interrupted
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -303,11 +304,5 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise PipelineError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; try --port") from None
     host, port = server.server_address[:2]
-    print(f"try the voice at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server, f"try the voice at http://{host}:{port}/  (Ctrl-C to stop)")
     return 0

@@ -433,11 +433,6 @@ def _branch_exists(source: GitLabSource, branch: str) -> bool:
         ) from None
 
 
-def lfs_pointer(oid: str, size: int) -> str:
-    """The Git LFS pointer text committed in place of the audio."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
-
-
 def lfs_upload(
     repo_url: str,
     token: str,
@@ -550,6 +545,8 @@ def write_back_gitlab(
     """
     import gitlab
 
+    from .gitlab_source import make_lfs_pointer
+
     source = open_gitlab(cfg)
     target = _target_branch(source)
     documents = read_gitlab_documents(source)
@@ -574,7 +571,7 @@ def write_back_gitlab(
             )
         data = change.take.audio_path.read_bytes()
         blobs.append(data)
-        pointer = lfs_pointer(hashlib.sha256(data).hexdigest(), len(data))
+        pointer = make_lfs_pointer(data)[1].decode("ascii")  # committed in place of the audio
         actions.append({"action": "create", "file_path": change.pointer_path, "content": pointer})
     for path, text in new_texts.items():
         actions.append({"action": "update", "file_path": path, "content": text})

@@ -7,12 +7,22 @@ NLL, LSGAN adversarial, feature matching: weights from `training.weight_*`) are 
 against the *updated* discriminator and the generator steps, as in VITS. With accumulation 1
 this is exactly VITS's order. Both optimisers are AdamW (betas from the config), with a
 linear warm-up over `warmup_steps` and then exponential decay by `lr_decay` per epoch (VITS's
-schedule, applied smoothly per step); gradients are clipped to `max_grad_norm`. A step whose loss (or, in fp32/bf16, gradient norm) is NaN or
-inf is skipped for the optimiser concerned and counted; `max_nonfinite_steps` in a row stop the
-run with an error.
+schedule, applied smoothly per step); gradients are clipped to `max_grad_norm`. A step whose
+loss (or, in fp32/bf16, gradient norm) is NaN or inf is skipped for the optimiser concerned and
+counted; `max_nonfinite_steps` in a row stop the run with an error.
+
+Mixed precision: `accelerate` places the models, wraps them for DDP and picks the precision,
+but the optimisers are *not* passed through `accelerator.prepare`: accelerate would give both
+one shared GradScaler whose `update()` runs at each optimiser's step, so with accumulation a
+scale change at the discriminator step would leave the generator's accumulated gradients
+scaled by two different factors. Under fp16 each optimiser has its own `torch.amp.GradScaler`
+instead, and each does scale -> backward (accumulated) -> unscale_ -> clip -> step -> update
+at its own step only; a scale change therefore only ever affects that optimiser's *next*
+step. An fp16 gradient overflow is the scaler's business (the step is skipped and the scale
+halved), not a counted non-finite step.
 
 Resuming is exact: the checkpoint holds both models (weight-norm parametrisations included),
-both optimisers and schedulers, the fp16 grad scaler, the python/numpy/torch/CUDA RNG states,
+both optimisers, schedulers and fp16 grad scalers, the python/numpy/torch/CUDA RNG states,
 and the position in the epoch; batches are a pure function of (seed, epoch), evaluation and
 sample synthesis run under a forked RNG. So k steps + resume to N equals N straight steps.
 """
@@ -61,6 +71,9 @@ ACTIVATION_BYTES_PER_SEGMENT_SAMPLE = 120 * 2**10
 ACTIVATION_MARGIN = 1.5  # allocator fragmentation, cuDNN workspaces, transient buffers
 CUDA_RESERVED_BYTES = int(1.5 * 2**30)  # CUDA context and libraries
 CPU_DEFAULT_BATCH_SIZE = 4
+#: Below this fp16 loss scale (fp16's smallest normal number) an overflow is no longer the
+#: scale's fault but a real NaN/inf gradient: it counts towards `max_nonfinite_steps`.
+MIN_LOSS_SCALE = 2.0**-14
 MAX_AUTO_BATCH_SIZE = 64
 
 
@@ -200,7 +213,10 @@ class Trainer:
         config_hash: str = "",
         tracker=None,
         accelerator=None,
+        precision: str | None = None,
     ):
+        """`precision` overrides the accelerator's ("no", "fp16", "bf16"); internal, for tests:
+        fp16 autocast and loss scaling also run on CPU, which `make_accelerator` refuses users."""
         self.s = settings
         self.tokenizer = tokenizer
         self.speakers = speakers
@@ -210,6 +226,12 @@ class Trainer:
         self.tracker = tracker
         self.accelerator = accelerator or make_accelerator(settings.mixed_precision)
         self.device = self.accelerator.device
+        self.precision = precision or self.accelerator.mixed_precision
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        # one loss scaler per optimiser (see the module docstring); disabled = pass-through
+        scaling = self.precision == "fp16"
+        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
+        self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
 
         prepare_for_training(model)
         self.spec_config = SpectrogramConfig.from_model_config(
@@ -235,10 +257,9 @@ class Trainer:
             )  # fmt: skip
 
         gen_module = GeneratorTrainingModule(model, self.spec_config, self.segment_frames)
-        opt_g, opt_d = adamw(model), adamw(self.discriminator)
-        self.gen, self.disc, self.opt_g, self.opt_d = self.accelerator.prepare(
-            gen_module, self.discriminator, opt_g, opt_d
-        )
+        # the optimisers stay plain torch ones: prepared, they would share accelerate's scaler
+        self.gen, self.disc = self.accelerator.prepare(gen_module, self.discriminator)
+        self.opt_g, self.opt_d = opt_g, opt_d = adamw(model), adamw(self.discriminator)
         self.state = TrainerState(config_hash=config_hash)
         self._steps_per_epoch_key: tuple[int, int] | None = None
         self._steps_per_epoch = 1
@@ -295,14 +316,37 @@ class Trainer:
         return min(total, self.s.max_steps) if self.s.max_steps else total
 
     # ------------------------------------------------------------------ one step
-    def _clip(self, module, optimizer) -> torch.Tensor:
-        scaler = self.accelerator.scaler
-        if scaler is not None:
-            scaler.unscale_(optimizer.optimizer)
+    def _autocast(self):
+        """Autocast to the training precision (a no-op context in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _optimizer_step(self, module, optimizer, scaler: torch.amp.GradScaler, bad_loss: bool) -> tuple[float, bool]:
+        """Unscale, clip, step and update one optimiser with its own scaler: (grad norm, skipped as non-finite).
+
+        A non-finite *loss* drops the accumulated gradients and leaves the scale alone (it says
+        nothing about the scale). With loss scaling, non-finite *gradients* are an overflow:
+        `scaler.step` skips the step and `scaler.update` lowers the scale; only once the scale
+        is below `MIN_LOSS_SCALE` is that a counted non-finite step (a NaN that no scale cures
+        would otherwise halve the scale forever). Without scaling they are a non-finite step.
+        """
         params = [p for p in module.parameters() if p.grad is not None]
-        if not params:
-            return torch.zeros(())
-        return torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm or float("inf"))
+        if bad_loss or not params:
+            optimizer.zero_grad(set_to_none=True)
+            return float("nan"), bad_loss
+        scaler.unscale_(optimizer)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm or float("inf")))
+        if scaler.is_enabled():
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped when unscale_ found inf/NaN gradients
+            scaler.update()
+            return norm, not math.isfinite(norm) and scale < MIN_LOSS_SCALE
+        if not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            return norm, True
+        optimizer.step()
+        return norm, False
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
         """One optimiser step over `micro_batches`; returns the (averaged) losses and norms."""
@@ -313,7 +357,7 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         n = len(micro_batches)
         sums: dict[str, float] = defaultdict(float)
-        bad_d = bad_g = False
+        bad_d = bad_g = skipped_d = skipped_g = False
         bare_disc = self.bare_discriminator
         for i, batch in enumerate(micro_batches):
             last = i == n - 1
@@ -324,28 +368,23 @@ class Trainer:
                 sync.enter_context(acc.no_sync(self.disc))
             with sync:
                 # discriminator: real vs. detached generated audio
-                with acc.autocast():
+                with self._autocast():
                     out = self.gen(batch)
                     scores_r, scores_g, _, _ = self.disc(out.target, out.generated.detach())
                     loss_d = losses.discriminator_loss(scores_r, scores_g)
                 if _finite(loss_d):
-                    acc.backward(loss_d / n)
+                    self.scaler_d.scale(loss_d / n).backward()
                 else:
                     bad_d = True
                 sums["loss_disc"] += float(loss_d.detach()) / n
                 if last:
-                    norm_d = self._clip(self.disc, self.opt_d)
-                    sums["grad_norm_disc"] = float(norm_d)
-                    if not _finite(norm_d) and acc.scaler is None:
-                        bad_d = True
-                    if bad_d:
-                        self.opt_d.zero_grad(set_to_none=True)
-                    else:
-                        self.opt_d.step()
+                    sums["grad_norm_disc"], skipped_d = self._optimizer_step(
+                        self.disc, self.opt_d, self.scaler_d, bad_d
+                    )
                 # generator: through the (updated) discriminator, which gets no gradient itself
                 bare_disc.requires_grad_(False)
                 try:
-                    with acc.autocast():
+                    with self._autocast():
                         _, scores_g, fmaps_r, fmaps_g = bare_disc(out.target, out.generated)
                         loss_adv = losses.generator_adversarial_loss(scores_g)
                         loss_fm = losses.feature_matching_loss(fmaps_r, fmaps_g)
@@ -353,7 +392,7 @@ class Trainer:
                     loss_g = (s.weight_mel * mel + s.weight_kl * out.kl.float() + s.weight_duration * out.duration.float()
                               + s.weight_generator * loss_adv + s.weight_feature_matching * loss_fm)  # fmt: skip
                     if _finite(loss_g):
-                        acc.backward(loss_g / n)
+                        self.scaler_g.scale(loss_g / n).backward()
                     else:
                         bad_g = True
                 finally:
@@ -362,19 +401,17 @@ class Trainer:
                                    ("adversarial", loss_adv), ("feature_matching", loss_fm)):  # fmt: skip
                     sums[key] += float(value.detach()) / n
                 if last:
-                    norm_g = self._clip(self.gen, self.opt_g)
-                    sums["grad_norm_gen"] = float(norm_g)
-                    if not _finite(norm_g) and acc.scaler is None:
-                        bad_g = True
-                    if bad_g:
-                        self.opt_g.zero_grad(set_to_none=True)
-                    else:
-                        self.opt_g.step()
+                    sums["grad_norm_gen"], skipped_g = self._optimizer_step(
+                        self.gen, self.opt_g, self.scaler_g, bad_g
+                    )
         with warnings.catch_warnings():  # a skipped (non-finite) step still advances the schedule
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
             self.sched_g.step()
             self.sched_d.step()
-        sums["nonfinite"] = float(bad_d or bad_g)
+        if self.scaler_g.is_enabled():
+            sums["loss_scale_gen"] = self.scaler_g.get_scale()
+            sums["loss_scale_disc"] = self.scaler_d.get_scale()
+        sums["nonfinite"] = float(skipped_d or skipped_g)
         return dict(sums)
 
     # ------------------------------------------------------------------ evaluation
@@ -403,7 +440,7 @@ class Trainer:
                 window_rng = torch.Generator().manual_seed(s.seed)
                 for examples in self._val_batches():
                     batch = collate(examples).to(self.device)
-                    with self.accelerator.autocast():
+                    with self._autocast():
                         # whole clips (the shortest of the batch): a stabler measure than one window
                         out = gen(batch, generator=window_rng, segment_frames=FULL_CLIP)
                     k = len(examples)
@@ -465,9 +502,10 @@ class Trainer:
             state_dir.mkdir()
             torch.save(self.model.state_dict(), state_dir / "generator.pt")
             torch.save(self.bare_discriminator.state_dict(), state_dir / "discriminator.pt")
-            torch.save({"generator": self.opt_g.optimizer.state_dict(), "discriminator": self.opt_d.optimizer.state_dict(),
+            torch.save({"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict(),
                         "sched_generator": self.sched_g.state_dict(), "sched_discriminator": self.sched_d.state_dict(),
-                        "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None},
+                        "scaler_generator": self.scaler_g.state_dict(),
+                        "scaler_discriminator": self.scaler_d.state_dict()},
                        state_dir / "optimizers.pt")  # fmt: skip
             torch.save(_rng_state(), state_dir / "rng.pt")
             fsutil.write_json(state_dir / TRAINER_STATE, self.state.__dict__)
@@ -504,12 +542,14 @@ class Trainer:
         self.model.load_state_dict(load("generator.pt"))
         self.bare_discriminator.load_state_dict(load("discriminator.pt"))
         opt = load("optimizers.pt")
-        self.opt_g.optimizer.load_state_dict(opt["generator"])
-        self.opt_d.optimizer.load_state_dict(opt["discriminator"])
+        self.opt_g.load_state_dict(opt["generator"])
+        self.opt_d.load_state_dict(opt["discriminator"])
         self.sched_g.load_state_dict(opt["sched_generator"])
         self.sched_d.load_state_dict(opt["sched_discriminator"])
-        if opt.get("scaler") and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(opt["scaler"])
+        for scaler, key in ((self.scaler_g, "scaler_generator"), (self.scaler_d, "scaler_discriminator")):
+            saved_scaler = opt.get(key) or opt.get("scaler")  # "scaler": the old shared one
+            if saved_scaler:  # empty when saved without loss scaling; a disabled scaler ignores it
+                scaler.load_state_dict(saved_scaler)
         saved = fsutil.read_json(state_dir / TRAINER_STATE)
         config_hash = self.state.config_hash
         self.state = TrainerState(**saved)
