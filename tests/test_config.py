@@ -49,7 +49,9 @@ def test_repo_configs_load() -> None:
 
 def test_seed_style_exponent_is_a_float(tmp_path: Path, params: Path) -> None:
     # PyYAML reads 1e-4 (no dot) as a string; the typed config must accept it as a number.
-    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\ntraining: {learning_rate: 5e-5}\n"), params)
+    cfg = load_config(
+        lang(tmp_path, "source: {type: local, path: p}\ntraining: {learning_rate: 5e-5}\n"), params
+    )
     assert cfg.training.learning_rate == pytest.approx(5e-5)
     assert isinstance(cfg.training.learning_rate, float)
 
@@ -76,7 +78,10 @@ def test_show_names_the_origin_of_each_value() -> None:
         ("source: {type: local}\n", "source.path is required"),
         ("source: {type: gitlab, url: 'https://x'}\n", "source.project"),
         ("source: {type: local, path: p}\ndataset: {train_split: 0.5}\n", "add up to 1"),
-        ("source: {type: local, path: p}\nspeaker_diarization: {min_speakers: 5, max_speakers: 2}\n", "min_speakers"),
+        (
+            "source: {type: local, path: p}\nspeaker_diarization: {min_speakers: 5, max_speakers: 2}\n",
+            "min_speakers",
+        ),
         ("source: [1, 2]\n", "must be a mapping"),
         ("source: {type: local, path: p\n", "not valid YAML"),
     ],
@@ -96,12 +101,16 @@ def test_missing_language_file(tmp_path: Path, params: Path) -> None:
 
 def test_unknown_key_in_params_names_params_file(tmp_path: Path) -> None:
     params = write(tmp_path / "params.yaml", "languages: {}\naudio: {sample_rte: 16000}\n")
-    with pytest.raises(ConfigError, match=r"params.yaml: audio.sample_rte: unknown setting \(did you mean 'sample_rate'"):
+    with pytest.raises(
+        ConfigError, match=r"params.yaml: audio.sample_rte: unknown setting \(did you mean 'sample_rate'"
+    ):
         load_config(lang(tmp_path, "source: {type: local, path: p}\n"), params)
 
 
 def test_language_code_defaults_to_file_name_and_paths_follow(tmp_path: Path, params: Path) -> None:
-    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\npaths: {checkpoints: /ckpt}\n", "abc"), params)
+    cfg = load_config(
+        lang(tmp_path, "source: {type: local, path: p}\npaths: {checkpoints: /ckpt}\n", "abc"), params
+    )
     assert cfg.code == "abc"
     assert cfg.paths.raw_dataset == "data/abc/raw"
     assert cfg.paths.checkpoints == "/ckpt"
@@ -167,7 +176,32 @@ def test_cli_help_does_not_import_heavy_libraries() -> None:
 
 def test_unquoted_no_is_the_word_not_false(tmp_path: Path, params: Path) -> None:
     # YAML 1.1 reads `no` as false, and `dvc exp run -S` rewrites drop the quotes around "no".
-    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\ntraining: {mixed_precision: no}\n"), params)
+    cfg = load_config(
+        lang(tmp_path, "source: {type: local, path: p}\ntraining: {mixed_precision: no}\n"), params
+    )
     assert cfg.training.mixed_precision == "no"
     with pytest.raises(ConfigError, match="not one of"):
-        load_config(lang(tmp_path, "source: {type: local, path: p}\ntraining: {mixed_precision: yes}\n"), params)
+        load_config(
+            lang(tmp_path, "source: {type: local, path: p}\ntraining: {mixed_precision: yes}\n"), params
+        )
+
+
+def test_cli_reports_a_full_disk_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import errno
+
+    from tts_pipeline import cli
+
+    class FullDisk:
+        @staticmethod
+        def run(cfg, args):
+            raise OSError(errno.ENOSPC, "No space left on device", "data/demo/raw/audio/x.webm")
+
+    monkeypatch.setattr(cli, "_import_stage", lambda name, soft=False: FullDisk)
+    code = cli.main(
+        ["collect", "--config", str(REPO / "languages/demo.yaml"), "--params", str(REPO / "params.yaml")]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "disk full writing data/demo/raw/audio/x.webm" in err

@@ -7,6 +7,7 @@ errors answer in well under two seconds.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -128,6 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except PipelineError as exc:
         print(f"tts-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"tts-pipeline {args.command}: error: disk full{where}; free some space and re-run "
+            "(finished work and earlier outputs are kept)",
+            file=sys.stderr,
+        )
         return 1
     return int(result or 0)
 

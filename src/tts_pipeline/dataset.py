@@ -727,6 +727,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     audio_dir = args.audio_dir or cfg.path("preprocessed")
     metadata_csv = args.metadata_csv or audio_dir / "metadata.csv"
+    if args.speaker_ids is not None and not args.speaker_ids.is_file():
+        raise PipelineError(f"{args.speaker_ids}: speaker ids file not found (given with --speaker_ids)")
     speaker_ids = args.speaker_ids or cfg.path("speaker_analysis") / SPEAKER_IDS_FILE
     output_dir = args.output_dir or cfg.path("hf_dataset")
     metrics_file = args.metrics_file or cfg.path("metrics") / "dataset.json"

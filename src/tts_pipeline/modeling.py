@@ -165,6 +165,11 @@ def load_voice(model_dir: str | Path, device: str = "cpu") -> LoadedVoice:
 
     model_dir_str = str(model_dir)
     local = Path(model_dir_str)
+    looks_local = local.is_absolute() or model_dir_str.startswith((".", "~")) or model_dir_str.count("/") > 1
+    if looks_local and not local.exists():
+        raise PipelineError(
+            f"{local}: model directory not found; has training finished? (or pass --model_dir)"
+        )
     if local.exists() and not (local / "config.json").is_file():
         raise PipelineError(f"{local}: not a model directory (no config.json); has training finished?")
     try:
