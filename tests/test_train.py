@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from vits_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from tts_pipeline import modeling
 from tts_pipeline.audio import decode_audio
@@ -43,15 +45,6 @@ TINY_TRAINING = {
     "num_workers": 0,
     "mlflow": False,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_dataset(
@@ -129,7 +122,9 @@ def make_trainer(cfg, dataset: Path, tmp: Path, **trainer_kwargs):
     common = {"sampling_rate": 16000, "hop_length": 256, "max_audio_s": 15.0, "num_speakers": len(speakers)}
     train, _ = prepare_split(data["train"], tokenizer, where="train", **common)
     val, _ = prepare_split(data["validation"], tokenizer, where="validation", **common)
-    return Trainer(cfg.training, model, tokenizer, speakers, train, val, tmp / "checkpoints", **trainer_kwargs)
+    return Trainer(
+        cfg.training, model, tokenizer, speakers, train, val, tmp / "checkpoints", **trainer_kwargs
+    )
 
 
 def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
@@ -362,8 +357,9 @@ def _grads_at_step(optimizer) -> list[list[torch.Tensor]]:
     """Records the (unscaled, clipped) gradients each time `optimizer` really steps."""
     seen: list[list[torch.Tensor]] = []
     optimizer.register_step_pre_hook(
-        lambda opt, args, kwargs: seen.append([p.grad.clone() for g in opt.param_groups for p in g["params"]
-                                               if p.grad is not None])  # fmt: skip
+        lambda opt, args, kwargs: seen.append(
+            [p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        )
     )
     return seen
 
@@ -392,14 +388,21 @@ def test_fp16_loss_scalers_are_independent_with_accumulation_and_resume_exactly(
     gradient would come out 2x too large.
     """
     # a scratch model's KL gradients are huge (norm ~2e5 at weight 1.5): fp16 overflows at scale 4
-    cfg = make_config(tmp_path, gradient_accumulation_steps=2, max_grad_norm=0.0, weight_kl=0.1)
+    cfg = make_config(
+        tmp_path,
+        gradient_accumulation_steps=2,
+        max_grad_norm=0.0,
+        weight_kl=0.1,
+        logging_steps=2,
+        max_steps=10,
+    )
     scaled = make_trainer(cfg, two_speakers, tmp_path / "a", precision="fp16")
     plain = make_trainer(cfg, two_speakers, tmp_path / "b", precision="fp16")
     assert scaled.scaler_g is not scaled.scaler_d and scaled.scaler_g.is_enabled()
     _scalers(scaled, gen_scale=8.0, disc_scale=1024.0)
     _scalers(plain, gen_scale=1.0, disc_scale=1.0)
     micro = [collate_one(scaled, 0), collate_one(scaled, 2)]
-    grads = {}
+    grads, first = {}, {}
     for name, trainer in (("scaled", scaled), ("plain", plain)):
         disc_before = {k: v.clone() for k, v in trainer.bare_discriminator.state_dict().items()}
         gen_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -414,9 +417,10 @@ def test_fp16_loss_scalers_are_independent_with_accumulation_and_resume_exactly(
                                         for k, v in trainer.bare_discriminator.state_dict().items())  # fmt: skip
         assert len(grads[name]) == 1, "the generator steps despite the discriminator's overflow"
         assert any(not torch.equal(v, gen_before[k]) for k, v in trainer.model.state_dict().items())
-    assert scaled.scaler_d.get_scale() == 512.0 and scaled.scaler_g.get_scale() == 8.0
-    assert metrics["loss_scale_disc"] == 0.5 and metrics["loss_scale_gen"] == 1.0
-    a, b = torch.cat([g.flatten() for g in grads["scaled"][0]]), torch.cat([g.flatten() for g in grads["plain"][0]])
+        first[name] = metrics
+    scales = {name: (m["loss_scale_gen"], m["loss_scale_disc"]) for name, m in first.items()}
+    assert scales == {"scaled": (8.0, 512.0), "plain": (1.0, 0.5)}, "only the overflowing scale is halved"
+    a, b = (torch.cat([g.flatten() for g in grads[name][0]]) for name in ("scaled", "plain"))
     assert torch.isfinite(a).all() and a.norm() > 0
     # a shared scaler: relative error 0.56; separate ones: 5e-5 (fp16 rounding)
     assert ((a - b).norm() / b.norm()) < 1e-3, "generator gradients are not correctly unscaled"
@@ -424,7 +428,17 @@ def test_fp16_loss_scalers_are_independent_with_accumulation_and_resume_exactly(
     # a normal step: both optimisers step with their own scales
     torch.manual_seed(8)
     metrics = scaled.train_step(micro)
-    assert metrics["nonfinite"] == 0 and metrics["loss_scale_disc"] == 512.0 and metrics["loss_scale_gen"] == 8.0
+    assert (
+        metrics["nonfinite"] == 0 and metrics["loss_scale_disc"] == 512.0 and metrics["loss_scale_gen"] == 8.0
+    )
+    # the log row averages finite values only: the overflow's inf norm does not make it inf
+    assert math.isinf(first["scaled"]["grad_norm_disc"]) and math.isfinite(metrics["grad_norm_disc"])
+    for step, values in ((1, first["scaled"]), (2, metrics)):
+        scaled.state.step = step
+        scaled._log_step(values, 1.0)
+    row = scaled.state.history[-1]
+    assert row["step"] == 2 and row["grad_norm_disc"] == pytest.approx(metrics["grad_norm_disc"])
+    assert row["loss_gen"] == pytest.approx((first["scaled"]["loss_gen"] + metrics["loss_gen"]) / 2)
 
     # resume: both scalers' states come back (a fresh trainer starts at another scale)
     saved = scaled.save_checkpoint()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vits_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from tts_pipeline import modeling
 from tts_pipeline.vits import alignment, losses
@@ -24,14 +25,6 @@ TINY = {
     "duration_predictor_filter_channels": 16,
 }  # fmt: skip
 VOCAB = modeling.build_vocab(["abc def"])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ragged(batch=5, frames=70, tokens=25, seed=0):

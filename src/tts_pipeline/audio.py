@@ -6,8 +6,11 @@ soundfile cannot read WebM. Writing 16-bit WAV uses soundfile; WebM/Opus uses Py
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +39,25 @@ def _check_audio_file(path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _audio_stream(path: Path) -> Iterator[tuple[Any, Any]]:
+    """(container, first audio stream) of a checked file; FFmpeg errors become AudioError naming it.
+
+    Covers the caller's whole decode loop, so a file that breaks mid-way is reported the same way.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio stream")
+            yield container, container.streams.audio[0]
+    except AudioError:
+        raise
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        raise AudioError(f"{path}: cannot decode audio: {exc}") from None
+
+
 def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Decode any audio file to mono float32 in [-1, 1] at `sample_rate`.
 
@@ -45,21 +67,13 @@ def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
 
     path = _check_audio_file(path)
     chunks: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioError(f"{path}: no audio stream")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
+    with _audio_stream(path) as (container, stream):
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
-    except AudioError:
-        raise
-    except (av.error.FFmpegError, ValueError, IndexError) as exc:
-        raise AudioError(f"{path}: cannot decode audio: {exc}") from None
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
     if not chunks:
         raise AudioError(f"{path}: contains no audio samples")
     return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -169,7 +183,6 @@ def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> t
     hour-long file cannot exhaust memory. Raises AudioError naming the file for corrupt,
     empty or LFS-pointer input.
     """
-    import av
 
     path = _check_audio_file(path)
     if path.suffix.lower() in (".wav", ".flac"):  # libsndfile: no per-frame Python work at all
@@ -181,39 +194,31 @@ def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> t
     planar = False
     dtype = None
     limit = None
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioError(f"{path}: no audio stream")
-            stream = container.streams.audio[0]
-            for frame in container.decode(stream):
-                if dtype is None:
-                    rate = frame.sample_rate
-                    channels = max(1, len(frame.layout.channels))
-                    planar = frame.format.is_planar
-                    name = frame.format.name[:-1] if planar else frame.format.name
-                    if name not in _SAMPLE_DTYPES:  # s64 and other rarities: let swr convert
-                        return decode_audio(path, rate), rate
-                    dtype = _SAMPLE_DTYPES[name]
-                    itemsize = np.dtype(dtype).itemsize
-                    chunks = [[] for _ in range(channels if planar else 1)]
-                    limit = None if max_seconds is None else max_seconds * rate
-                elif frame.sample_rate != rate or len(frame.layout.channels) != channels:
-                    return decode_audio(path, rate), rate  # stream changes mid-way: rare
-                samples = frame.samples
-                if planar:
-                    size = samples * itemsize
-                    for chunk, plane in zip(chunks, frame.planes, strict=False):
-                        chunk.append(bytes(plane)[:size])
-                else:
-                    chunks[0].append(bytes(frame.planes[0])[: samples * channels * itemsize])
-                total += samples
-                if limit is not None and total > limit:
-                    raise AudioTooLongError(f"{path}: longer than {max_seconds:g} s")
-    except AudioError:
-        raise
-    except (av.error.FFmpegError, ValueError, IndexError) as exc:
-        raise AudioError(f"{path}: cannot decode audio: {exc}") from None
+    with _audio_stream(path) as (container, stream):
+        for frame in container.decode(stream):
+            if dtype is None:
+                rate = frame.sample_rate
+                channels = max(1, len(frame.layout.channels))
+                planar = frame.format.is_planar
+                name = frame.format.name[:-1] if planar else frame.format.name
+                if name not in _SAMPLE_DTYPES:  # s64 and other rarities: let swr convert
+                    return decode_audio(path, rate), rate
+                dtype = _SAMPLE_DTYPES[name]
+                itemsize = np.dtype(dtype).itemsize
+                chunks = [[] for _ in range(channels if planar else 1)]
+                limit = None if max_seconds is None else max_seconds * rate
+            elif frame.sample_rate != rate or len(frame.layout.channels) != channels:
+                return decode_audio(path, rate), rate  # stream changes mid-way: rare
+            samples = frame.samples
+            if planar:
+                size = samples * itemsize
+                for chunk, plane in zip(chunks, frame.planes, strict=False):
+                    chunk.append(bytes(plane)[:size])
+            else:
+                chunks[0].append(bytes(frame.planes[0])[: samples * channels * itemsize])
+            total += samples
+            if limit is not None and total > limit:
+                raise AudioTooLongError(f"{path}: longer than {max_seconds:g} s")
     if not total:
         raise AudioError(f"{path}: contains no audio samples")
     data = np.frombuffer(b"".join(b"".join(chunk) for chunk in chunks), dtype=dtype)

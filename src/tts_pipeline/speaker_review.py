@@ -61,7 +61,6 @@ def _audio_uri(samples: np.ndarray, sample_rate: int, max_s: float = 20.0) -> st
         32000,
         opus_rate=16000,
         compression_level=0,
-        bitexact=False,
     )
     return "data:audio/webm;base64," + base64.b64encode(data).decode("ascii")
 

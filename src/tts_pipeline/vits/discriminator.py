@@ -49,6 +49,19 @@ def _ch(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def _run_convs(
+    convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack then the output conv: (flattened scores, every layer's activations)."""
+    fmap = []
+    for conv in convs:
+        x = nn.functional.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 class PeriodDiscriminator(nn.Module):
     """Reshapes audio to (T/p, p) and applies 2-D convolutions along time (HiFi-GAN MPD)."""
 
@@ -66,19 +79,13 @@ class PeriodDiscriminator(nn.Module):
         self.conv_post = _wn(nn.Conv2d(channels[-1], 1, (3, 1), 1, (1, 0)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        fmap = []
         b, c, t = x.shape
         if t % self.period:
             pad = self.period - (t % self.period)
             x = nn.functional.pad(x, (0, pad), "reflect")
             t = t + pad
         x = x.view(b, c, t // self.period, self.period)
-        for conv in self.convs:
-            x = nn.functional.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _run_convs(self.convs, self.conv_post, x)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -97,14 +104,7 @@ class ScaleDiscriminator(nn.Module):
         self.conv_post = _wn(nn.Conv1d(in_ch, 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        fmap = []
-        x = self.pool(x)
-        for conv in self.convs:
-            x = nn.functional.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _run_convs(self.convs, self.conv_post, self.pool(x))
 
 
 class VitsDiscriminator(nn.Module):

@@ -5,7 +5,10 @@ discriminator loss (real vs. detached generated audio) is back-propagated; on th
 of the group the discriminator steps first, then the generator losses (mel L1, KL, duration
 NLL, LSGAN adversarial, feature matching: weights from `training.weight_*`) are computed
 against the *updated* discriminator and the generator steps, as in VITS. With accumulation 1
-this is exactly VITS's order. Both optimisers are AdamW (betas from the config), with a
+this is exactly VITS's order; with more, the generator losses of the earlier micro-batches see
+the discriminator as it was before this step (keeping their graphs alive or re-running the
+generator would cost the memory or time accumulation is there to save), as in finetune-hf-vits
+(`accelerator.accumulate` over both models). Both optimisers are AdamW (betas from the config), with a
 linear warm-up over `warmup_steps` and then exponential decay by `lr_decay` per epoch (VITS's
 schedule, applied smoothly per step); gradients are clipped to `max_grad_norm`. A step whose
 loss (or, in fp32/bf16, gradient norm) is NaN or inf is skipped for the optimiser concerned and
@@ -281,6 +284,7 @@ class Trainer:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
         self._since_log: dict[str, float] = defaultdict(float)
+        self._finite_since_log: dict[str, int] = defaultdict(int)
         self._steps_since_log = 0
         self._time_since_log = 0.0
 
@@ -322,7 +326,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _optimizer_step(self, module, optimizer, scaler: torch.amp.GradScaler, bad_loss: bool) -> tuple[float, bool]:
+    def _optimizer_step(
+        self, module, optimizer, scaler: torch.amp.GradScaler, bad_loss: bool
+    ) -> tuple[float, bool]:
         """Unscale, clip, step and update one optimiser with its own scaler: (grad norm, skipped as non-finite).
 
         A non-finite *loss* drops the accumulated gradients and leaves the scale alone (it says
@@ -558,8 +564,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _log_step(self, metrics: dict[str, float], seconds: float) -> None:
+        """Averages over the steps since the last log row, of finite values only: one skipped
+        step (or an fp16 overflow's inf gradient norm) must not turn a whole row into NaN/inf;
+        the `nonfinite` column counts those steps."""
         for key, value in metrics.items():
-            self._since_log[key] += value
+            if math.isfinite(value):
+                self._since_log[key] += value
+                self._finite_since_log[key] += 1
+            else:
+                self._since_log[key] += 0.0  # the column exists even if no value was finite
         self._steps_since_log += 1
         self._time_since_log += seconds
         step = self.state.step
@@ -568,11 +581,13 @@ class Trainer:
         k = self._steps_since_log
         row: dict[str, Any] = {"step": step, "epoch": self.state.epoch, "lr": self.sched_g.get_last_lr()[0]}
         for key, value in self._since_log.items():
-            row[key] = value if key == "nonfinite" else value / k
+            count = self._finite_since_log[key]
+            row[key] = value if key == "nonfinite" else value / count if count else float("nan")
         row["steps_per_s"] = k / max(self._time_since_log, 1e-9)
         row["peak_memory_mb"] = peak_memory_mb(self.device)
         self.state.history.append(row)
         self._since_log.clear()
+        self._finite_since_log.clear()
         self._steps_since_log = 0
         self._time_since_log = 0.0
         log.info("step %d/%d  epoch %d  loss_gen %.3f  loss_disc %.3f  mel %.3f  kl %.3f  dur %.3f  lr %.2e  %.2f steps/s",

@@ -1,0 +1,41 @@
+"""The shared serve-until-Ctrl-C loop of `speakers review` and `demo`, on a real local server."""
+
+from __future__ import annotations
+
+import _thread
+import functools
+import http.server
+import threading
+import urllib.request
+
+from tts_pipeline.localserver import serve_until_interrupted
+
+
+def _server(directory) -> http.server.ThreadingHTTPServer:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+
+def test_serves_until_ctrl_c_then_releases_the_port(tmp_path, capsys):
+    (tmp_path / "page.html").write_text("<html>ok</html>", encoding="utf-8")
+    server = _server(tmp_path)
+    url = f"http://127.0.0.1:{server.server_address[1]}/page.html"
+    got: list[bytes] = []
+
+    def visit_then_press_ctrl_c() -> None:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            got.append(response.read())
+        _thread.interrupt_main()  # what Ctrl-C does to the main thread
+
+    threading.Thread(target=visit_then_press_ctrl_c, daemon=True).start()
+    serve_until_interrupted(server, f"page: {url}  (Ctrl-C to stop)")  # returns instead of raising
+    assert got == [b"<html>ok</html>"]
+    assert capsys.readouterr().out == f"page: {url}  (Ctrl-C to stop)\n"
+    assert server.socket.fileno() == -1  # closed: the port is free again
+
+
+def test_a_normal_shutdown_also_closes_the_server(tmp_path):
+    server = _server(tmp_path)
+    threading.Timer(0.2, server.shutdown).start()
+    serve_until_interrupted(server, "banner")
+    assert server.socket.fileno() == -1
