@@ -266,15 +266,7 @@ def read_clips(
 
 def load_base_tokenizer(base_model: str) -> VitsTokenizer:
     """The base model's tokenizer (hub id or local path), with a clear error when unreachable."""
-    from transformers import VitsTokenizer
-
-    try:
-        return VitsTokenizer.from_pretrained(base_model)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(
-            f"training.base_model {base_model!r}: cannot load its tokenizer ({exc}). "
-            "Give a local model directory, or make the Hugging Face hub (or its cache) reachable."
-        ) from None
+    return modeling.load_tokenizer(base_model)
 
 
 def check_text(

@@ -159,9 +159,26 @@ class LoadedVoice:
         return output.waveform[0].float().cpu().numpy()
 
 
+def load_tokenizer(name: str, setting: str = "training.base_model") -> VitsTokenizer:
+    """`VitsTokenizer.from_pretrained(name)` (hub id or local path) with a clear error.
+
+    Offline, transformers does not always raise OSError: for a hub id missing from the cache
+    the tokenizer gets `vocab_file=None` and fails with a TypeError deep inside.
+    """
+    from transformers import VitsTokenizer
+
+    try:
+        return VitsTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as exc:
+        raise PipelineError(
+            f"{setting} {name!r}: cannot load its tokenizer ({exc}). Give a local model directory, "
+            "or make the Hugging Face hub (or its cache) reachable."
+        ) from None
+
+
 def load_voice(model_dir: str | Path, device: str = "cpu") -> LoadedVoice:
     """Load a saved model directory (ours, or a hub id such as facebook/mms-tts-cmn)."""
-    from transformers import VitsModel, VitsTokenizer
+    from transformers import VitsModel
 
     model_dir_str = str(model_dir)
     local = Path(model_dir_str)
@@ -174,9 +191,9 @@ def load_voice(model_dir: str | Path, device: str = "cpu") -> LoadedVoice:
         raise PipelineError(f"{local}: not a model directory (no config.json); has training finished?")
     try:
         model = VitsModel.from_pretrained(model_dir_str).to(device).eval()
-        tokenizer = VitsTokenizer.from_pretrained(model_dir_str)
     except OSError as exc:
         raise PipelineError(f"cannot load model {model_dir_str!r}: {exc}") from None
+    tokenizer = load_tokenizer(model_dir_str, "model")
     speakers = load_speakers(local) if local.exists() else {0: {"name": "speaker_0"}}
     return LoadedVoice(model=model, tokenizer=tokenizer, speakers=speakers, directory=local)
 

@@ -120,16 +120,9 @@ def build_generator(cfg: Config, dataset_path: Path, num_speakers: int, workdir:
         tokenizer = modeling.make_tokenizer(vocab, workdir / "tokenizer")
         model = modeling.build_scratch_model(s.scratch_model, vocab, num_speakers, cfg.audio.sample_rate)
         return model, tokenizer
-    from transformers import VitsTokenizer
-
     from .vits.models import load_base_model
 
-    try:
-        tokenizer = VitsTokenizer.from_pretrained(s.base_model)
-    except OSError as exc:
-        raise PipelineError(
-            f"training.base_model {s.base_model!r}: cannot load its tokenizer ({exc})"
-        ) from None
+    tokenizer = modeling.load_tokenizer(s.base_model)
     model = load_base_model(s.base_model, num_speakers, s.speaker_embedding_size)
     if int(model.config.sampling_rate) != cfg.audio.sample_rate:
         log.warning("%s is a %d Hz model; audio.sample_rate is %d: the dataset is resampled to the model's rate",
