@@ -18,8 +18,8 @@
 #                          (default 600; Ctrl-C stops it): run it next to training, in a
 #                          second terminal, as preemption insurance
 #   --sync-once            one backup pass, then exit
-#   --restore-checkpoints  copy the backed-up checkpoints back (set-up does this by itself
-#                          when the local checkpoint folder is empty)
+#   --restore-checkpoints  copy the backed-up checkpoints newer than the local ones back
+#                          (set-up does this by itself)
 #   --dry-run              print the commands instead of running them
 #
 # Never writes credentials anywhere: the remote and its endpoint go to .dvc/config.local
@@ -131,8 +131,22 @@ else:
     if not fs.exists(remote):
         print(f"no checkpoint backup at s3://{remote}")
         sys.exit(0)
+
+    def step(name):  # "checkpoint-120" -> 120, else None
+        suffix = name.removeprefix("checkpoint-")
+        return int(suffix) if name.startswith("checkpoint-") and suffix.isdigit() else None
+
+    # What is here may be older than the backup (`dvc pull` of a finished earlier run): the
+    # backup's checkpoints newer than the newest one here are restored, with its index.json.
+    have = [s for s in (step(p.name) for p in local.glob("checkpoint-*") if p.is_dir()) if s is not None]
+    newest = max(have, default=-1)
+    keys = fs.find(remote)
+    newer = [k for k in keys if (step(k[len(remote) + 1 :].split("/")[0]) or -1) > newest]
+    if not newer:
+        print(f"checkpoint backup: nothing newer than step {newest} in s3://{remote}")
+        sys.exit(0)
     got = 0
-    for key in fs.find(remote):
+    for key in newer + [k for k in keys if k[len(remote) + 1 :] == "index.json"]:
         target = local / key[len(remote) + 1 :]
         target.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(key, str(target))
@@ -243,8 +257,8 @@ run dvc pull "dataset@$LANG_CODE" \
   || die "could not pull dataset@$LANG_CODE: did the laptop run 'dvc push' and commit + push dvc.lock? (dvc status --cloud dataset@$LANG_CODE shows what the remote lacks)"
 # A previous run's model/checkpoints, if one was pushed; none yet is fine.
 run dvc pull --allow-missing "train@$LANG_CODE" || echo "(no earlier training outputs in the remote)"
-if [ -n "${TTS_S3_URL:-}" ] && { [ ! -d "$CKPT_DIR" ] || [ -z "$(ls -A "$CKPT_DIR" 2>/dev/null)" ]; }; then
-  say "restoring checkpoints backed up by --sync-checkpoints (if any)"
+if [ -n "${TTS_S3_URL:-}" ]; then  # also when the pull above brought older checkpoints
+  say "restoring checkpoints backed up by --sync-checkpoints that are newer than the ones here (if any)"
   s3_checkpoints pull
 fi
 if [ "$DRY" = 0 ]; then

@@ -205,3 +205,11 @@ def test_cli_reports_a_full_disk_in_one_line(
     assert code == 1
     err = capsys.readouterr().err
     assert "disk full writing data/demo/raw/audio/x.webm" in err
+
+
+def test_credentials_in_the_source_url_are_refused(tmp_path: Path, params: Path) -> None:
+    # The language file is a DVC param (it lands in dvc.lock): a token there would be committed.
+    body = "source: {type: gitlab, url: 'https://oauth2:glpat-XYZ@gitlab.example.org', project: a/b}\n"
+    with pytest.raises(ConfigError, match="must not contain a user name or token") as info:
+        load_config(lang(tmp_path, body), params)
+    assert "glpat-XYZ" not in str(info.value)

@@ -11,6 +11,7 @@ import hashlib
 import html
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -115,8 +116,8 @@ class _TextExtractor(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if self._skip_stack:
-            if tag == self._skip_stack[-1]:
-                self._skip_stack.pop()
+            if tag in self._skip_stack:  # also closes tags left open inside (sloppy HTML)
+                del self._skip_stack[len(self._skip_stack) - 1 - self._skip_stack[::-1].index(tag) :]
             return
         if tag in self.BLOCK:
             self.parts.append(" ")
@@ -124,6 +125,9 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if not self._skip_stack:
             self.parts.append(data)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(value: Any) -> str:
@@ -136,6 +140,7 @@ def clean_text(value: Any) -> str:
     parser.feed(value)
     parser.close()
     text = html.unescape("".join(parser.parts))  # double-escaped entities (&amp;#39;) too
+    text = _LONE_SURROGATE.sub("", text)  # half an emoji ("\\ud83d" in the JSON): not UTF-8, not speech
     return " ".join(text.split())
 
 
@@ -176,17 +181,22 @@ def cell_file_stems(cells: Iterable[Cell]) -> list[str]:
     """One unique file stem per cell, in order: the verse stem, disambiguated when needed.
 
     Two cells can share a verse id (a verse split over cells with UUID ids); then every one of
-    them gets `_<hash of document/cell id>` appended, so names do not depend on order.
+    them gets `_<hash of document/cell id>` appended, so names do not depend on order. Cells
+    that even share document and cell id (a duplicated cell in the app) hash their position in
+    the document too, so two of them never write one file.
     """
     cells = list(cells)
     stems = [verse_file_stem(c.verse_id) for c in cells]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    return [
-        f"{stem}_{_short_hash(f'{c.document}/{c.cell_id}')}" if counts[stem] > 1 else stem
-        for stem, c in zip(stems, cells, strict=True)
-    ]
+    counts = Counter(stems)
+    same_id = Counter((c.document, c.cell_id) for c in cells)
+
+    def unique(stem: str, c: Cell) -> str:
+        if counts[stem] == 1:
+            return stem
+        key = f"{c.document}/{c.cell_id}" + (f"/{c.index}" if same_id[c.document, c.cell_id] > 1 else "")
+        return f"{stem}_{_short_hash(key)}"
+
+    return [unique(stem, c) for stem, c in zip(stems, cells, strict=True)]
 
 
 # --------------------------------------------------------------------------- parsing

@@ -38,6 +38,7 @@ from .gitlab_source import (
     LfsPointer,
     git_blob_sha1_file,
     parse_lfs_pointer,
+    redact_url,
     remove_stale_parts,
 )
 from .metadata import write_metadata
@@ -213,9 +214,11 @@ def local_plan(project_dir: Path, text_source: TextSource) -> ProjectPlan:
 
 def locate_local(project_dir: Path, items: list[ExportItem]) -> tuple[list[Located], list[Skip]]:
     """Find each take's file in a local project (or git checkout); pointers and escapes are skipped."""
+    from tqdm import tqdm
+
     located: list[Located] = []
     skips: list[Skip] = []
-    for item in items:
+    for item in tqdm(items, desc="read takes", unit="file", disable=None):
         url = item.take.url
         try:
             candidates = codex.attachment_repo_paths(url)
@@ -535,14 +538,40 @@ def metadata_row(x: Located) -> dict[str, object]:
 
 def write_output(output_dir: Path, located: list[Located], report: dict[str, Any], link: bool) -> None:
     """Rebuild the whole output directory atomically (audio/, metadata.csv, collect_report.json)."""
+    from tqdm import tqdm
+
     ordered = sorted(located, key=lambda x: (x.item.plan.cell.document, x.item.plan.cell.index))
     with atomic_directory(output_dir) as tmp:
         audio = tmp / "audio"
         audio.mkdir()
-        for x in ordered:
+        for x in tqdm(ordered, desc="write audio", unit="file", disable=None):
             _place(x.path, tmp / x.item.file_name, link)
         write_metadata(tmp / "metadata.csv", [metadata_row(x) for x in ordered], METADATA_COLUMNS)
         write_json(tmp / "collect_report.json", report)
+
+
+def check_output_dir(output_dir: Path, project_dir: Path | None = None) -> None:
+    """Refuse an output folder whose replacement would delete something that is not ours.
+
+    The output is rebuilt by replacing the whole folder: pointed by mistake at the Codex
+    project, a folder holding it, or any other data, that would delete it. Only a new or empty
+    folder, or one that looks like a collect output (collect_report.json, metadata.csv or
+    audio/ in it), may be replaced.
+    """
+    out = output_dir.resolve()
+    if project_dir is not None:
+        project = project_dir.resolve()
+        if out == project or out in project.parents:
+            raise PipelineError(
+                f"{output_dir}: is (or holds) the Codex project {project_dir}; refusing to replace it. "
+                "Choose another --output_dir / paths.raw_dataset"
+            )
+    ours = ("collect_report.json", "metadata.csv", "audio")
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
+        raise PipelineError(
+            f"{output_dir}: not empty and not a collect output (no {', '.join(ours)}); "
+            "refusing to replace it. Choose a new or empty folder"
+        )
 
 
 def _remove_stale_temp_dirs(output_dir: Path) -> None:
@@ -562,11 +591,13 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         project_dir = Path(cfg.source.path or "")
         if not project_dir.is_dir():
             raise PipelineError(f"{cfg.config_path}: source.path {project_dir} is not a folder")
+        check_output_dir(output_dir, project_dir)
         plan = local_plan(project_dir, text_source)
         located, more = locate_local(project_dir, plan.items)
         info: dict[str, Any] = {"type": "local", "path": cfg.source.path}
         link = False  # never hard-link a user's own files into the pipeline's outputs
     else:
+        check_output_dir(output_dir)
         cache = DownloadCache(Path(cfg.paths.cache) / "collect")
         cache.clean()
         source = gitlab_connect(cfg)
@@ -574,7 +605,7 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         located, more = locate_gitlab(source, cache, tree, plan.items, workers, stats)
         info = {
             "type": "gitlab",
-            "url": cfg.source.url,
+            "url": redact_url(cfg.source.url),
             "project": cfg.source.project,
             "ref": cfg.source.ref or source.default_branch,
             "commit": source.commit_id,

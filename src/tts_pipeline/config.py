@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -405,6 +406,12 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{where}: source.path is required when source.type is 'local'")
     if src.type == "gitlab" and not (src.url and src.project):
         raise ConfigError(f"{where}: source.url and source.project are required for gitlab")
+    if src.url and re.match(r"^[a-z][a-z0-9+.-]*://[^/@\s]+@", src.url, re.IGNORECASE):
+        # The language file is a DVC param: a credential here would land in dvc.lock and git.
+        raise ConfigError(
+            f"{where}: source.url must not contain a user name or token; put the token in the "
+            f"environment variable named by source.token_env ({src.token_env})"
+        )
     sd = cfg.speaker_diarization
     if sd.min_speakers and sd.max_speakers and sd.min_speakers > sd.max_speakers:
         raise ConfigError(

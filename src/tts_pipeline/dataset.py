@@ -385,8 +385,12 @@ def build_dataset(
     """Read, normalise, check against the tokenizer, split, and write the dataset atomically."""
     if not _SHARD_SIZE.match(cfg.max_shard_size.strip()):
         raise PipelineError(f"dataset.max_shard_size {cfg.max_shard_size!r}: expected e.g. '500MB'")
+    clash = fsutil.overlapping_input(output_dir, audio_dir, metadata_csv, speaker_ids)
+    if clash is not None:  # the output dir is replaced as a whole: it must not hold the input
+        raise PipelineError(f"{output_dir}: output must be a folder of its own, apart from the input {clash}")
     labels = load_speaker_labels(speaker_ids)
     clips, rejected, n_input = read_clips(metadata_csv, audio_dir, labels, cfg, sample_rate)
+    clips.sort(key=lambda c: c.file_name)  # the OOV report's examples must not follow the row order
     report = OovReport()
     vocab: dict[str, int] | None = None
 

@@ -218,10 +218,14 @@ def load_validation(
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise PipelineError(f"{dataset_path}: the '{split}' split lacks column(s) {', '.join(missing)}")
-    if len(table) == 0:
-        raise PipelineError(
-            f"{dataset_path}: the '{split}' split is empty; set dataset.validation_split > 0 and rebuild the dataset"
+    if len(table) == 0:  # training copes without one; failing here would stop `run` before synthesize
+        log.warning(
+            "%s: the '%s' split is empty, nothing to evaluate (the report has no sentences); "
+            "set dataset.validation_split > 0 (speakers need 2+ clips) and rebuild the dataset",
+            dataset_path,
+            split,
         )
+        return []
     columns = set(table.column_names)
     speaker_ids = [int(s) for s in table["speaker_id"]]
     file_names = table["file_name"] if "file_name" in columns else [f"row_{i:05d}" for i in range(len(table))]
@@ -680,7 +684,7 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
     try:
         import mlflow
 
-        from .tracking import run_tags, tracking_uri, use_experiment
+        from .tracking import run_tags, scrub, tracking_uri, use_experiment
     except ImportError:
         return None
     recorded, step = training_run(report.model_dir)
@@ -692,7 +696,7 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
             try:
                 active = mlflow.start_run(run_id=run_id)
             except Exception as exc:  # trained on another machine: its run is in another store
-                log.info("MLflow run %s not found here (%s); logging to a new run", run_id, exc)
+                log.info("MLflow run %s not found here (%s); logging to a new run", run_id, scrub(str(exc)))
         if active is None:
             use_experiment(mlflow, f"tts-pipeline-{report.code}")
             active = mlflow.start_run(run_name=f"evaluate-{report.code}")
@@ -709,7 +713,8 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
         log.info("evaluation logged to MLflow run %s (artifact evaluation/%s)", logged, PAGE_NAME)
         return logged
     except Exception as exc:  # a tracking store problem must not fail the evaluation
-        log.warning("could not log the evaluation to MLflow (%s: %s)", type(exc).__name__, exc)
+        # MLflow's messages repeat the tracking URI, credentials included
+        log.warning("could not log the evaluation to MLflow (%s: %s)", type(exc).__name__, scrub(str(exc)))
         with contextlib.suppress(Exception):
             mlflow.end_run(status="FAILED")
         return None

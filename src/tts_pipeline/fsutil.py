@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import PipelineError
+
 CHUNK = 1 << 20
 
 
@@ -40,6 +42,25 @@ def _umask() -> int:
     return current
 
 
+#: Names that mark a directory as somebody's project, never a stage output to replace.
+PROJECT_MARKERS = (".git", ".dvc", "dvc.yaml", "pyproject.toml", ".project", "files/target")
+
+
+def _refuse_to_replace(final: Path) -> None:
+    """Stop a mistyped --output_dir from replacing a project, the working directory or home."""
+    if not final.is_dir():
+        return
+    resolved = final.resolve()
+    protected = {Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve()}
+    marker = next((name for name in PROJECT_MARKERS if (resolved / name).exists()), None)
+    if resolved in protected or marker:
+        why = f"it contains {marker}" if marker else "it is the working directory, one of its parents or home"
+        raise PipelineError(
+            f"{final}: refusing to use as an output directory ({why}); its contents would be "
+            "replaced. Choose an empty or new --output_dir."
+        )
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces `final` only if the block succeeds.
@@ -48,6 +69,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     existed, is left exactly as it was.
     """
     final = Path(final)
+    _refuse_to_replace(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs should be as readable as any directory
@@ -98,3 +120,16 @@ def read_json(path: str | Path) -> Any:
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: broken JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def overlapping_input(output_dir: str | Path, *inputs: str | Path | None) -> Path | None:
+    """The first input that is `output_dir` or lies inside it; None when no input does.
+
+    `atomic_directory` replaces the whole output directory, so an output that holds a stage's
+    input (a mistyped `--output_dir` one level too high) would delete that input on success.
+    """
+    out = Path(output_dir).resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve().is_relative_to(out):
+            return Path(item)
+    return None

@@ -76,7 +76,19 @@ def parse_lfs_pointer(data: bytes) -> LfsPointer | None:
 
 def make_lfs_pointer(data: bytes) -> tuple[LfsPointer, bytes]:
     """The pointer (and its file text) that Git LFS would commit for `data`."""
-    pointer = LfsPointer(hashlib.sha256(data).hexdigest(), len(data))
+    return _pointer_text(LfsPointer(hashlib.sha256(data).hexdigest(), len(data)))
+
+
+def make_lfs_pointer_file(path: str | Path) -> tuple[LfsPointer, bytes]:
+    """make_lfs_pointer of a file's content, read in chunks (flat memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return _pointer_text(LfsPointer(digest.hexdigest(), Path(path).stat().st_size))
+
+
+def _pointer_text(pointer: LfsPointer) -> tuple[LfsPointer, bytes]:
     text = f"version https://git-lfs.github.com/spec/v1\noid sha256:{pointer.oid}\nsize {pointer.size}\n"
     return pointer, text.encode("ascii")
 
@@ -96,6 +108,27 @@ def git_blob_sha1_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def redact_url(url: str | None) -> str:
+    """`url` with any credentials (`https://user:token@host`) masked, for logs and reports."""
+    # user:secret@ keeps the user name; a lone name@ may itself be the token
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)(?:([^/@:]*):)?[^/@]*@", r"\1\2:***@", url or "")
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Same scheme, host and port: where a credential for `other` may also be sent."""
+    from urllib.parse import urlsplit
+
+    def origin(text: str) -> tuple[str, str | None, int | None]:
+        parts = urlsplit(text)
+        return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+    try:
+        mine = origin(url)
+        return mine == origin(other) and bool(mine[1])
+    except ValueError:  # a malformed port
+        return False
 
 
 # --------------------------------------------------------------------------- retries
@@ -205,7 +238,7 @@ class GitLabSource:
 
     @property
     def where(self) -> str:
-        return f"GitLab project '{self.project_ref}' at {self.url}"
+        return f"GitLab project '{self.project_ref}' at {redact_url(self.url)}"
 
     # ---------------------------------------------------------------- connection
 
@@ -213,6 +246,11 @@ class GitLabSource:
         """Open the project and pin the ref to a commit id, so the whole run sees one state."""
         import gitlab
 
+        if not re.match(r"^https?://[^/]+", self.url):
+            raise SourceError(
+                f"source.url {redact_url(self.url)!r} is not an http(s) URL: write it in full, "
+                "e.g. https://gitlab.com"
+            )
         self.gl = gitlab.Gitlab(
             self.url,
             private_token=self._token,
@@ -302,6 +340,12 @@ class GitLabSource:
             )
             for item in items:
                 if item.get("type") == "blob":
+                    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", str(item.get("id"))):
+                        # ids become cache file names: never let one be a path
+                        raise SourceError(
+                            f"{self.where}: {item.get('path')}: the tree lists {str(item.get('id'))[:80]!r}, "
+                            "which is not a git object id; refused"
+                        )
                     entries[item["path"]] = TreeEntry(
                         item["path"], item["id"], str(item.get("mode", "100644"))
                     )
@@ -365,6 +409,10 @@ class GitLabSource:
     def _basic_auth(self) -> tuple[str, str] | None:
         return (self.lfs_username, self._token) if self._token else None
 
+    def _basic_auth_for(self, href: str | None) -> tuple[str, str] | None:
+        """The token for an LFS action URL only when it is GitLab's own (never a foreign store)."""
+        return self._basic_auth() if same_origin(href or "", self.lfs_base) else None
+
     def lfs_batch(self, pointers: Iterable[LfsPointer]) -> dict[str, LfsAction]:
         """Ask the LFS batch API where to download these objects (in chunks of 100)."""
         unique = sorted({p.oid: p for p in pointers}.values(), key=lambda p: p.oid)
@@ -424,7 +472,7 @@ class GitLabSource:
         def fetch() -> int:
             headers = dict(action.headers)
             session = self._session()
-            auth = None if "Authorization" in headers else self._basic_auth()
+            auth = None if "Authorization" in headers else self._basic_auth_for(action.href)
             with session.get(
                 action.href, headers=headers, stream=True, timeout=self.timeout_s, auth=auth
             ) as response:

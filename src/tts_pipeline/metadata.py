@@ -25,16 +25,35 @@ def iter_metadata(path: str | Path) -> Iterator[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise MetadataError(f"{path}: metadata file not found")
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which would hide `file_name`.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in FIRST_COLUMNS if c not in header]
-        if missing:
-            raise MetadataError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header)})")
-        for line_no, row in enumerate(reader, start=2):
-            if None in row:
-                raise MetadataError(f"{path}:{line_no}: more fields than the header has")
-            yield row
+        try:
+            header = reader.fieldnames or []
+            missing = [c for c in FIRST_COLUMNS if c not in header]
+            if missing:
+                raise MetadataError(
+                    f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header)})"
+                )
+            for row in reader:
+                if None in row:  # line_num: the file's line (a quoted transcription may span lines)
+                    raise MetadataError(f"{path}:{reader.line_num}: more fields than the header has")
+                yield row
+        except UnicodeDecodeError:
+            raise MetadataError(
+                f"{path}:{_first_non_utf8_line(path)}: not UTF-8 text; save the file as UTF-8"
+            ) from None
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    """Line number of the first line that is not UTF-8 (the decoder fails a whole block ahead)."""
+    with open(path, "rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_no
+    return 0
 
 
 def resolve_clip_path(base_dir: Path, file_name: str) -> Path:

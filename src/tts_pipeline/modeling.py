@@ -276,5 +276,5 @@ def resolve_checkpoint(model_dir: str | Path, checkpoints_dir: str | Path, which
             raise PipelineError(f"{root}: no checkpoint for step {which} (have: {steps})")
         chosen = matches[0]
     else:
-        raise PipelineError(f"checkpoint {which!r}: expected final, latest, best or a step number")
+        raise PipelineError(f"synthesis.checkpoint {which!r}: expected final, latest, best or a step number")
     return root / chosen["dir"] / "model"

@@ -47,7 +47,14 @@ from . import audio_quality as aq
 from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer
 from .config import Config
 from .errors import PipelineError
-from .fsutil import atomic_directory, atomic_write_text, sha256_file, sha256_json, write_json
+from .fsutil import (
+    atomic_directory,
+    atomic_write_text,
+    overlapping_input,
+    sha256_file,
+    sha256_json,
+    write_json,
+)
 from .metadata import FIRST_COLUMNS, MetadataError, iter_metadata
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,9 @@ CACHE_FORMAT = 1
 #: Modules whose code decides what a clip becomes: their source is part of the cache key, so a
 #: code change (which makes DVC re-run the stage) never reuses a result of the old code.
 CODE_MODULES = ("preprocess", "audio_quality", "audio")
+#: A mean above this (-60 dBFS) is a DC offset and is removed; below it the output stays as
+#: it was (speech itself averages ~1e-5), so fixing offsets did not change every clean clip.
+DC_OFFSET_MIN = 1e-3
 #: Decoding stops (clip rejected as too_long) past this length, so a stray hour-long file
 #: cannot take gigabytes of memory in a worker. Part of the cache key.
 MAX_DECODE_S = 600.0
@@ -78,6 +88,7 @@ REASONS = (
     "empty",
     "lfs_pointer",
     "corrupt",
+    "truncated",
     "too_long",
     "too_short",
     "silent",
@@ -277,6 +288,12 @@ def process_audio(
     peak = aq.peak_db(samples)
     clipping = aq.clipping_ratio(samples)
     x = resample(samples, rate, sr)
+    # A DC offset (cheap microphones, some sound cards) is inaudible to K-weighted loudness but
+    # not to the peak limiter or the frame levels: left in, the gain pushes it into the ceiling
+    # and the limiter squashes the speech, and trimming/SNR read the offset as constant noise.
+    dc = float(np.mean(x, dtype=np.float64)) if x.size else 0.0
+    if abs(dc) > DC_OFFSET_MIN:
+        x = (x - np.float32(dc)).astype(np.float32, copy=False)
     frame = max(1, round(aq.FRAME_S * sr))
     levels = aq.frame_power_db(x, frame)  # 10 ms frame levels, for both SNR and trimming
     snr = aq.snr_from_levels(levels)
@@ -340,6 +357,29 @@ def check_filters(measures: ClipMeasures, transcription: str, filters: Filters) 
             f"{rate:.1f} chars/s > {filters.max_chars_per_second:g} (transcript longer than the audio?)",
         )
     return None
+
+
+#: A clip that decodes to less than this fraction of the length collect recorded for it (the
+#: recording app's `duration_s`), and TRUNCATED_MIN_S shorter, was cut short by an interrupted
+#: upload or download: FFmpeg decodes what is there without an error. The app's timer is not
+#: sample-exact, hence the margins.
+TRUNCATED_RATIO = 0.8
+TRUNCATED_MIN_S = 0.5
+
+
+def check_declared_length(measures: ClipMeasures, declared: str | None) -> Rejection | None:
+    """A `truncated` rejection when the decoded input is far shorter than the metadata's
+    `duration_s` (raw metadata only: an empty or absent column checks nothing)."""
+    try:
+        expected = float(declared or "")
+    except ValueError:
+        return None
+    got = measures.input_duration_s
+    if not math.isfinite(expected) or got >= expected * TRUNCATED_RATIO or expected - got <= TRUNCATED_MIN_S:
+        return None
+    return Rejection(
+        "truncated", f"decodes to {got:.1f} s of the {expected:.1f} s recorded: cut short? fetch it again"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -448,7 +488,9 @@ def process_clip(ctx: Context, task: ClipTask) -> ClipOutcome:
     try:
         size = source.stat().st_size
     except OSError:
-        outcome.rejection = Rejection("missing", f"{source}: file not found")
+        outcome.rejection = Rejection(
+            "missing", "file not found in the input folder"
+        )  # no local path in outputs
         return outcome
     if size == 0:
         outcome.rejection = Rejection("empty", "empty file (0 bytes)")
@@ -459,7 +501,7 @@ def process_clip(ctx: Context, task: ClipTask) -> ClipOutcome:
             return outcome
         content_hash = sha256_file(source)
     except OSError as exc:  # permissions, a file vanishing mid-run
-        outcome.rejection = Rejection("unreadable", f"cannot read: {exc}")
+        outcome.rejection = Rejection("unreadable", f"cannot read: {_strip_path(str(exc), source)}")
         return outcome
 
     key = cache_key(content_hash, ctx.params, ctx.code)
@@ -474,7 +516,9 @@ def process_clip(ctx: Context, task: ClipTask) -> ClipOutcome:
         return outcome
     measures = ClipMeasures(**entry["measures"])
     transcription = row.get("transcription") or ""
-    rejection = check_filters(measures, transcription, ctx.filters)
+    rejection = check_declared_length(measures, row.get("duration_s")) or check_filters(
+        measures, transcription, ctx.filters
+    )
     if rejection is not None:
         outcome.rejection = rejection
         return outcome
@@ -505,6 +549,8 @@ def _compute_entry(ctx: Context, key: str, source: Path) -> dict[str, Any]:
     audio = None
     try:
         samples, rate = decode_audio_native(source, max_seconds=MAX_DECODE_S)
+        if not np.isfinite(samples).all():  # a float WAV/FLAC can hold NaN/inf: nothing to measure
+            raise AudioError("contains NaN or infinite samples")
     except AudioTooLongError as exc:
         entry["error"] = {"reason": "too_long", "detail": _strip_path(str(exc), source)}
     except AudioError as exc:
@@ -587,7 +633,7 @@ def _drop_rate_outliers(
 
 
 def _read_header(metadata_path: Path) -> list[str]:
-    with open(metadata_path, newline="", encoding="utf-8") as handle:
+    with open(metadata_path, newline="", encoding="utf-8-sig") as handle:  # as iter_metadata reads it
         return next(csv.reader(handle), [])
 
 
@@ -606,10 +652,13 @@ def _tasks(metadata_path: Path, base_dir: Path) -> Iterator[ClipTask]:
     for index, row in enumerate(iter_metadata(metadata_path)):
         file_name = row["file_name"]
         stem = Path(file_name).stem
-        source = (base / file_name).resolve()
+        # Lexical, not resolve(): DVC's symlink cache type (or audio kept on another disk) makes
+        # raw/audio/* links to files elsewhere, which are the user's own; `..` and absolute
+        # names in the metadata are what must not leave the folder.
+        source = Path(os.path.normpath(base / file_name))
         problem = None
         if not file_name or not source.is_relative_to(base):
-            problem = Rejection("bad_path", f"{file_name!r} points outside {base_dir}")
+            problem = Rejection("bad_path", f"{file_name!r} points outside the input folder")
         elif stem.casefold() in seen:
             problem = Rejection(
                 "duplicate", f"output name audio/{stem}.wav already used by {seen[stem.casefold()]}"
@@ -658,6 +707,9 @@ def preprocess_corpus(
     resolved_out, resolved_in = output_dir.resolve(), base_dir.resolve()
     if resolved_out == resolved_in or resolved_out.is_relative_to(resolved_in):
         raise PipelineError(f"{output_dir}: output must not be inside the input folder {base_dir}")
+    clash = overlapping_input(output_dir, base_dir, input_metadata)
+    if clash is not None:  # it is replaced as a whole: the input would be deleted with it
+        raise PipelineError(f"{output_dir}: output must be a folder of its own, apart from the input {clash}")
     try:
         total = _count_rows(input_metadata)
     except MetadataError as exc:

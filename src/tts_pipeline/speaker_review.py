@@ -112,17 +112,19 @@ def corrections_block(name: str, anchors: Sequence[str], clips: Sequence[str], c
     lines = [f"  {_yaml_key(name)}:{'  # ' + comment if comment else ''}"]
     if anchors:
         lines.append("    anchors:")
-        lines += [f"      - {a}" for a in anchors]
+        lines += [f"      - {_yaml_key(a)}" for a in anchors]
     if clips:
         lines.append("    clips:")
-        lines += [f"      - {c}" for c in clips]
+        lines += [f"      - {_yaml_key(c)}" for c in clips]
     return "\n".join(lines)
 
 
 def _yaml_key(name: str) -> str:
+    """`name` as a one-line YAML scalar: quoted only when needed ('#', ': '), never wrapped or escaped."""
     import yaml
 
-    return yaml.safe_dump(name, default_style=None).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(name, default_style=None, allow_unicode=True, width=float("inf"))
+    return text.strip().removesuffix("...").strip()
 
 
 def suggested_corrections(
@@ -242,14 +244,14 @@ def render_review_page(
         else:
             block = corrections_block("Name_of_reader", anchors, [])
             intro = f"To name this speaker, add to <code>{esc(path_label)}</code> (with the reader's name):"
-        merge = "\n".join(f"      - {a}" for a in anchors[:1])
+        merge = "\n".join(f"      - {_yaml_key(a)}" for a in anchors[:1])
         parts.append(
             f'<p>{intro}</p><pre class="yaml">speakers:\n{esc(block)}</pre>'
             "<p>To merge this speaker into another one, add this anchor to that speaker's "
             f'<code>anchors:</code>:</p><pre class="yaml">    anchors:\n{esc(merge)}</pre>'
         )
         if rest:
-            moves = "\n".join(f"      - {assignment.file_names[i]}" for i in rest[:3])
+            moves = "\n".join(f"      - {_yaml_key(assignment.file_names[i])}" for i in rest[:3])
             parts.append(
                 "<p>To move a clip to another speaker, list it under that speaker's <code>clips:</code>:</p>"
                 f'<pre class="yaml">speakers:\n  Other_reader:\n    clips:\n{esc(moves)}</pre>'

@@ -186,7 +186,9 @@ def load_clips(metadata_csv: Path, audio_dir: Path) -> list[Clip]:
             duration = float(row.get("duration_s") or 0.0)
         clips[name] = Clip(name, path, float(duration))
     if not clips:
-        raise PipelineError(f"{metadata_csv}: no clips to analyse")
+        rejected = Path(metadata_csv).with_name("rejected.csv")
+        why = f"; preprocess kept no clip, the reasons are in {rejected}" if rejected.is_file() else ""
+        raise PipelineError(f"{metadata_csv}: no clips to analyse{why}")
     return [clips[k] for k in sorted(clips)]
 
 
@@ -632,10 +634,39 @@ def load_corrections(path: Path) -> Corrections:
     if not path.is_file():
         return Corrections(None)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_unique_key_loader())  # a SafeLoader
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML: {exc}") from None
     return parse_corrections(data, path)
+
+
+def _unique_key_loader() -> type:
+    """A SafeLoader that refuses a key given twice in one mapping.
+
+    Plain YAML keeps only the last of two equal keys, so a speaker pasted twice from the review
+    page would silently lose the first block's anchors and pinned clips.
+    """
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str):
+                    key = key.strip()
+                if not isinstance(key, str | int | float | bool | None):
+                    continue  # unhashable: SafeLoader reports it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (merge the two entries)", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def apply_corrections(
@@ -896,8 +927,11 @@ def run_speakers(
 ) -> SpeakersResult:
     """The stage, as one function: read clips, embed (cached), cluster, correct, write."""
     from .embeddings import get_embedder
-    from .fsutil import write_json
+    from .fsutil import overlapping_input, write_json
 
+    clash = overlapping_input(output_dir, audio_dir, metadata_csv)
+    if clash is not None:  # the output dir is replaced as a whole: it must not hold the input
+        raise PipelineError(f"{output_dir}: output must be a folder of its own, apart from the input {clash}")
     corrections = load_corrections(corrections_file) if corrections_file else Corrections()  # fail early
     clips = load_clips(metadata_csv, audio_dir)
     embedder = embedder or get_embedder(backend, model, device)

@@ -58,6 +58,7 @@ METADATA_COLUMNS = [
     "speaker_id",
     "chunks",
 ]
+NONFINITE_AUDIO = "the model produced NaN/inf audio (a diverged or damaged checkpoint?)"
 #: Files of a model directory that decide what it says (training state is left out).
 _MODEL_FILE_PATTERNS = (
     "config.json",
@@ -195,8 +196,13 @@ def source_documents(cfg: Config) -> list[tuple[str, bytes]]:
 # --------------------------------------------------------------------------- text
 
 
+_END = r"[.!?\u2026\u061f\u0964\u0965\u3002\uff01\uff1f]"
+_CLOSE = r"[\"'\u201d\u2019)\]\u300d\u300f]"
+#: Whitespace after a sentence end and up to two closing quotes/brackets (which stay with their
+#: sentence: the separator itself is dropped), or right after a CJK full stop.
 _SENTENCE = re.compile(
-    r"(?<=[.!?\u2026\u061f\u0964\u0965\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+|(?<=[\u3002\uff01\uff1f])"
+    rf"(?:(?<={_END})|(?<={_END}{_CLOSE})|(?<={_END}{_CLOSE}{_CLOSE}))\s+"
+    rf"|(?<=[\u3002\uff01\uff1f])(?!{_CLOSE}|\s)"
 )
 _CLAUSE = re.compile(r"(?<=[,;:\u060c\u061b\u3001\uff0c\uff1b\uff1a\u2014\u2013])\s*|\s+(?=[\u2014\u2013])")
 
@@ -455,6 +461,9 @@ def synthesize_verses(
                 samples = render(model, chunks, speaker_id, settings)
                 if samples.size == 0:
                     report.failed.append((verse, "no character of the text is in the model's vocabulary"))
+                    continue
+                if not np.isfinite(samples).all():  # encoded, NaN becomes full-scale noise
+                    report.failed.append((verse, NONFINITE_AUDIO))
                     continue
                 duration = round(samples.size / model.sampling_rate, 3)
                 data = encode(samples, model.sampling_rate, settings.format)

@@ -30,7 +30,8 @@ DVC_ENV_TAGS = {
     "DVC_EXP_BASELINE_REV": "dvc.baseline_rev",
     "DVC_STAGE": "dvc.stage",
 }
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+# userinfo runs to the *last* "@" before the path: a raw "@" in a password must not leak its tail
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s]*@", re.IGNORECASE)
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|credential)", re.IGNORECASE)
 
 
@@ -92,7 +93,7 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
             flat.update(flatten_params(value, f"{name}."))
         else:
-            flat[name] = str(scrub(value))[:6000]
+            flat[name] = scrub(str(value))[:6000]  # also URLs inside lists
     return flat
 
 
@@ -120,8 +121,11 @@ class Tracker:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - tracking must never kill training
-            log.warning(
-                "MLflow %s failed (%s: %s); continuing without tracking", what, type(exc).__name__, exc
+            log.warning(  # MLflow's messages repeat the tracking URI, credentials included
+                "MLflow %s failed (%s: %s); continuing without tracking",
+                what,
+                type(exc).__name__,
+                scrub(str(exc)),
             )
             self.enabled = False
             return None
@@ -147,7 +151,9 @@ class Tracker:
                 try:
                     run = mlflow.start_run(run_id=resume_run_id)
                 except Exception as exc:  # noqa: BLE001 - e.g. another store: start a new run
-                    log.info("MLflow run %s not resumable (%s); starting a new one", resume_run_id, exc)
+                    log.info(
+                        "MLflow run %s not resumable (%s); starting a new one", resume_run_id, scrub(str(exc))
+                    )
             if run is None:
                 run = mlflow.start_run(run_name=run_name)
                 flat = flatten_params(params)
@@ -159,7 +165,7 @@ class Tracker:
 
         self.run_id = self._safe("start", _start)
         if self.run_id:
-            log.info("MLflow run %s at %s", self.run_id, tracking_uri())
+            log.info("MLflow run %s at %s", self.run_id, scrub(tracking_uri()))
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

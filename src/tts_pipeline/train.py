@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: values of these can still be resumed (e.g. raising max_steps continues a finished run).
 RESUMABLE_ACROSS = {
     "num_epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
-    "eval_max_clips", "eval_samples", "num_workers", "max_nonfinite_steps", "mlflow",
+    "eval_max_clips", "eval_samples", "num_workers", "max_nonfinite_steps", "mlflow", "cpu_threads",
 }  # fmt: skip
 CURVE_COLUMNS = [
     "step", "epoch", "lr", "loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial",
@@ -151,11 +151,35 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
     (checkpoint_dir / modeling.CHECKPOINT_INDEX).unlink(missing_ok=True)
 
 
+#: What `Trainer.save_checkpoint` writes into every checkpoint-<step>/ (plus model weights).
+CHECKPOINT_FILES = (
+    "model/config.json", "state/trainer_state.json", "state/generator.pt", "state/discriminator.pt",
+    "state/optimizers.pt", "state/rng.pt",
+)  # fmt: skip
+
+
+def checkpoint_complete(directory: Path) -> bool:
+    """True when `directory` holds everything a resume (and a synthesis from it) reads."""
+    return all((directory / name).is_file() for name in CHECKPOINT_FILES) and any(
+        (directory / "model").glob("model*.safetensors")
+    )
+
+
 def remove_partial_checkpoints(checkpoint_dir: Path) -> None:
-    """Temporary directories left by a run killed while it wrote a checkpoint."""
+    """Remove what a cut-short checkpoint left: the temporary directory of a run killed while it
+    wrote one, and checkpoint-<step>/ folders missing files (a backup restored from a half-done
+    upload, a kill while `save_total_limit` pruned one). Such a folder cannot be resumed, and
+    left in place it would count as the latest (or make the settings look changed and so wipe
+    the good checkpoints)."""
     for child in checkpoint_dir.glob(f".{modeling.CHECKPOINT_PREFIX}*.tmp-*"):
         log.info("removing %s (a checkpoint interrupted while being written)", child)
         shutil.rmtree(child, ignore_errors=True)
+    for child in sorted(checkpoint_dir.glob(f"{modeling.CHECKPOINT_PREFIX}*")):
+        suffix = child.name[len(modeling.CHECKPOINT_PREFIX) :]
+        if child.is_dir() and suffix.isdigit() and not checkpoint_complete(child):
+            missing = [name for name in CHECKPOINT_FILES if not (child / name).is_file()] or ["model weights"]
+            log.warning("removing %s: an incomplete checkpoint (missing %s)", child, ", ".join(missing))
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def choose_resume(checkpoint_dir: Path, config_hash: str, resume: bool | None) -> Path | None:

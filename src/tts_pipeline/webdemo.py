@@ -75,9 +75,10 @@ class DemoApp:
 
     def speak(self, text: str, speaker: str | int | None) -> bytes:
         """WAV bytes of `text` (split and normalised exactly as `synthesize` does)."""
+        import numpy as np
         import soundfile as sf
 
-        from .synthesize import render, text_chunks
+        from .synthesize import NONFINITE_AUDIO, render, text_chunks
 
         chunks = text_chunks(text, self.settings.max_chars, self.normalize)
         if not chunks:
@@ -87,6 +88,8 @@ class DemoApp:
             samples = render(self.voice, chunks, speaker_id, self.settings)
         if samples.size == 0:
             raise ValueError("no character of the text is in the model's vocabulary")
+        if not np.isfinite(samples).all():  # written as WAV it would be full-scale noise
+            raise ValueError(NONFINITE_AUDIO)
         buffer = io.BytesIO()
         sf.write(buffer, samples.clip(-1.0, 1.0), self.voice.sampling_rate, subtype="PCM_16", format="WAV")
         return buffer.getvalue()

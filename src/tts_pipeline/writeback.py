@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,13 +168,16 @@ def plan_document(
         meta = raw.get("metadata") if isinstance(raw, dict) else None
         if isinstance(meta, dict) and meta.get("id") is not None:
             by_id.setdefault(str(meta["id"]).strip(), []).append(index)
+    added: set[str] = set()  # audio ids given in this document (file names must not collide)
     for take in takes:
         indices = by_id.get(take.cell_id, [])
         if not indices:
             skipped.append((take, "cell not found (deleted since synthesis?)"))
             continue
-        raw = cells[indices[0]]
-        cell = codex.parse_cell(raw, take.document, indices[0])
+        # a duplicated cell id (copy-paste in the app): the cell whose text the take voices
+        index = next((i for i in indices if codex.clean_text(cells[i].get("value")) == take.text), indices[0])
+        raw = cells[index]
+        cell = codex.parse_cell(raw, take.document, index)
         if cell.skip_reason is not None:
             skipped.append((take, f"cell is no longer voiceable ({cell.skip_reason})"))
             continue
@@ -205,7 +209,8 @@ def plan_document(
             state = " (deleted by a user)" if attachments[duplicate].get("isDeleted") else ""
             skipped.append((take, f"already has this synthetic take: {duplicate}{state}"))
             continue
-        audio_id = new_audio_id(take, now_ms, set(attachments))
+        audio_id = new_audio_id(take, now_ms, set(attachments) | added)
+        added.add(audio_id)
         ext = take.format
         files_path = f"{codex.ATTACHMENT_FILES_DIR}/{take.document}/{audio_id}.{ext}"
         pointer_path = f"{codex.ATTACHMENT_POINTERS_DIR}/{take.document}/{audio_id}.{ext}"
@@ -263,6 +268,8 @@ def dump_like(original: str, doc: Any) -> str:
         text = json.dumps(doc, ensure_ascii=ascii_only, separators=(",", ":"))
     else:
         text = json.dumps(doc, ensure_ascii=ascii_only, indent=indent)
+    # a lone surrogate (half an emoji) cannot be UTF-8: keep it escaped, as the app wrote it
+    text = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
     return text + ("\n" if body.endswith("\n") else "")
 
 
@@ -369,12 +376,15 @@ def _local_targets(project_dir: Path, change: Change) -> list[str]:
 # --------------------------------------------------------------------------- GitLab
 
 
-def open_gitlab(cfg: Config) -> GitLabSource:
-    """Connect to the configured GitLab project (the ref pinned to one commit)."""
+def open_gitlab(cfg: Config, write: bool = True) -> GitLabSource:
+    """Connect to the configured GitLab project (the ref pinned to one commit).
+
+    Reading (`write=False`) works without a token on a public project, as collect does.
+    """
     from .gitlab_source import GitLabSource
 
     token = cfg.source.token()
-    if not token:
+    if not token and write:
         raise PipelineError(
             f"{cfg.config_path}: a GitLab source needs a token in the environment variable "
             f"{cfg.source.token_env} (write-back: api + write_repository scopes)"
@@ -393,12 +403,17 @@ def open_gitlab(cfg: Config) -> GitLabSource:
 def read_gitlab_documents(source: GitLabSource) -> dict[str, bytes]:
     """The `.codex` documents under files/target/ at the source's pinned commit."""
     tree = source.list_tree(codex.TARGET_DIR)
-    return {path: source.read_file(path) for path in sorted(tree) if path.endswith(".codex")}
+    # top level only, like collect and the local source (a nested copy would shadow its name)
+    return {
+        path: source.read_file(path)
+        for path in sorted(tree)
+        if path.endswith(".codex") and path.count("/") == 2
+    }
 
 
 def gitlab_documents(cfg: Config) -> list[tuple[str, bytes]]:
     """(path, bytes) of the `.codex` documents of a GitLab source at `source.ref` (or the default branch)."""
-    return list(read_gitlab_documents(open_gitlab(cfg)).items())
+    return list(read_gitlab_documents(open_gitlab(cfg, write=False)).items())
 
 
 def _target_branch(source: GitLabSource) -> str:
@@ -436,7 +451,7 @@ def _branch_exists(source: GitLabSource, branch: str) -> bool:
 def lfs_upload(
     repo_url: str,
     token: str,
-    objects: list[bytes],
+    objects: list[bytes] | list[Path],
     timeout: float = 60.0,
     max_retries: int = 5,
     backoff_s: float = 1.0,
@@ -445,12 +460,24 @@ def lfs_upload(
 
     The server answers which objects it lacks; those get a PUT (and a verify when asked).
     429, 5xx and dropped connections are retried with backoff, like collect's downloads.
+    Objects given as paths are hashed and sent in chunks, so memory does not grow with them.
     """
     import requests
 
-    from .gitlab_source import TransientError, _retry_after, with_retries
+    from .gitlab_source import (
+        TransientError,
+        _retry_after,
+        make_lfs_pointer,
+        make_lfs_pointer_file,
+        same_origin,
+        with_retries,
+    )
 
-    by_oid = {hashlib.sha256(data).hexdigest(): data for data in objects}
+    by_oid: dict[str, bytes | Path] = {}
+    sizes: dict[str, int] = {}
+    for item in objects:
+        pointer = make_lfs_pointer_file(item)[0] if isinstance(item, Path) else make_lfs_pointer(item)[0]
+        by_oid[pointer.oid], sizes[pointer.oid] = item, pointer.size
     if not by_oid:
         return 0
     session = requests.Session()
@@ -461,7 +488,12 @@ def lfs_upload(
 
     def call(method: str, url: str, what: str, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
         def once() -> requests.Response:
-            response = session.request(method, url, timeout=timeout, **kw)
+            body = kw.get("data")
+            if isinstance(body, Path):  # opened per attempt: a retry sends it from the start
+                with open(body, "rb") as handle:
+                    response = session.request(method, url, timeout=timeout, **{**kw, "data": handle})
+            else:
+                response = session.request(method, url, timeout=timeout, **kw)
             if response.status_code == 429 or response.status_code >= 500:
                 raise TransientError(
                     f"HTTP {response.status_code} from {what}", _retry_after(response.headers)
@@ -476,7 +508,7 @@ def lfs_upload(
     payload = {
         "operation": "upload",
         "transfers": ["basic"],
-        "objects": [{"oid": oid, "size": len(data)} for oid, data in by_oid.items()],
+        "objects": [{"oid": oid, "size": size} for oid, size in sizes.items()],
         "hash_algo": "sha256",
     }
     answer = call(
@@ -499,7 +531,7 @@ def lfs_upload(
             continue  # the server has it already
         oid, data = obj["oid"], by_oid[obj["oid"]]
         header = dict(upload.get("header") or {})
-        auth = None if "Authorization" in header else basic
+        auth = None if "Authorization" in header or not same_origin(upload["href"], base) else basic
         call(
             "PUT",
             upload["href"],
@@ -516,9 +548,9 @@ def lfs_upload(
                 "POST",
                 verify["href"],
                 f"LFS verify of {oid[:12]}",
-                json={"oid": oid, "size": len(data)},
+                json={"oid": oid, "size": sizes[oid]},
                 headers=vheader,
-                auth=None if "Authorization" in vheader else basic,
+                auth=None if "Authorization" in vheader or not same_origin(verify["href"], base) else basic,
             )
         sent += 1
     return sent
@@ -545,7 +577,7 @@ def write_back_gitlab(
     """
     import gitlab
 
-    from .gitlab_source import make_lfs_pointer
+    from .gitlab_source import make_lfs_pointer_file
 
     source = open_gitlab(cfg)
     target = _target_branch(source)
@@ -558,20 +590,23 @@ def write_back_gitlab(
     project = source.project
     if _branch_exists(source, branch):
         mrs = project.mergerequests.list(source_branch=branch, get_all=False)
-        report.merge_request = getattr(mrs[0], "web_url", None) if mrs else None
+        if mrs:
+            report.merge_request = getattr(mrs[0], "web_url", None)
+        else:  # an earlier run committed but could not open the merge request: open it now
+            mr = _open_merge_request(source, branch, target, report.changes)
+            report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
         report.skipped.extend((c.take, f"already pushed to branch {branch}") for c in report.changes)
         report.changes, report.documents = [], []
         return report
-    blobs: list[bytes] = []
+    blobs: list[Path] = []  # paths, not bytes: a whole book of takes need not fit in memory
     actions: list[dict[str, Any]] = []
     for change in report.changes:
         if change.take.audio_path is None or not change.take.audio_path.is_file():
             raise PipelineError(
                 f"{change.take.audio_path}: synthesized audio not found; run synthesize first"
             )
-        data = change.take.audio_path.read_bytes()
-        blobs.append(data)
-        pointer = make_lfs_pointer(data)[1].decode("ascii")  # committed in place of the audio
+        blobs.append(change.take.audio_path)
+        pointer = make_lfs_pointer_file(change.take.audio_path)[1].decode("ascii")  # committed, not the audio
         actions.append({"action": "create", "file_path": change.pointer_path, "content": pointer})
     for path, text in new_texts.items():
         actions.append({"action": "update", "file_path": path, "content": text})
@@ -585,7 +620,6 @@ def write_back_gitlab(
     )
     log.info("uploaded %d LFS object(s) to %s", sent, source.where)
     revision = ", ".join(sorted({c.take.model_revision for c in report.changes}))
-    speakers = ", ".join(sorted({c.take.speaker for c in report.changes}))
     try:
         project.commits.create(
             {
@@ -595,12 +629,33 @@ def write_back_gitlab(
                 "actions": actions,
             }
         )
-        listing = "\n".join(f"- {c.take.verse_id}: {c.take.text}" for c in report.changes)
-        mr = project.mergerequests.create(
+    except gitlab.exceptions.GitlabError as exc:
+        raise _refused(source, exc) from None
+    mr = _open_merge_request(source, branch, target, report.changes)
+    report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
+    return report
+
+
+def _refused(source: GitLabSource, exc: Any) -> PipelineError:
+    return PipelineError(
+        f"{source.where}: write-back refused (HTTP {getattr(exc, 'response_code', None)}): "
+        f"{getattr(exc, 'error_message', exc)}; the token needs api + write_repository scopes"
+    )
+
+
+def _open_merge_request(source: GitLabSource, branch: str, target: str, changes: list[Change]) -> Any:
+    """Open the merge request of a pushed branch (also on a re-run, if an earlier run could not)."""
+    import gitlab
+
+    revision = ", ".join(sorted({c.take.model_revision for c in changes}))
+    speakers = ", ".join(sorted({c.take.speaker for c in changes}))
+    listing = "\n".join(f"- {c.take.verse_id}: {c.take.text}" for c in changes)
+    try:
+        return source.project.mergerequests.create(
             {
                 "source_branch": branch,
                 "target_branch": target,
-                "title": f"Synthesized audio for {len(report.changes)} verse(s) without a recording",
+                "title": f"Synthesized audio for {len(changes)} verse(s) without a recording",
                 "description": (
                     f"Added by tts-pipeline (model revision {revision}, speaker {speakers}). Each take is a "
                     "new attachment marked `synthetic: true`; no recording was changed or removed.\n\n"
@@ -611,11 +666,8 @@ def write_back_gitlab(
         )
     except gitlab.exceptions.GitlabError as exc:
         raise PipelineError(
-            f"{source.where}: write-back refused (HTTP {getattr(exc, 'response_code', None)}): "
-            f"{getattr(exc, 'error_message', exc)}; the token needs api + write_repository scopes"
+            f"{_refused(source, exc)}. Branch {branch} is pushed; re-run to open its merge request"
         ) from None
-    report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
-    return report
 
 
 # --------------------------------------------------------------------------- entry points
