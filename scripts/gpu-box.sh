@@ -137,8 +137,9 @@ else:
         return int(suffix) if name.startswith("checkpoint-") and suffix.isdigit() else None
 
     # What is here may be older than the backup (`dvc pull` of a finished earlier run): the
-    # backup's checkpoints newer than the newest one here are restored, with its index.json.
-    have = [s for s in (step(p.name) for p in local.glob("checkpoint-*") if p.is_dir()) if s is not None]
+    # backup's checkpoints newer than the newest complete one here are restored, with its index.json.
+    have = [step(p.name) for p in local.glob("checkpoint-*") if (p / "state" / "trainer_state.json").is_file()]
+    have = [s for s in have if s is not None]
     newest = max(have, default=-1)
     keys = fs.find(remote)
     newer = [k for k in keys if (step(k[len(remote) + 1 :].split("/")[0]) or -1) > newest]

@@ -225,7 +225,8 @@ def test_gpu_box_restores_backed_up_checkpoints_newer_than_the_pulled_ones(tmp_p
 
     ckpts = box / "models/demo/checkpoints"
     for step in (10, 20):
-        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        (ckpts / f"checkpoint-{step}" / "state").mkdir(parents=True)
+        (ckpts / f"checkpoint-{step}" / "state" / "trainer_state.json").write_text(f'{{"step": {step}}}')
         (ckpts / f"checkpoint-{step}" / "state.bin").write_bytes(bytes([step]) * 100)
     (ckpts / "index.json").write_text('{"latest_step": 20}')
     sync = subprocess.run([*script, "--sync-once"], cwd=box, env=env_box, capture_output=True, text=True)
@@ -238,8 +239,13 @@ def test_gpu_box_restores_backed_up_checkpoints_newer_than_the_pulled_ones(tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (ckpts / "checkpoint-20" / "state.bin").read_bytes() == bytes([20]) * 100
     assert json.loads((ckpts / "index.json").read_text()) == {"latest_step": 20}
+    # a half-restored newest checkpoint here does not count: the backup's complete one comes back
+    shutil.rmtree(ckpts / "checkpoint-20" / "state")
+    proc = subprocess.run(script, cwd=box, env=env_box, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (ckpts / "checkpoint-20" / "state" / "trainer_state.json").is_file()
     # and a box that already has the newest checkpoint keeps what it has
-    (ckpts / "checkpoint-30").mkdir()
+    shutil.copytree(ckpts / "checkpoint-20", ckpts / "checkpoint-30")
     again = subprocess.run(script, cwd=box, env=env_box, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "nothing newer than step 30" in again.stdout, again.stdout + again.stderr
 
