@@ -29,7 +29,6 @@ BUCKET = "tts-pipeline-test"
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (a free port) with one empty bucket."""
-    boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request
@@ -37,14 +36,7 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=BUCKET)
+    s3_client(endpoint).create_bucket(Bucket=BUCKET)
     try:
         yield endpoint
     finally:
@@ -95,16 +87,36 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def bucket_keys(endpoint: str, prefix: str) -> list[str]:
+def s3_client(endpoint: str):
+    """A boto3 client for the loopback server, with the fake credentials."""
     import boto3
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         region_name="us-east-1",
     )
+
+
+def laptop_and_box(tmp_path: Path, endpoint: str, remote: str, env: dict[str, str]) -> tuple[Path, Path]:
+    """A toy laptop project (with gpu-box.sh) that built and pushed its dataset, and its clone."""
+    laptop = make_toy_project(tmp_path / "laptop")
+    (laptop / "scripts").mkdir()
+    shutil.copy(GPU_BOX, laptop / "scripts" / "gpu-box.sh")
+    add_s3_remote(laptop, endpoint, remote, env)
+    dvc("repro", "dataset@demo", cwd=laptop, env=env)
+    dvc("push", cwd=laptop, env=env)
+    git("add", "-A", cwd=laptop, env=env)
+    git("commit", "-q", "-m", "dataset", cwd=laptop, env=env)
+    box = tmp_path / "box"
+    git("clone", "-q", str(laptop), str(box), cwd=tmp_path, env=env)
+    return laptop, box
+
+
+def bucket_keys(endpoint: str, prefix: str) -> list[str]:
+    client = s3_client(endpoint)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
@@ -341,16 +353,7 @@ def test_gpu_box_script_parses_and_dry_run_shows_the_plan() -> None:
 def test_gpu_box_sets_up_a_clone_and_backs_up_checkpoints(tmp_path: Path, s3_endpoint: str) -> None:
     """The script for real (minus pip) on a fresh clone: remote from env vars, dataset pulled."""
     env = aws_env(s3_endpoint)
-    laptop = make_toy_project(tmp_path / "laptop")
-    (laptop / "scripts").mkdir()
-    shutil.copy(GPU_BOX, laptop / "scripts" / "gpu-box.sh")
-    add_s3_remote(laptop, s3_endpoint, "box", env)
-    dvc("repro", "dataset@demo", cwd=laptop, env=env)
-    dvc("push", cwd=laptop, env=env)
-    git("add", "-A", cwd=laptop, env=env)
-    git("commit", "-q", "-m", "dataset", cwd=laptop, env=env)
-    box = tmp_path / "box"
-    git("clone", "-q", str(laptop), str(box), cwd=tmp_path, env=env)
+    laptop, box = laptop_and_box(tmp_path, s3_endpoint, "box", env)
 
     # A fresh box: no git identity anywhere (the script sets a repository-local one).
     home = tmp_path / "home"

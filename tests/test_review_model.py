@@ -206,20 +206,10 @@ def test_gpu_box_restores_backed_up_checkpoints_newer_than_the_pulled_ones(tmp_p
     run resumes from the old step and the preempted box's progress is lost."""
     import subprocess
 
-    from dvc_helpers import dvc, git, make_toy_project
-    from test_remote_s3 import BUCKET, GPU_BOX, add_s3_remote, aws_env
+    from test_remote_s3 import BUCKET, aws_env, laptop_and_box
 
     env = aws_env(s3_endpoint)
-    laptop = make_toy_project(tmp_path / "laptop")
-    (laptop / "scripts").mkdir()
-    shutil.copy(GPU_BOX, laptop / "scripts" / "gpu-box.sh")
-    add_s3_remote(laptop, s3_endpoint, "newer", env)
-    dvc("repro", "dataset@demo", cwd=laptop, env=env)
-    dvc("push", cwd=laptop, env=env)
-    git("add", "-A", cwd=laptop, env=env)
-    git("commit", "-q", "-m", "dataset", cwd=laptop, env=env)
-    box = tmp_path / "box"
-    git("clone", "-q", str(laptop), str(box), cwd=tmp_path, env=env)
+    _, box = laptop_and_box(tmp_path, s3_endpoint, "newer", env)
     env_box = {**env, "TTS_S3_URL": f"s3://{BUCKET}/newer", "TTS_S3_ENDPOINT": s3_endpoint}
     script = ["bash", "scripts/gpu-box.sh", "--lang", "demo", "--skip-install"]
 
