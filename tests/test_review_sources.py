@@ -77,15 +77,10 @@ def test_write_back_with_duplicate_cell_ids_reaches_each_cell(tmp_path: Path) ->
     changed, re-run synthesize", which a re-run could never fix.
     """
     project = _project(tmp_path / "p", [cell("MRK 1:1", "<p>first</p>"), cell("MRK 1:1", "<p>second</p>")])
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(project))
+    documents = synthesize.local_documents(project)
+    verses, _ = synthesize.missing_verses(documents)
     assert len({v.stem for v in verses}) == 2
-    takes = []
-    for verse in verses:
-        audio = tmp_path / f"{verse.stem}.webm"
-        audio.write_bytes(b"\x1aE\xdf\xa3" + verse.text.encode())
-        take = writeback.SyntheticTake.planned(verse, "rev1", "spk", "webm")
-        take.audio_path = audio
-        takes.append(take)
+    takes = _synthetic_takes(tmp_path, documents)
     report = writeback.write_back_local(project, takes, now_ms=1000)
     assert len(report.changes) == 2 and not report.skipped
     doc = json.loads((project / "files" / "target" / "MRK.codex").read_text())
