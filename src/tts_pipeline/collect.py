@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import os
 import shutil
@@ -587,7 +586,7 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
     text_source: TextSource = cfg.collect.text_source
     workers = cfg.collect.download_workers
     stats = Stats()
-    if cfg.source.type == "local":
+    if cfg.require_source("collect").type == "local":
         project_dir = Path(cfg.source.path or "")
         if not project_dir.is_dir():
             raise PipelineError(f"{cfg.config_path}: source.path {project_dir} is not a folder")
@@ -651,43 +650,11 @@ def _log_summary(output_dir: Path, report: dict[str, Any], stats: Stats) -> None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # --preprocess / --diarize / --prepare-training (run the next stages too) live in cli.py:
+    # a stage module never runs another stage.
     parser.add_argument("--output_dir", default=None, help="raw dataset folder (default: paths.raw_dataset)")
-    parser.add_argument(
-        "--preprocess",
-        action="store_true",
-        help="then run the preprocess stage on the result (default paths)",
-    )
-    parser.add_argument(
-        "--diarize", action="store_true", help="then run the speakers stage too (implies --preprocess)"
-    )
-
-
-def _run_stage(module_name: str, cfg: Config, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    """Run another stage's `run(cfg, args)` with its own default flags (as the CLI would)."""
-    module = importlib.import_module(f"{__package__}.{module_name}")
-    parser = argparse.ArgumentParser(add_help=False)
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(parser)
-    stage_args = parser.parse_args([])
-    for key in ("config", "params", "log_level"):
-        setattr(stage_args, key, getattr(args, key, None))
-    for key, value in overrides.items():
-        if hasattr(stage_args, key):
-            setattr(stage_args, key, value)
-    log.info("collect: running the %s stage", module_name)
-    return int(module.run(cfg, stage_args) or 0)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    output_dir = Path(args.output_dir or cfg.paths.raw_dataset)
-    collect(cfg, output_dir)
-    if getattr(args, "preprocess", False) or getattr(args, "diarize", False):
-        overrides: dict[str, Any] = {}
-        if args.output_dir:  # the next stage reads what was just written
-            overrides = {"input_dir": str(output_dir), "input_metadata": str(output_dir / "metadata.csv")}
-        code = _run_stage("preprocess", cfg, args, overrides)
-        if code:
-            return code
-        if getattr(args, "diarize", False):
-            return _run_stage("speakers", cfg, args, {})
+    collect(cfg, Path(args.output_dir or cfg.paths.raw_dataset))
     return 0

@@ -566,7 +566,7 @@ def cluster_embeddings(
 
 def corrections_path(cfg: Config) -> Path:
     """`languages/<code>.speakers.yaml`, beside the language config."""
-    return Path(cfg.config_path).with_name(f"{cfg.code}.speakers.yaml")
+    return cfg.corrections_path
 
 
 def _clip_list(value: Any, where: str) -> list[str]:

@@ -186,7 +186,7 @@ def local_documents(project_dir: str | Path) -> list[tuple[str, bytes]]:
 
 def source_documents(cfg: Config) -> list[tuple[str, bytes]]:
     """(path, bytes) of every `.codex` document of the configured source (local or GitLab)."""
-    if cfg.source.type == "local":
+    if cfg.require_source("synthesize").type == "local":
         return local_documents(cfg.source.path or ".")
     from . import writeback
 
