@@ -55,6 +55,7 @@ def test_demo_project_exports_13_verses(tmp_path):
     assert report["cells"] == {
         "seen": 21,
         "exported": 13,
+        "exported_validated": 11,
         "skipped": 8,
         "skipped_by_reason": {
             "deleted": 1,

@@ -152,7 +152,9 @@ class ProjectPlan:
 
 
 def plan_documents(
-    documents: Iterable[tuple[str, Callable[[], list[codex.Cell]]]], text_source: TextSource
+    documents: Iterable[tuple[str, Callable[[], list[codex.Cell]]]],
+    text_source: TextSource,
+    require_validated: bool = False,
 ) -> ProjectPlan:
     """Parse each document (a broken one is reported and the rest continue) and plan its cells."""
     plans: list[CellPlan] = []
@@ -169,7 +171,7 @@ def plan_documents(
             continue
         cells_seen += len(cells)
         for cell in cells:
-            plan = codex.plan_cell(cell, text_source)
+            plan = codex.plan_cell(cell, text_source, require_validated)
             if plan.skip_reason is None:
                 plans.append(plan)
             else:
@@ -203,12 +205,12 @@ def _skip(item: ExportItem, reason: str, detail: str = "") -> Skip:
 # --------------------------------------------------------------------------- local source
 
 
-def local_plan(project_dir: Path, text_source: TextSource) -> ProjectPlan:
+def local_plan(project_dir: Path, text_source: TextSource, require_validated: bool = False) -> ProjectPlan:
     documents = [
         (path.relative_to(project_dir).as_posix(), lambda path=path: codex.read_codex_document(path))
         for path in codex.iter_project_documents(project_dir)
     ]
-    return plan_documents(documents, text_source)
+    return plan_documents(documents, text_source, require_validated)
 
 
 def locate_local(project_dir: Path, items: list[ExportItem]) -> tuple[list[Located], list[Skip]]:
@@ -355,7 +357,12 @@ def gitlab_connect(cfg: Config) -> GitLabSource:
 
 
 def gitlab_collect_plan(
-    source: GitLabSource, cache: DownloadCache, text_source: TextSource, workers: int, stats: Stats
+    source: GitLabSource,
+    cache: DownloadCache,
+    text_source: TextSource,
+    workers: int,
+    stats: Stats,
+    require_validated: bool = False,
 ) -> tuple[ProjectPlan, dict[str, Any]]:
     """List the tree, fetch the `.codex` documents (through the cache) and plan the export."""
     tree = source.list_tree()
@@ -374,7 +381,7 @@ def gitlab_collect_plan(
         )
         for path in docs
     ]
-    return plan_documents(documents, text_source), tree
+    return plan_documents(documents, text_source, require_validated), tree
 
 
 def _fetch_blobs(
@@ -496,6 +503,7 @@ def build_report(
         "cells": {
             "seen": plan.cells_seen,
             "exported": len(located),
+            "exported_validated": sum(x.item.take.validated for x in located),  # a reviewer approved
             "skipped": len(skips),
             "skipped_by_reason": dict(sorted(by_reason.items())),
         },
@@ -591,7 +599,7 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         if not project_dir.is_dir():
             raise PipelineError(f"{cfg.config_path}: source.path {project_dir} is not a folder")
         check_output_dir(output_dir, project_dir)
-        plan = local_plan(project_dir, text_source)
+        plan = local_plan(project_dir, text_source, cfg.collect.require_validated_audio)
         located, more = locate_local(project_dir, plan.items)
         info: dict[str, Any] = {"type": "local", "path": cfg.source.path}
         link = False  # never hard-link a user's own files into the pipeline's outputs
@@ -600,7 +608,9 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         cache = DownloadCache(Path(cfg.paths.cache) / "collect")
         cache.clean()
         source = gitlab_connect(cfg)
-        plan, tree = gitlab_collect_plan(source, cache, text_source, workers, stats)
+        plan, tree = gitlab_collect_plan(
+            source, cache, text_source, workers, stats, cfg.collect.require_validated_audio
+        )
         located, more = locate_gitlab(source, cache, tree, plan.items, workers, stats)
         info = {
             "type": "gitlab",
@@ -622,10 +632,11 @@ def _log_summary(output_dir: Path, report: dict[str, Any], stats: Stats) -> None
     cells = report["cells"]
     reasons = ", ".join(f"{k} {v}" for k, v in cells["skipped_by_reason"].items()) or "none"
     log.info(
-        "collect: %d cells seen, %d exported to %s, %d skipped (%s)",
+        "collect: %d cells seen, %d exported to %s (%d of them validated by a reviewer), %d skipped (%s)",
         cells["seen"],
         cells["exported"],
         output_dir,
+        cells["exported_validated"],
         cells["skipped"],
         reasons,
     )

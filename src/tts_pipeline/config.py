@@ -75,6 +75,7 @@ class PathsSection:
 @dataclass
 class CollectSection:
     text_source: Literal["cell", "transcription"] = "cell"
+    require_validated_audio: bool = False  # export only takes a reviewer approved (validatedBy)
     download_workers: int = _range(1, 256, default=8)
     max_retries: int = _range(0, 100, default=5)
     timeout_s: float = _range(0.1, 3600, default=60.0)
@@ -578,7 +579,7 @@ def languages_in_params(params_path: str | Path = DEFAULT_PARAMS) -> list[str]:
 #: What each DVC stage depends on: whole sections or single "section.key" settings.
 STAGE_SETTINGS: dict[str, list[str]] = {
     # download_workers / retries / timeouts change how, not what: they don't re-run collect.
-    "collect": ["language.code", "source", "collect.text_source"],
+    "collect": ["language.code", "source", "collect.text_source", "collect.require_validated_audio"],
     "preprocess": ["audio", "preprocess"],
     "speakers": ["audio.sample_rate", "speaker_diarization"],
     "dataset": ["audio.sample_rate", "dataset", "training.base_model"],
