@@ -112,7 +112,8 @@ def test_failure_marks_later_stages_not_run(toy: Path, monkeypatch: pytest.Monke
         run_pipeline(toy, "demo", force=True)
     assert statuses(info.value.summary)["train@demo"] == SKIPPED
     assert "toy stage dataset failing on purpose" not in str(info.value)  # stderr goes to the log
-    assert "exited with 1" in str(info.value)
+    assert "the dataset step stopped with an error (exit code 1)" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_cli_run_and_clear_errors(

@@ -602,6 +602,24 @@ def stage_settings(cfg: Config, stage: str) -> dict[str, Any]:
     return out
 
 
+def frozen_corrections(cfg: Config) -> Any:
+    """The speaker corrections file's content (None when there is none: no corrections).
+
+    Frozen into params/<code>/speakers.json, so DVC re-runs the speakers stage when the
+    corrections change without dvc.yaml requiring the optional file to exist. The speakers
+    stage itself reads and validates the file (errors name the line).
+    """
+    path = cfg.corrections_path
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
     """Write params/<code>/<stage>.json per stage: DVC re-runs a stage only when its own file changes."""
     import json
@@ -611,7 +629,10 @@ def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
     written = []
     for stage in STAGE_SETTINGS:
         path = output_dir / f"{stage}.json"
-        text = json.dumps(stage_settings(cfg, stage), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        settings = stage_settings(cfg, stage)
+        if stage == "speakers":
+            settings["corrections"] = frozen_corrections(cfg)
+        text = json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
         written.append(path)

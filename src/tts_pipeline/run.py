@@ -12,7 +12,9 @@ ran, which was up to date, and how long each took.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -254,6 +256,44 @@ class _DvcLogCapture(logging.Handler):
         self.messages.append(msg)
 
 
+def explain_failure(name: str, exc: BaseException) -> str:
+    """One line, in the user's terms, for a stage DVC could not reproduce (never a bare errno)."""
+    from dvc.stage.exceptions import MissingDataSource, StageCmdFailedError
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    stage = stage_base(name)
+    for err in chain:
+        if isinstance(err, StageCmdFailedError):
+            code = re.search(r"exited with (-?\d+)", str(err))
+            status = f" (exit code {code.group(1)})" if code else ""
+            return (
+                f"the {stage} step stopped with an error{status}; the 'tts-pipeline {stage}' message "
+                "above says which file or setting to fix"
+            )
+        if isinstance(err, MissingDataSource):
+            missing = str(err).split(":", 1)[-1].strip()
+            return (
+                f"{missing}: not found, and the {stage} step needs it (an input in dvc.yaml); "
+                "create it, or run the step that writes it"
+            )
+        if isinstance(err, OSError) and (err.filename or err.strerror):
+            what = err.strerror or "cannot be used"
+            if err.errno == errno.ENOENT:
+                what = "not found"
+            elif err.errno in (errno.ENOSPC, errno.EDQUOT):
+                what = "disk full; free some space"
+            elif err.errno in (errno.EACCES, errno.EPERM):
+                what = "permission denied; check who owns it"
+            where = f"{err.filename}: " if err.filename else ""
+            return f"{where}{what} (while running the {stage} step)"
+    text = next((line for e in reversed(chain) for line in str(e).splitlines() if line.strip()), "unknown error")
+    return re.sub(r"\[Errno -?\d+\]\s*", "", text).strip()
+
+
 def _classify(messages: Sequence[str], reproduced: bool) -> str:
     text = "\n".join(messages)
     if "is cached - skipping run" in text or "Pulling data for" in text:
@@ -351,10 +391,8 @@ def run_pipeline(
                     )
                 except DvcException as exc:
                     seconds = time.perf_counter() - started
-                    cause = str(exc.__cause__ or exc).strip()
-                    summary.results.append(
-                        StageResult(name, FAILED, seconds, reason=(cause.splitlines() or [""])[0])
-                    )
+                    cause = explain_failure(name, exc)
+                    summary.results.append(StageResult(name, FAILED, seconds, reason=cause))
                     for rest in steps[i:]:
                         summary.results.append(StageResult(rest.addressing, SKIPPED))
                     err = PipelineError(

@@ -581,27 +581,37 @@ def _clip_list(value: Any, where: str) -> list[str]:
     return [v.strip() for v in value]
 
 
-def parse_corrections(data: Any, path: Path | None) -> Corrections:
-    """Validate the YAML structure documented at the top of this module."""
+def parse_corrections(data: Any, path: Path | None, lines: dict[str, int] | None = None) -> Corrections:
+    """Validate the YAML structure documented at the top of this module.
+
+    `lines` (dotted key -> 1-based line, from `_key_lines`) lets each error name its line.
+    """
     where = str(path or "corrections")
+    lines = lines or {}
+
+    def at(key: str) -> str:
+        return f"{where} line {lines[key]}: {key}" if key in lines else f"{where}: {key}"
+
     if data is None:
         return Corrections(path)
     if not isinstance(data, dict):
-        raise PipelineError(f"{where}: expected a mapping with a 'speakers' key at the top level")
+        raise PipelineError(f"{where} line 1: expected a mapping with a 'speakers' key at the top level")
     unknown = set(data) - {"speakers"}
     if unknown:
+        first = sorted(unknown, key=lambda k: lines.get(str(k), 0))[0]
         raise PipelineError(
-            f"{where}: unknown key(s) {', '.join(map(str, sorted(unknown)))}; only 'speakers' is allowed"
+            f"{at(str(first))}: unknown key(s) {', '.join(map(str, sorted(unknown, key=str)))}; "
+            "only 'speakers' is allowed"
         )
     speakers = data.get("speakers") or {}
     if not isinstance(speakers, dict):
-        raise PipelineError(f"{where}: speakers: expected a mapping of speaker name -> {{anchors, clips}}")
+        raise PipelineError(f"{at('speakers')}: expected a mapping of speaker name -> {{anchors, clips}}")
     result = Corrections(path)
     owner: dict[str, str] = {}
     for name, entry in speakers.items():
-        key = f"{where}: speakers.{name}"
+        key = at(f"speakers.{name}")
         if not isinstance(name, str) or not name.strip():
-            raise PipelineError(f"{where}: speakers: speaker names must be non-empty strings, got {name!r}")
+            raise PipelineError(f"{key}: speaker names must be non-empty strings, got {name!r}")
         if entry is None:
             entry = {}
         if not isinstance(entry, dict):
@@ -609,37 +619,66 @@ def parse_corrections(data: Any, path: Path | None) -> Corrections:
         bad = set(entry) - {"anchors", "clips"}
         if bad:
             raise PipelineError(
-                f"{key}: unknown key(s) {', '.join(map(str, sorted(bad)))}; use 'anchors' and 'clips'"
+                f"{key}: unknown key(s) {', '.join(map(str, sorted(bad, key=str)))}; use 'anchors' and 'clips'"
             )
         item = SpeakerCorrection(
             name.strip(),
-            _clip_list(entry.get("anchors"), f"{key}.anchors"),
-            _clip_list(entry.get("clips"), f"{key}.clips"),
+            _clip_list(entry.get("anchors"), at(f"speakers.{name}.anchors")),
+            _clip_list(entry.get("clips"), at(f"speakers.{name}.clips")),
         )
         for kind, clip_names in (("anchors", item.anchors), ("clips", item.clips)):
             for clip in clip_names:
                 if clip in owner:
                     raise PipelineError(
-                        f"{key}.{kind}: {clip} is already listed under {owner[clip]}; a clip has one speaker"
+                        f"{at(f'speakers.{name}.{kind}')}: {clip} is already listed under {owner[clip]}; "
+                        "a clip has one speaker"
                     )
                 owner[clip] = f"speakers.{name}"
         result.speakers.append(item)
     return result
 
 
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line of the key, for the first two levels under `speakers`."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str, depth: int) -> None:
+        if not isinstance(node, yaml.MappingNode) or depth > 2:
+            return
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                dotted = f"{prefix}{key_node.value.strip()}"
+                lines.setdefault(dotted, key_node.start_mark.line + 1)
+                walk(value_node, f"{dotted}.", depth + 1)
+
+    walk(root, "", 0)
+    return lines
+
+
 def load_corrections(path: Path) -> Corrections:
-    """Read the corrections file; a missing file means no corrections."""
+    """Read the corrections file; a missing file means no corrections (the file is optional)."""
     import yaml
 
     if not path.is_file():
         return Corrections(None)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_unique_key_loader())  # a SafeLoader
+        text = path.read_text(encoding="utf-8-sig")
+        data = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader
     except UnicodeDecodeError:
         raise PipelineError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
-    return parse_corrections(data, path)
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        what = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        detail = ": ".join(w for w in what if w) or " ".join(str(exc).split())
+        raise PipelineError(f"{path}{line}: not valid YAML: {detail}") from None
+    return parse_corrections(data, path, _key_lines(text))
 
 
 def _unique_key_loader() -> type:
