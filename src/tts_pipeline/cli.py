@@ -85,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, _, flag_help in FOLLOW_UPS.get(name, []):
             stage_parser.add_argument(flag, action="store_true", help=flag_help)
 
+    new = sub.add_parser(
+        "new-language",
+        help="set up a new language: languages/<code>.yaml, its corrections file, params.yaml",
+        description="Set up a new language in one command: check the source answers, write "
+        "languages/<code>.yaml (only what differs from params.yaml) and an empty "
+        "languages/<code>.speakers.yaml, add the language to params.yaml (comments kept), and print "
+        "the next command. Never overwrites an existing language.",
+    )
+    new.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: INFO)",
+    )
+    from . import newlanguage
+
+    newlanguage.add_arguments(new)
+
     config_parser = sub.add_parser("config", help="inspect the effective configuration")
     config_sub = config_parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_sub.add_parser("show", help="print every setting and the file it came from")
@@ -159,6 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    if args.command == "new-language":
+        from . import newlanguage
+
+        try:
+            return newlanguage.run(args)
+        except PipelineError as exc:
+            print(f"tts-pipeline new-language: error: {exc}", file=sys.stderr)
+            return 1
     try:
         cfg: Config = load_config(args.config, args.params)
     except ConfigError as exc:

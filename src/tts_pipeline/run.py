@@ -290,7 +290,9 @@ def explain_failure(name: str, exc: BaseException) -> str:
                 what = "permission denied; check who owns it"
             where = f"{err.filename}: " if err.filename else ""
             return f"{where}{what} (while running the {stage} step)"
-    text = next((line for e in reversed(chain) for line in str(e).splitlines() if line.strip()), "unknown error")
+    text = next(
+        (line for e in reversed(chain) for line in str(e).splitlines() if line.strip()), "unknown error"
+    )
     return re.sub(r"\[Errno -?\d+\]\s*", "", text).strip()
 
 
