@@ -148,3 +148,69 @@ def test_source_type_may_be_left_out(tmp_path) -> None:
         write(tmp_path / "b.yaml", "source: {url: 'https://g', project: a/b}\n"), REPO / "params.yaml"
     )
     assert gitlab.source.type == "gitlab"
+
+
+@pytest.mark.slow
+def test_the_documents_execution_sequence_works_as_written(tmp_path) -> None:
+    """Planning document "Execution Sequence", steps 1-4 with its flags; step 5's flag parses."""
+    import yaml
+    from helpers import DEMO_PROJECT, build_tiny_model, tree_bytes
+
+    out = tmp_path / "output"
+    base = build_tiny_model(
+        tmp_path / "base-voice", {0: {"name": "base"}}, ["abcdefghijklmnopqrstuvwxyz' ,.?!-"]
+    )
+    demo = yaml.safe_load((REPO / "languages" / "demo.yaml").read_text())
+    config = {  # the document's config.yaml shape, with the demo's data and an offline base model
+        "language": {"name": "config", "code": "hsn", "base_model": str(base)},
+        "source": {"type": "local", "path": str(DEMO_PROJECT)},
+        "paths": {
+            "raw_dataset": str(out / "raw"),
+            "preprocessed": str(out / "preprocessed"),
+            "speaker_analysis": str(out / "speaker_analysis"),
+            "hf_dataset": str(out / "hf_dataset"),
+            "checkpoints": str(tmp_path / "checkpoints"),
+            "metrics": str(tmp_path / "metrics"),
+            "cache": str(tmp_path / "cache"),
+        },
+        "preprocess": demo["preprocess"],
+        "speaker_diarization": {**demo["speaker_diarization"], "method": "resemblyzer"},
+    }
+    path = write(tmp_path / "config.yaml", yaml.safe_dump(config))
+    c, p = str(path), str(REPO / "params.yaml")
+    steps = [
+        ["collect", "--config_path", c],
+        [
+            "preprocess",
+            "--config",
+            c,
+            "--input_dir",
+            f"{out}/raw/audio",
+            "--input_metadata",
+            f"{out}/raw/metadata.csv",
+        ]
+        + ["--output_dir", f"{out}/preprocessed"],
+        [
+            "speakers",
+            "--config",
+            c,
+            "--audio_dir",
+            f"{out}/preprocessed/audio",
+            "--output_dir",
+            f"{out}/speaker_analysis",
+        ],
+        ["dataset", "--config", c, "--audio_dir", f"{out}/preprocessed/audio"]
+        + ["--metadata_csv", f"{out}/preprocessed/metadata.csv"]
+        + ["--speaker_ids", f"{out}/speaker_analysis/speaker_ids.json", "--output_dir", f"{out}/hf_dataset"],
+    ]
+    for argv in steps:
+        assert cli.main([*argv, "--params", p]) == 0, argv
+    assert len(tree_bytes(out / "preprocessed" / "audio", "*.wav")) == 13  # every raw clip found
+    assert (
+        len(__import__("json").loads((out / "speaker_analysis" / "speaker_ids.json").read_text())["clips"])
+        == 13
+    )
+    assert (out / "hf_dataset" / "dataset_dict.json").is_file()
+    train = cli.build_parser().parse_args(["train", "--config", c, "--dataset_path", f"{out}/hf_dataset"])
+    assert train.dataset_path == f"{out}/hf_dataset"
+    assert load_config(path, REPO / "params.yaml").paths.checkpoints == str(tmp_path / "checkpoints")

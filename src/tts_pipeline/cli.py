@@ -52,6 +52,8 @@ FOLLOW_UPS: dict[str, list[tuple[str, str, str]]] = {
 def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
     parser.add_argument(
         "--config",
+        "--config_path",  # the planning document's gitlab_to_hf_dataset.py spelling
+        dest="config",
         required=config_required,
         metavar="FILE",
         help="language config, e.g. languages/hsn.yaml",

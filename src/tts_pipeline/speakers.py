@@ -1057,7 +1057,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int | None:
         serve_review(output_dir, getattr(args, "port", 0) or 0, not getattr(args, "no_browser", False))
         return 0
     audio_dir = Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed)
-    metadata_csv = Path(getattr(args, "metadata_csv", None) or audio_dir / "metadata.csv")
+    from .metadata import default_metadata_csv
+
+    metadata_csv = Path(getattr(args, "metadata_csv", None) or default_metadata_csv(audio_dir))
     if not metadata_csv.is_file() and not getattr(args, "metadata_csv", None):
         metadata_csv = Path(cfg.paths.preprocessed) / "metadata.csv"
     metrics_file = Path(getattr(args, "metrics_file", None) or Path(cfg.paths.metrics) / "speakers.json")
