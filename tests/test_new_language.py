@@ -135,6 +135,16 @@ def test_gitlab_source_is_checked_with_the_named_token(project: Path, capsys, mo
     assert "s3cret" not in "".join(p.read_text() for p in (project / "languages").iterdir())
 
 
+def test_help_explains_every_flag() -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["new-language"]
+    for action in sub._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help"
+    assert {"--name", "--gitlab", "--project", "--local", "--base-model", "--token-env"} <= {
+        o for a in sub._actions for o in a.option_strings
+    }
+
+
 def test_add_to_params_handles_an_empty_or_absent_languages_block() -> None:
     assert yaml.safe_load(add_to_params("languages: {}\ncollect: {}\n", "ab", "x"))["languages"] == {
         "ab": {"source": "x"}
