@@ -202,7 +202,8 @@ def test_stage_failures_are_one_line_in_user_terms() -> None:
 
     missing = OSError(errno.ENOENT, "No such file or directory", "languages/xyz.speakers.yaml")
     message = explain_failure("speakers@xyz", wrapped(missing))
-    assert message == "languages/xyz.speakers.yaml: not found (while running the speakers step)"
+    assert message.startswith("languages/xyz.speakers.yaml: not found; create it")
+    assert message.endswith("(while running the speakers step)")
     cmd = explain_failure("dataset@xyz", wrapped(StageCmdFailedError("tts-pipeline dataset", 1)))
     assert "the dataset step stopped with an error (exit code 1)" in cmd
     source = explain_failure("collect@xyz", wrapped(MissingDataSource(["examples/xyz"])))

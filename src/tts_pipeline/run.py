@@ -283,7 +283,7 @@ def explain_failure(name: str, exc: BaseException) -> str:
         if isinstance(err, OSError) and (err.filename or err.strerror):
             what = err.strerror or "cannot be used"
             if err.errno == errno.ENOENT:
-                what = "not found"
+                what = "not found; create it, or fix the setting or path that names it"
             elif err.errno in (errno.ENOSPC, errno.EDQUOT):
                 what = "disk full; free some space"
             elif err.errno in (errno.EACCES, errno.EPERM):
