@@ -13,7 +13,10 @@ not a training run.
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
+import mimetypes
 import os
 import re
 import subprocess
@@ -32,6 +35,11 @@ DVC_ENV_TAGS = {
 }
 # userinfo runs to the *last* "@" before the path: a raw "@" in a password must not leak its tail
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s]*@", re.IGNORECASE)
+# src="..." / href="..." (either quote) whose value has no scheme, no leading "/" or "#"
+_RELATIVE_REF = re.compile(
+    r"""(?P<attr>\b(?:src|href|poster)=)(?P<q>["'])(?P<url>(?![a-z][a-z0-9+.-]*:|/|#)[^"'#?]+)(?P=q)""",
+    re.IGNORECASE,
+)
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|credential)", re.IGNORECASE)
 
 
@@ -95,6 +103,30 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = scrub(str(value))[:6000]  # also URLs inside lists
     return flat
+
+
+def self_contained_html(page: str | Path) -> str:
+    """The page with every relative `src`/`href` to a file beside it inlined as a data: URI.
+
+    MLflow shows an HTML artifact in a sandboxed frame where relative links lead nowhere: the
+    listening page's players were dead and its image broken. The copy logged to MLflow carries
+    its audio and images inside itself; the page on disk keeps its links (small, diffable).
+    Links that leave the page's folder or name no file stay as they are.
+    """
+    page = Path(page)
+    base = page.parent.resolve()
+
+    def inline(match: re.Match[str]) -> str:
+        target = (base / html.unescape(match["url"])).resolve()
+        if not target.is_file() or not target.is_relative_to(base):
+            return match[0]
+        mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if target.suffix.lower() == ".wav":
+            mime = "audio/wav"  # some platforms say audio/x-wav, which Safari won't play
+        data = base64.b64encode(target.read_bytes()).decode("ascii")
+        return f"{match['attr']}{match['q']}data:{mime};base64,{data}{match['q']}"
+
+    return _RELATIVE_REF.sub(inline, page.read_text(encoding="utf-8"))
 
 
 def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
