@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import logging
 import mimetypes
 import os
@@ -127,6 +128,37 @@ def self_contained_html(page: str | Path) -> str:
         return f"{match['attr']}{match['q']}data:{mime};base64,{data}{match['q']}"
 
     return _RELATIVE_REF.sub(inline, page.read_text(encoding="utf-8"))
+
+
+def changed_settings(stage: str, code: str, settings: dict[str, Any]) -> dict[str, str]:
+    """Settings of `stage` that differ from the committed frozen file `params/<code>/<stage>.json`.
+
+    Compared with the experiment's baseline commit (`DVC_EXP_BASELINE_REV`) under `dvc exp run`,
+    else HEAD: what this run changed. Empty outside git or when the file isn't committed.
+    """
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    try:
+        proc = subprocess.run(["git", "show", f"{rev}:params/{code}/{stage}.json"], cwd=project_root(),
+                              capture_output=True, text=True, timeout=10)  # fmt: skip
+        before = flatten_params(json.loads(proc.stdout)) if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        before = None
+    if before is None:
+        return {}
+    now = flatten_params(settings)
+    return {k: v for k, v in now.items() if before.get(k) != v}
+
+
+def run_name(stage: str, code: str, settings: dict[str, Any], limit: int = 250) -> str:
+    """`<DVC experiment or stage-code> (what changed)`, e.g. `lr5e-5 (learning_rate=5e-05)`.
+
+    So the MLflow run list reads like `dvc exp show`, not a column of identical `train-hsn`.
+    """
+    name = os.environ.get("DVC_EXP_NAME") or f"{stage}-{code}"
+    changes = changed_settings(stage, code, settings)
+    if changes:
+        name += " (" + ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in changes.items()) + ")"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:

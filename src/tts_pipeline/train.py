@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fsutil, modeling, plots
-from .config import Config
+from .config import Config, stage_settings
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
     """Load data and model, train (resuming when appropriate), save model, metrics and plots."""
     from accelerate.utils import set_seed
 
-    from .tracking import Tracker, git_revision
+    from .tracking import Tracker, git_revision, run_name
     from .vits.data import dataset_speakers, load_dataset_dict, prepare_split
     from .vits.trainer import Trainer, make_accelerator
 
@@ -333,7 +333,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
 
         run_id = tracker.start(
             experiment=f"tts-pipeline-{cfg.code}",
-            run_name=f"train-{cfg.code}",
+            run_name=run_name("train", cfg.code, stage_settings(cfg, "train")),
             params={
                 **cfg.to_dict(),
                 "effective": {"batch_size": trainer.state.batch_size, **trainer.summary},
