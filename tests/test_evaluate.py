@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -339,6 +340,11 @@ def test_mlflow_logging_attaches_the_page_to_the_training_run(
     assert history[0].value == pytest.approx(report.summary.overall["mcd_dtw"])
     artifacts = {a.path for a in client.list_artifacts(logged, "evaluation")}
     assert {"evaluation/index.html", "evaluation/samples", "evaluation/summary.png"} <= artifacts
+    # MLflow's copy of the page plays and shows without the files beside it
+    page = Path(mlflow.artifacts.download_artifacts(run_id=logged, artifact_path="evaluation/index.html"))
+    html = page.read_text(encoding="utf-8")
+    assert "data:audio/wav;base64," in html and "data:image/png;base64," in html
+    assert not re.search(r"""\b(?:src|href)=["'](?:samples/|summary\.png)""", html)
 
     # A run id from another machine's store: a new evaluate run, linked by a tag.
     (model_dir / "training_info.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))

@@ -31,6 +31,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "synthesize": ("synthesize", "voice the verses nobody recorded; optional write-back"),
     "demo": ("webdemo", "local web page to try the trained voice"),
     "run": ("run", "run the whole pipeline for a language through DVC"),
+    "experiments": ("experiments", "DVC experiments as a short table: changed settings, headline metrics"),
 }
 
 #: The planning document's Phase 2 flags: a stage command that runs the next stages right after

@@ -684,7 +684,7 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
     try:
         import mlflow
 
-        from .tracking import run_tags, scrub, tracking_uri, use_experiment
+        from .tracking import run_tags, scrub, self_contained_html, tracking_uri, use_experiment
     except ImportError:
         return None
     recorded, step = training_run(report.model_dir)
@@ -709,6 +709,10 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
                 {f"eval/{k}": v for k, v in _flat_metrics(report.metrics()).items()}, step=step
             )
             mlflow.log_artifacts(str(report.output_dir), artifact_path="evaluation")
+            # MLflow's viewer resolves no relative links: its copy of the page carries its assets
+            page = Path(report.output_dir) / PAGE_NAME
+            if page.is_file():
+                mlflow.log_text(self_contained_html(page), f"evaluation/{PAGE_NAME}")
             logged = active.info.run_id
         log.info("evaluation logged to MLflow run %s (artifact evaluation/%s)", logged, PAGE_NAME)
         return logged
