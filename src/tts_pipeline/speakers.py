@@ -974,8 +974,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def make_review_server(directory: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
     """An HTTP server for the output directory on 127.0.0.1 (port 0 = any free port)."""
+    from .localserver import bind_server
+
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    return bind_server("127.0.0.1", port, handler)
 
 
 def serve_review(directory: Path, port: int = 0, open_browser: bool = True) -> None:
