@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, ConfigError, format_config, freeze_stage_settings, load_config
 from .errors import PipelineError
+from .fsutil import forcing
 
 log = logging.getLogger("tts_pipeline")
 
@@ -32,6 +33,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "demo": ("webdemo", "local web page to try the trained voice"),
     "run": ("run", "run the whole pipeline for a language through DVC"),
 }
+
+#: Commands that replace an output folder (`fsutil.atomic_directory`) and so take --force.
+WRITES_OUTPUT = ("collect", "preprocess", "speakers", "dataset", "train", "evaluate", "synthesize")
 
 
 def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -67,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         module = _import_stage(module_name, soft=True)
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(stage_parser)
+        if name in WRITES_OUTPUT:
+            stage_parser.add_argument(
+                "--force",
+                action="store_true",
+                help="replace the output folder even if tts-pipeline did not write it (its contents are lost)",
+            )
 
     config_parser = sub.add_parser("config", help="inspect the effective configuration")
     config_sub = config_parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -120,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     module = _import_stage(args.module)
     try:
-        result = module.run(cfg, args)
+        with forcing(bool(getattr(args, "force", False)) and args.command in WRITES_OUTPUT):
+            result = module.run(cfg, args)
     except KeyboardInterrupt:
         log.error("interrupted; finished work is kept, re-run to continue")
         return 130
