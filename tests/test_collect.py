@@ -68,6 +68,7 @@ def test_demo_project_exports_13_verses(tmp_path):
         },
     }
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
+        ".tts-pipeline-output.json",  # the marker: collect wrote this folder
         "audio",
         "collect_report.json",
         "metadata.csv",
@@ -120,8 +121,11 @@ def test_local_checkout_reads_fetched_lfs_objects(tmp_path):
 def test_runs_are_byte_identical_and_replace_stale_output(tmp_path):
     cfg = local_config(tmp_path, DEMO)
     collect(cfg, tmp_path / "a")
+    # an output of the previous version (no marker yet): recognised by its layout and replaced
     (tmp_path / "b" / "audio").mkdir(parents=True)
     (tmp_path / "b" / "audio" / "STALE.webm").write_bytes(b"old")
+    (tmp_path / "b" / "metadata.csv").write_text("file_name\n", encoding="utf-8")
+    (tmp_path / "b" / "collect_report.json").write_text("{}", encoding="utf-8")
     collect(cfg, tmp_path / "b")
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
     assert not list(tmp_path.glob(".*tmp-*"))

@@ -213,3 +213,55 @@ def test_credentials_in_the_source_url_are_refused(tmp_path: Path, params: Path)
     with pytest.raises(ConfigError, match="must not contain a user name or token") as info:
         load_config(lang(tmp_path, body), params)
     assert "glpat-XYZ" not in str(info.value)
+
+
+@pytest.mark.parametrize("param", ["private_token", "access_token", "job_token"])
+def test_a_token_in_the_url_query_is_refused_without_echoing_it(
+    tmp_path: Path, params: Path, param: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "glpat-S3cretValue123456"
+    body = f"source: {{type: gitlab, url: 'https://gitlab.example.org/?{param}={secret}', project: a/b}}\n"
+    config = lang(tmp_path, body)
+    with pytest.raises(ConfigError, match=f"must not carry a token.*'{param}'") as info:
+        load_config(config, params)
+    assert secret not in str(info.value)
+    from tts_pipeline import cli
+
+    out_dir = tmp_path / "frozen"
+    code = cli.main(["config", "freeze", "--config", str(config), "--params", str(params),
+                     "--output_dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 2 and secret not in captured.err + captured.out
+    assert not out_dir.exists()  # nothing frozen, so nothing reaches git or dvc.lock
+
+
+@pytest.mark.parametrize("pasted", ["glpat-AbCdEf0123456789xyzw", "AbCdEf0123456789xyzwQ"])
+def test_a_token_pasted_into_token_env_is_refused_without_echoing_it(
+    tmp_path: Path, params: Path, pasted: str
+) -> None:
+    body = f"source: {{type: gitlab, url: 'https://gitlab.example.org', project: a/b, token_env: '{pasted}'}}\n"
+    with pytest.raises(ConfigError, match="token_env must be the NAME") as info:
+        load_config(lang(tmp_path, body), params)
+    assert pasted not in str(info.value)
+
+
+def test_ordinary_token_env_names_are_accepted(tmp_path: Path, params: Path) -> None:
+    for name in ("GITLAB_TOKEN", "CI_JOB_TOKEN", "my_token", "HSN_GITLAB_TOKEN2"):
+        body = f"source: {{type: gitlab, url: 'https://gitlab.example.org/?page=1', project: a/b, token_env: {name}}}\n"
+        assert load_config(lang(tmp_path, body), params).source.token_env == name
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "'nan'", "1e400"])
+def test_non_finite_numbers_are_config_errors_naming_the_key(tmp_path: Path, params: Path, value: str) -> None:
+    body = f"source: {{type: local, path: p}}\ntraining:\n  learning_rate: {value}\n"
+    with pytest.raises(ConfigError, match=r"xx\.yaml: training\.learning_rate: .*not a finite number"):
+        load_config(lang(tmp_path, body), params)
+
+
+def test_a_key_written_twice_names_the_key_and_both_lines(tmp_path: Path, params: Path) -> None:
+    body = "source: {type: local, path: p}\ntraining:\n  learning_rate: 1e-4\n  seed: 1\n  learning_rate: 1e-3\n"
+    with pytest.raises(ConfigError, match=r"xx\.yaml: key 'learning_rate' is written twice .*lines 3 and 5"):
+        load_config(lang(tmp_path, body), params)
+    top = "source: {type: local, path: p}\ntraining: {seed: 1}\ntraining: {seed: 2}\n"
+    with pytest.raises(ConfigError, match=r"key 'training' is written twice .*lines 2 and 3"):
+        load_config(lang(tmp_path, top), params)

@@ -39,3 +39,40 @@ def test_a_normal_shutdown_also_closes_the_server(tmp_path):
     threading.Timer(0.2, server.shutdown).start()
     serve_until_interrupted(server, "banner")
     assert server.socket.fileno() == -1
+
+
+def _busy_port():
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    return holder, holder.getsockname()[1]
+
+
+def test_speakers_review_on_a_busy_port_is_one_line_suggesting_port(tmp_path, capsys):
+    from helpers import REPO
+
+    from tts_pipeline import cli
+
+    (tmp_path / "review.html").write_text("<html>ok</html>", encoding="utf-8")
+    holder, port = _busy_port()
+    with holder:
+        code = cli.main(["speakers", "review", "--config", str(REPO / "languages/demo.yaml"),
+                         "--params", str(REPO / "params.yaml"), "--output_dir", str(tmp_path),
+                         "--port", str(port), "--no-browser"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"127.0.0.1:{port}" in err and "already in use" in err and "--port" in err
+
+
+def test_demo_server_on_a_busy_port_is_a_pipeline_error_suggesting_port():
+    import pytest
+
+    from tts_pipeline.errors import PipelineError
+    from tts_pipeline.webdemo import make_server
+
+    holder, port = _busy_port()
+    with holder, pytest.raises(PipelineError, match=r"already in use.*--port"):
+        make_server(None, "127.0.0.1", port)

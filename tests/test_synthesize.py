@@ -165,7 +165,9 @@ def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, t
         assert duration > 0.1
         assert abs(decoded.size / 16000 - duration) < 0.03, row
         assert np.abs(decoded).max() > 0  # not silence
-    assert sorted(p.name for p in out.iterdir()) == ["audio", "metadata.csv", "synthesize_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".tts-pipeline-output.json", "audio", "metadata.csv", "synthesize_report.json"
+    ]
     assert not list(tmp_path.glob(".synthesized*"))  # no temp leftovers
     summary = json.loads((out / "synthesize_report.json").read_text())
     assert summary["voiced"] == 3 and summary["speaker"] == {"id": 1, "name": "Sheila"}

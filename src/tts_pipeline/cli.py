@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, ConfigError, format_config, freeze_stage_settings, load_config
 from .errors import PipelineError
+from .fsutil import forcing
 
 log = logging.getLogger("tts_pipeline")
 
@@ -48,6 +49,9 @@ FOLLOW_UPS: dict[str, list[tuple[str, str, str]]] = {
         ),
     ],
 }
+
+#: Commands that replace an output folder (`fsutil.atomic_directory`) and so take --force.
+WRITES_OUTPUT = ("collect", "preprocess", "speakers", "dataset", "train", "evaluate", "synthesize")
 
 
 def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -87,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
             module.add_arguments(stage_parser)
         for flag, _, flag_help in FOLLOW_UPS.get(name, []):
             stage_parser.add_argument(flag, action="store_true", help=flag_help)
+        if name in WRITES_OUTPUT:
+            stage_parser.add_argument(
+                "--force",
+                action="store_true",
+                help="replace the output folder even if tts-pipeline did not write it (its contents are lost)",
+            )
 
     new = sub.add_parser(
         "new-language",
@@ -203,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{cfg.config_path}: OK (language '{cfg.code}')")
         return 0
     try:
-        result = run_with_follow_ups(cfg, args)
+        with forcing(bool(getattr(args, "force", False)) and args.command in WRITES_OUTPUT):
+            result = run_with_follow_ups(cfg, args)
     except KeyboardInterrupt:
         log.error("interrupted; finished work is kept, re-run to continue")
         return 130

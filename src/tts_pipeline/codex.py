@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -345,10 +346,25 @@ def parse_cell(raw: Any, document: str, index: int) -> Cell:
     )
 
 
-def parse_codex_bytes(data: bytes, path: str | Path) -> list[Cell]:
-    """Parse the bytes of a `.codex` file (local or downloaded); `path` names it in errors."""
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: Python reads infinity, and writing it back gives invalid JSON
+        raise ValueError(f"number {text[:40]} is too large")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def load_codex_json(data: bytes, path: str | Path) -> Any:
+    """The JSON value of a `.codex` file's bytes; anything unreadable is a CodexError naming the file.
+
+    Valid JSON can still defeat a parser: nesting thousands deep (RecursionError), numbers of
+    thousands of digits (ValueError): each is one bad document, never a crash of the whole run.
+    """
     try:
-        doc = json.loads(data.decode("utf-8-sig"))
+        return json.loads(data.decode("utf-8-sig"), parse_float=_finite_float, parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
         raise CodexError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -356,10 +372,29 @@ def parse_codex_bytes(data: bytes, path: str | Path) -> list[Cell]:
             f"{path}: broken JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
             "fix or restore the file (e.g. from git history)"
         ) from None
+    except RecursionError:
+        raise CodexError(f"{path}: JSON nested too deeply to read; fix or restore the file") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+        raise CodexError(f"{path}: unreadable JSON value ({str(exc)[:120]}); fix or restore the file") from None
+
+
+def parse_codex_bytes(data: bytes, path: str | Path) -> list[Cell]:
+    """Parse the bytes of a `.codex` file (local or downloaded); `path` names it in errors."""
+    doc = load_codex_json(data, path)
     if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list):
         raise CodexError(f'{path}: not a Codex document (expected {{"cells": [...], "metadata": {{...}}}})')
     document = PurePosixPath(str(path).replace("\\", "/")).stem
-    return [parse_cell(raw, document, i) for i, raw in enumerate(doc["cells"])]
+    cells = []
+    for i, raw in enumerate(doc["cells"]):
+        try:
+            cells.append(parse_cell(raw, document, i))
+        except (ValueError, TypeError, OverflowError, RecursionError, AttributeError) as exc:
+            # an absurd value (createdAt: 1e400, NaN, a list where text belongs): the document is suspect
+            raise CodexError(
+                f"{path}: cell {i + 1} has a value that cannot be used ({type(exc).__name__}: "
+                f"{str(exc)[:120]}); fix or restore the file"
+            ) from None
+    return cells
 
 
 def read_codex_document(path: str | Path) -> list[Cell]:

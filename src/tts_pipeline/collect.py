@@ -31,7 +31,7 @@ from .audio import is_lfs_pointer
 from .codex import CellPlan, CodexError, TextSource
 from .config import Config
 from .errors import PipelineError
-from .fsutil import atomic_directory, sha256_file, write_json
+from .fsutil import atomic_directory, claim_output_dir, sha256_file, write_json
 from .gitlab_source import (
     GitLabSource,
     LfsPointer,
@@ -543,12 +543,16 @@ def metadata_row(x: Located) -> dict[str, object]:
     }
 
 
+#: What a collect output of an earlier version (before the output marker) always holds.
+COLLECT_LEGACY = ("collect_report.json", "metadata.csv", "audio")
+
+
 def write_output(output_dir: Path, located: list[Located], report: dict[str, Any], link: bool) -> None:
     """Rebuild the whole output directory atomically (audio/, metadata.csv, collect_report.json)."""
     from tqdm import tqdm
 
     ordered = sorted(located, key=lambda x: (x.item.plan.cell.document, x.item.plan.cell.index))
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "collect", COLLECT_LEGACY) as tmp:
         audio = tmp / "audio"
         audio.mkdir()
         for x in tqdm(ordered, desc="write audio", unit="file", disable=None):
@@ -562,8 +566,7 @@ def check_output_dir(output_dir: Path, project_dir: Path | None = None) -> None:
 
     The output is rebuilt by replacing the whole folder: pointed by mistake at the Codex
     project, a folder holding it, or any other data, that would delete it. Only a new or empty
-    folder, or one that looks like a collect output (collect_report.json, metadata.csv or
-    audio/ in it), may be replaced.
+    folder, or one that collect wrote (`fsutil.claim_output_dir`), may be replaced.
     """
     out = output_dir.resolve()
     if project_dir is not None:
@@ -573,19 +576,7 @@ def check_output_dir(output_dir: Path, project_dir: Path | None = None) -> None:
                 f"{output_dir}: is (or holds) the Codex project {project_dir}; refusing to replace it. "
                 "Choose another --output_dir / paths.raw_dataset"
             )
-    ours = ("collect_report.json", "metadata.csv", "audio")
-    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
-        raise PipelineError(
-            f"{output_dir}: not empty and not a collect output (no {', '.join(ours)}); "
-            "refusing to replace it. Choose a new or empty folder"
-        )
-
-
-def _remove_stale_temp_dirs(output_dir: Path) -> None:
-    """Temp dirs of an earlier run of this output that was killed before its final rename."""
-    if output_dir.parent.is_dir():
-        for stale in output_dir.parent.glob(f".{output_dir.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    claim_output_dir(output_dir, "collect", COLLECT_LEGACY)
 
 
 def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
@@ -621,7 +612,6 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         }
         link = True
     skips = plan.skips + more
-    _remove_stale_temp_dirs(output_dir)
     report = build_report(info, plan, located, skips, text_source)
     write_output(output_dir, located, report, link)
     _log_summary(output_dir, report, stats)

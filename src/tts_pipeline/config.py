@@ -7,8 +7,10 @@ Each setting also remembers which file it came from, for `tts-pipeline config sh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -297,11 +299,32 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if first != line:
+                raise ConfigError(
+                    f"{key_node.start_mark.name}: key {key!r} is written twice in one mapping "
+                    f"(lines {first} and {line}); keep one"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
@@ -353,14 +376,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {value!r} is not a finite number; write an ordinary number")
+        return number
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
@@ -487,6 +513,49 @@ def _default_paths(paths: PathsSection, code: str) -> None:
             setattr(paths, key, value)
 
 
+#: URL query parameters GitLab (and most HTTP APIs) read a credential from.
+_SECRET_QUERY_KEYS = {"private_token", "access_token", "job_token", "token", "oauth_token", "api_key", "apikey"}
+#: What an environment variable name looks like (POSIX portable names).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _looks_like_secret(value: str) -> bool:
+    """True for a value shaped like a pasted token rather than a variable name like GITLAB_TOKEN."""
+    if not _ENV_NAME.fullmatch(value):
+        return True
+    mixed = any(c.islower() for c in value) and any(c.isupper() for c in value) and any(c.isdigit() for c in value)
+    return len(value) >= 16 and mixed and "_" not in value
+
+
+def _check_secrets(cfg: Config) -> None:
+    """Refuse a credential in the config: it would land in params/<code>/*.json, dvc.lock and git.
+
+    The messages name the key but never echo its value.
+    """
+    import urllib.parse
+
+    src = cfg.source
+    origin = cfg.origins.get("source.url", str(cfg.config_path))
+    if src.url:
+        parts = urllib.parse.urlsplit(src.url)
+        keys = {k.lower() for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
+        fragment_keys = {k.lower() for k, _ in urllib.parse.parse_qsl(parts.fragment, keep_blank_values=True)}
+        found = sorted((keys | fragment_keys) & _SECRET_QUERY_KEYS)
+        if found:
+            raise ConfigError(
+                f"{origin}: source.url must not carry a token (it has a '{found[0]}' parameter); "
+                f"remove it from the URL and put the token in the environment variable named by "
+                f"source.token_env ({src.token_env if not _looks_like_secret(src.token_env) else 'GITLAB_TOKEN'})"
+            )
+    if _looks_like_secret(src.token_env):
+        raise ConfigError(
+            f"{cfg.origins.get('source.token_env', str(cfg.config_path))}: source.token_env must be the NAME "
+            "of an environment variable (e.g. GITLAB_TOKEN), not the token itself; the value given is "
+            "not shown. Remove it from the file, revoke the token if the file was shared, and "
+            "`export GITLAB_TOKEN=...` instead"
+        )
+
+
 def _check(cfg: Config) -> None:
     """Cross-field rules that a single type hint cannot express."""
     where = cfg.config_path
@@ -507,6 +576,7 @@ def _check(cfg: Config) -> None:
             f"{where}: source.url must not contain a user name or token; put the token in the "
             f"environment variable named by source.token_env ({src.token_env})"
         )
+    _check_secrets(cfg)
     sd = cfg.speaker_diarization
     if sd.min_speakers and sd.max_speakers and sd.min_speakers > sd.max_speakers:
         raise ConfigError(

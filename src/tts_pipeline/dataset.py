@@ -64,6 +64,8 @@ VOCAB_FILE = "vocab.json"
 REJECTED_FILE = "rejected.csv"
 TEXT_REPORT_FILE = "text_report.json"
 CARD_FILE = "README.md"
+#: What a dataset folder of an earlier version (before the output marker) always holds.
+DATASET_LEGACY = (VOCAB_FILE, TEXT_REPORT_FILE)
 #: Why a clip can be left out (every one appears in the metric, 0 included, for stable columns).
 REASONS = (
     "duplicate",
@@ -388,6 +390,7 @@ def build_dataset(
     clash = fsutil.overlapping_input(output_dir, audio_dir, metadata_csv, speaker_ids)
     if clash is not None:  # the output dir is replaced as a whole: it must not hold the input
         raise PipelineError(f"{output_dir}: output must be a folder of its own, apart from the input {clash}")
+    fsutil.claim_output_dir(output_dir, "dataset", DATASET_LEGACY)
     labels = load_speaker_labels(speaker_ids)
     clips, rejected, n_input = read_clips(metadata_csv, audio_dir, labels, cfg, sample_rate)
     clips.sort(key=lambda c: c.file_name)  # the OOV report's examples must not follow the row order
@@ -545,7 +548,7 @@ def write_dataset(
         tempfile.TemporaryDirectory(
             prefix=f".{output_dir.name}.build-", dir=output_dir.parent, ignore_cleanup_errors=True
         ) as build,
-        fsutil.atomic_directory(output_dir) as tmp,
+        fsutil.atomic_directory(output_dir, "dataset", DATASET_LEGACY) as tmp,
     ):
         dd = DatasetDict(
             {

@@ -57,6 +57,8 @@ SAMPLES_DIR = "samples"
 PAGE_NAME = "index.html"
 SENTENCES_CSV = "sentences.csv"
 SUMMARY_PLOT = "summary.png"
+#: What a report folder of an earlier version (before the output marker) always holds.
+EVALUATE_LEGACY = (PAGE_NAME, SENTENCES_CSV)
 
 #: One line per metric: the page's legend and the README.
 METRIC_DESCRIPTIONS: dict[str, str] = {
@@ -377,9 +379,10 @@ def evaluate(
     """
     from .audio import write_wav
     from .embeddings import get_embedder
-    from .fsutil import atomic_directory, atomic_write_bytes, write_json
+    from .fsutil import atomic_directory, atomic_write_bytes, claim_output_dir, write_json
     from .modeling import load_voice
 
+    claim_output_dir(output_dir, "evaluate", EVALUATE_LEGACY)  # before loading anything
     items = load_validation(dataset_path, options.max_samples)
     voice = load_voice(model_dir, device=options.device)
     base_voice = load_base_voice(options.base_model) if options.compare_base_model else None
@@ -387,7 +390,7 @@ def evaluate(
         embedder = get_embedder(options.embedding_backend, options.embedding_model, device=options.device)
 
     output_dir = Path(output_dir)
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "evaluate", EVALUATE_LEGACY) as tmp:
         samples = tmp / SAMPLES_DIR
         (samples / "real").mkdir(parents=True)
         for item in items:

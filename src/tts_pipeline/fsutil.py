@@ -7,6 +7,7 @@ sibling directory and renames it into place only when everything succeeded.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -61,25 +62,126 @@ def _refuse_to_replace(final: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces `final` only if the block succeeds.
+#: Written inside every stage output: says "tts-pipeline wrote this folder, for this stage".
+#: Deterministic content (no time, no run id): outputs are content-hashed by DVC.
+OUTPUT_MARKER = ".tts-pipeline-output.json"
+_FORCE: contextvars.ContextVar[bool] = contextvars.ContextVar("tts_pipeline_force_replace", default=False)
 
-    On an exception (or Ctrl-C) the temporary directory is removed and `final`, if it
-    existed, is left exactly as it was.
+
+@contextlib.contextmanager
+def forcing(enabled: bool = True) -> Iterator[None]:
+    """Within the block, stages may replace output folders that this tool did not write (`--force`)."""
+    token = _FORCE.set(enabled)
+    try:
+        yield
+    finally:
+        _FORCE.reset(token)
+
+
+def marker_stage(directory: Path) -> str | None:
+    """The stage named by the output marker inside `directory` (None: no readable marker)."""
+    try:
+        data = json.loads((directory / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("stage")) if isinstance(data, dict) and data.get("tool") == "tts-pipeline" else None
+
+
+def write_output_marker(directory: Path, stage: str) -> None:
+    write_json(directory / OUTPUT_MARKER, {"stage": stage, "tool": "tts-pipeline"})
+
+
+def claim_output_dir(final: str | Path, stage: str, legacy: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output folder whose replacement would delete what we did not write.
+
+    Replaceable: a missing or empty folder, or one holding our marker for the same `stage`. A folder
+    written by an earlier version (no marker yet) is recognised by `legacy`, the names only this
+    stage's output holds together (e.g. collect_report.json). `--force` (see `forcing`) allows anything but a project,
+    the working directory, its parents or home.
     """
     final = Path(final)
     _refuse_to_replace(final)
+    if not final.is_dir() or _FORCE.get():
+        if final.exists() and not final.is_dir():
+            raise PipelineError(f"{final}: is a file, not a folder; choose another output path")
+        return
+    if not any(final.iterdir()):
+        return
+    owner = marker_stage(final)
+    if owner == stage:
+        return
+    if owner is not None:
+        raise PipelineError(
+            f"{final}: holds the output of `tts-pipeline {owner}`, not {stage}; refusing to replace it. "
+            f"Choose another output path (or pass --force to replace it)"
+        )
+    if legacy and all((final / name).exists() for name in legacy):
+        return
+    raise PipelineError(
+        f"{final}: not empty and not written by tts-pipeline {stage} (no {OUTPUT_MARKER} inside); "
+        "refusing to replace it. Choose a new or empty output path, or pass --force to replace it"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temp/old siblings of `final` left by a run that was killed (kill -9, power cut).
+
+    Only ours: named `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>` by `atomic_directory`, holding
+    our marker, and made by a process that no longer exists (a parallel run keeps its own).
+    """
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for stale in final.parent.glob(f".{final.name}.{kind}-*"):
+            pid_text = stale.name[len(f".{final.name}.{kind}-") :].split("-", 1)[0]
+            if not (stale.is_dir() and pid_text.isdigit()) or _pid_alive(int(pid_text)):
+                continue
+            if marker_stage(stale) is None:
+                continue
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path, stage: str = "output", legacy: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces `final` only if the block succeeds.
+
+    On an exception (or Ctrl-C) the temporary directory is removed and `final`, if it
+    existed, is left exactly as it was. `final` must be ours to replace (`claim_output_dir`);
+    the new output carries the marker naming `stage`, so the next run may replace it.
+    """
+    final = Path(final)
+    claim_output_dir(final, stage, legacy)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temporaries(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs should be as readable as any directory
     try:
+        write_output_marker(tmp, stage)
         yield tmp
+        write_output_marker(tmp, stage)  # the block may have rebuilt the folder's contents
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
+        try:
+            claim_output_dir(final, stage, legacy)  # somebody may have written into it meanwhile
+        except PipelineError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         os.replace(final, old)
     os.replace(tmp, final)
     if old.exists():

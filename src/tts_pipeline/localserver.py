@@ -6,7 +6,34 @@ serving until the user stops them; the port must be released on the way out eith
 
 from __future__ import annotations
 
+import errno
+import http.server
 import socketserver
+from typing import Any
+
+from .errors import PipelineError
+
+
+def bind_server(
+    host: str, port: int, handler: Any, server_class: type[http.server.ThreadingHTTPServer] = http.server.ThreadingHTTPServer
+) -> http.server.ThreadingHTTPServer:
+    """Bind a local HTTP server, turning "port in use" and friends into one line that suggests --port.
+
+    Every local server (`speakers review`, `demo`) binds through here so none of them shows a
+    traceback for the most common mistake: a second copy still running on the same port.
+    """
+    try:
+        return server_class((host, port), handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "the port is already in use (another server, perhaps an earlier run, is listening)"
+        elif exc.errno == errno.EACCES:
+            why = "permission denied (ports below 1024 need root)"
+        else:
+            why = exc.strerror or str(exc)
+        raise PipelineError(
+            f"cannot listen on {host}:{port}: {why}; choose another port with --port N (0 = any free port)"
+        ) from None
 
 
 def serve_until_interrupted(

@@ -50,6 +50,7 @@ from .errors import PipelineError
 from .fsutil import (
     atomic_directory,
     atomic_write_text,
+    claim_output_dir,
     overlapping_input,
     sha256_file,
     sha256_json,
@@ -680,6 +681,10 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+#: What a preprocessed folder of an earlier version (before the output marker) always holds.
+PREPROCESS_LEGACY = ("metadata.csv", "rejected.csv", "audio")
+
+
 def preprocess_corpus(
     input_metadata: Path,
     output_dir: Path,
@@ -702,14 +707,15 @@ def preprocess_corpus(
     input_metadata = Path(input_metadata)
     base_dir = Path(input_dir) if input_dir is not None else input_metadata.parent
     output_dir = Path(output_dir)
-    if not input_metadata.is_file():
-        raise PipelineError(f"{input_metadata}: metadata file not found (run `tts-pipeline collect` first)")
     resolved_out, resolved_in = output_dir.resolve(), base_dir.resolve()
     if resolved_out == resolved_in or resolved_out.is_relative_to(resolved_in):
         raise PipelineError(f"{output_dir}: output must not be inside the input folder {base_dir}")
     clash = overlapping_input(output_dir, base_dir, input_metadata)
     if clash is not None:  # it is replaced as a whole: the input would be deleted with it
         raise PipelineError(f"{output_dir}: output must be a folder of its own, apart from the input {clash}")
+    claim_output_dir(output_dir, "preprocess", PREPROCESS_LEGACY)  # before any work
+    if not input_metadata.is_file():
+        raise PipelineError(f"{input_metadata}: metadata file not found (run `tts-pipeline collect` first)")
     try:
         total = _count_rows(input_metadata)
     except MetadataError as exc:
@@ -729,7 +735,7 @@ def preprocess_corpus(
         cache_dir,
     )
     summary = PreprocessSummary(output_dir=str(output_dir))
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "preprocess", PREPROCESS_LEGACY) as tmp:
         audio_dir = tmp / "audio"
         audio_dir.mkdir()
         ctx = Context(audio_dir, cache_dir, params, filters, code=code_fingerprint())

@@ -64,6 +64,8 @@ INDEX_FILE = "embeddings_index.json"
 SPEAKER_IDS_FILE = "speaker_ids.json"
 REVIEW_FILE = "review.html"
 SAMPLES_DIR = "cluster_samples"
+#: What a speakers folder of an earlier version (before the output marker) always holds.
+SPEAKERS_LEGACY = (SPEAKER_IDS_FILE, EMBEDDINGS_FILE)
 #: Bump when the embedding computation changes, so cached vectors are recomputed.
 EMBEDDING_VERSION = 2
 #: k-means with no max_speakers tries at most this many speakers (set max_speakers for more).
@@ -922,7 +924,7 @@ def write_outputs(
     from .fsutil import atomic_directory, write_json
     from .speaker_review import render_review_page
 
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "speakers", SPEAKERS_LEGACY) as tmp:
         np.save(tmp / EMBEDDINGS_FILE, embeddings.astype(np.float32))
         write_json(tmp / INDEX_FILE, [c.file_name for c in clips])
         write_json(tmp / SPEAKER_IDS_FILE, speaker_ids_document(assignment, clips))
@@ -966,11 +968,12 @@ def run_speakers(
 ) -> SpeakersResult:
     """The stage, as one function: read clips, embed (cached), cluster, correct, write."""
     from .embeddings import get_embedder
-    from .fsutil import overlapping_input, write_json
+    from .fsutil import claim_output_dir, overlapping_input, write_json
 
     clash = overlapping_input(output_dir, audio_dir, metadata_csv)
     if clash is not None:  # the output dir is replaced as a whole: it must not hold the input
         raise PipelineError(f"{output_dir}: output must be a folder of its own, apart from the input {clash}")
+    claim_output_dir(output_dir, "speakers", SPEAKERS_LEGACY)
     corrections = load_corrections(corrections_file) if corrections_file else Corrections()  # fail early
     clips = load_clips(metadata_csv, audio_dir)
     embedder = embedder or get_embedder(backend, model, device)
@@ -1013,8 +1016,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def make_review_server(directory: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
     """An HTTP server for the output directory on 127.0.0.1 (port 0 = any free port)."""
+    from .localserver import bind_server
+
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    return bind_server("127.0.0.1", port, handler)
 
 
 def serve_review(directory: Path, port: int = 0, open_browser: bool = True) -> None:

@@ -35,7 +35,15 @@ import numpy as np
 from . import codex
 from .audio import encode_webm_opus
 from .errors import PipelineError
-from .fsutil import atomic_directory, atomic_write_bytes, read_json, sha256_file, sha256_json, write_json
+from .fsutil import (
+    atomic_directory,
+    atomic_write_bytes,
+    claim_output_dir,
+    read_json,
+    sha256_file,
+    sha256_json,
+    write_json,
+)
 from .metadata import write_metadata
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -410,6 +418,10 @@ def cache_key(revision: str, chunks: list[str], speaker_id: int, settings: Synth
     )
 
 
+#: What a synthesized folder of an earlier version (before the output marker) always holds.
+SYNTHESIZE_LEGACY = ("synthesize_report.json", "metadata.csv")
+
+
 def synthesize_verses(
     verses: list[VerseToVoice],
     model_dir: str | Path,
@@ -442,7 +454,7 @@ def synthesize_verses(
         "%d verse(s) to voice with model %s (revision %s), speaker %s (id %d)",
         len(verses), model_dir, revision, speaker_name, speaker_id,
     )  # fmt: skip
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "synthesize", SYNTHESIZE_LEGACY) as tmp:
         audio_dir = tmp / "audio"
         audio_dir.mkdir()
         for verse in tqdm(verses, desc="synthesize", unit="verse", disable=not progress):
@@ -572,6 +584,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     output_dir = Path(getattr(args, "output_dir", None) or cfg.paths.synthesized)
     speaker = getattr(args, "speaker", None) or cfg.synthesis.speaker
     settings = SynthesisSettings.from_config(cfg.synthesis)
+    if not getattr(args, "dry_run", False):
+        claim_output_dir(output_dir, "synthesize", SYNTHESIZE_LEGACY)  # before loading the model
     model_dir = resolve_model_dir(model_root, checkpoint_dir, cfg.synthesis.checkpoint)
     normalize = text_normalizer(cfg.dataset)
 

@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="start over (removes existing checkpoints)")  # fmt: skip
 
 
+#: What a model folder of an earlier version (before the output marker) always holds.
+MODEL_LEGACY = ("training_info.json",)
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
     paths = TrainPaths(
         dataset=Path(args.dataset_path or cfg.paths.hf_dataset),
@@ -90,6 +94,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         checkpoint_dir=Path(args.checkpoint_dir or cfg.paths.checkpoints),
         metrics_file=Path(args.metrics_file or Path(cfg.paths.metrics) / "train.json"),
     )
+    fsutil.claim_output_dir(paths.output_dir, "train", MODEL_LEGACY)  # before hours of training, not after
     result = train(cfg, paths, resume=args.resume)
     val = result.metrics.get("val_loss")
     print(
@@ -376,7 +381,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
             **trainer.summary,
         }
         if accelerator.is_main_process:
-            with fsutil.atomic_directory(paths.output_dir) as tmp:
+            with fsutil.atomic_directory(paths.output_dir, "train", MODEL_LEGACY) as tmp:
                 trainer.save_model(tmp, extra_info=info)
             fsutil.write_json(paths.metrics_file, metrics)
             write_curve(paths.curve_file, state.history)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .errors import PipelineError
-from .localserver import serve_until_interrupted
+from .localserver import bind_server, serve_until_interrupted
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -252,7 +252,7 @@ class DemoHandler(BaseHTTPRequestHandler):
 
 def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 7860) -> ThreadingHTTPServer:
     """A ready (not yet serving) HTTP server for `app`; port 0 picks a free port."""
-    server = ThreadingHTTPServer((host, port), DemoHandler)
+    server = bind_server(host, port, DemoHandler)
     server.daemon_threads = True
     server.app = app  # type: ignore[attr-defined]
     return server

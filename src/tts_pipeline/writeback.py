@@ -291,15 +291,17 @@ def plan_takes(
         if path not in documents:
             report.skipped.extend((t, f"{path} not found in the project") for t in doc_takes)
             continue
-        original = documents[path].decode("utf-8-sig")
         try:
-            doc = json.loads(original)
-        except json.JSONDecodeError as exc:
-            report.skipped.extend(
-                (t, f"{path}: broken JSON ({exc.msg} at line {exc.lineno})") for t in doc_takes
-            )
+            doc = codex.load_codex_json(documents[path], path)
+            if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list):
+                raise codex.CodexError(f'{path}: not a Codex document (expected {{"cells": [...]}})')
+            original = documents[path].decode("utf-8-sig")
+            changes, skipped = plan_document(doc, doc_takes, now_ms, language)
+        except (codex.CodexError, ValueError, TypeError, OverflowError, RecursionError, AttributeError) as exc:
+            why = str(exc) if isinstance(exc, codex.CodexError) else f"{path}: unusable content ({exc})"
+            log.error("%s; its takes are not written back", why)
+            report.skipped.extend((t, why) for t in doc_takes)
             continue
-        changes, skipped = plan_document(doc, doc_takes, now_ms, language)
         report.changes.extend(changes)
         report.skipped.extend(skipped)
         if changes:
