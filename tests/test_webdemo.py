@@ -59,7 +59,7 @@ def test_page_lists_speakers_and_synthesized_verses(server) -> None:
     status, body = _get(url + "/")
     page = body.decode()
     assert status == 200 and "Diane" in page and "Sheila" in page
-    assert "It is a long way from Texas to New Jersey, isn&#x27;t it?" in page
+    assert "It is a long way from Texas to New Jersey, isn&#39;t it?" in page  # escaped
     assert 'src="/synthesized/audio/LUK_001_007.webm"' in page
     status, data = _get(url + "/synthesized/audio/LUK_001_007.webm")
     assert status == 200 and data == (tmp / "synthesized/audio/LUK_001_007.webm").read_bytes()
