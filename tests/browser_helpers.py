@@ -40,7 +40,9 @@ class PageErrors:
 
     def __init__(self, page) -> None:
         self.messages: list[str] = []
-        page.on("console", lambda m: self.messages.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on(
+            "console", lambda m: self.messages.append(f"console: {m.text}") if m.type == "error" else None
+        )
         page.on("pageerror", lambda e: self.messages.append(f"pageerror: {e}"))
 
 
