@@ -90,6 +90,7 @@ class ValidationItem:
     audio: np.ndarray
     sample_rate: int
     stem: str = ""
+    model_input: str = ""  # what the model's tokenizer keeps of `text` (set once the model is loaded)
 
 
 @dataclass
@@ -347,6 +348,16 @@ def synthesize_and_measure(
     return results
 
 
+def model_input(voice: LoadedVoice, text: str) -> str:
+    """Exactly the characters the model reads of `text` (its tokenizer drops the rest)."""
+    from .text import tokenizer_view
+
+    try:
+        return tokenizer_view(text, voice.tokenizer).kept
+    except PipelineError:  # a phonemizing tokenizer: its view cannot be reproduced offline
+        return text
+
+
 def load_base_voice(base_model: str | None) -> LoadedVoice | None:
     """The base model for comparison, or None with a warning when it cannot be loaded."""
     from .modeling import load_voice
@@ -382,6 +393,8 @@ def evaluate(
 
     items = load_validation(dataset_path, options.max_samples)
     voice = load_voice(model_dir, device=options.device)
+    for item in items:
+        item.model_input = model_input(voice, item.text)
     base_voice = load_base_voice(options.base_model) if options.compare_base_model else None
     if embedder is None:
         embedder = get_embedder(options.embedding_backend, options.embedding_model, device=options.device)
@@ -528,9 +541,87 @@ th{background:#f3f3f3}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 audio{width:16rem;display:block}
 .flag{color:#b00;font-weight:bold}
+.good{color:#1a7f37;font-weight:bold} .fair{color:#9a6700;font-weight:bold} .poor{color:#b00;font-weight:bold}
 small{color:#666}
 dl dt{font-weight:bold;margin-top:.4rem}
 """
+
+#: Plain-language verdicts on the page: (higher is better?, good bound, fair bound) per metric.
+#: Rules of thumb, stated on the page; MCD-DTW figures follow published MMS/VITS fine-tunes
+#: (about 5-7 dB), speaker similarity the Resemblyzer same-speaker range (above 0.75).
+VERDICT_RULES: dict[str, tuple[bool, float, float]] = {
+    "mcd_dtw": (False, 6.0, 8.0),
+    "speaker_similarity": (True, 0.80, 0.65),
+    "duration_error": (False, 0.15, 0.35),  # |duration_ratio - 1|
+    "silent_fraction": (False, 0.0, 0.05),
+    "clipped_fraction": (False, 0.0, 0.05),
+}
+
+
+def verdict(metric: str, value: Any) -> str | None:
+    """good / fair / poor for one summary number (None when undefined or not judged)."""
+    if (
+        value is None
+        or isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
+        return None
+    if metric == "duration_ratio":
+        metric, value = "duration_error", abs(float(value) - 1.0)
+    if metric not in VERDICT_RULES:
+        return None
+    higher, good, fair = VERDICT_RULES[metric]
+    if higher:
+        return "good" if value >= good else "fair" if value >= fair else "poor"
+    return "good" if value <= good else "fair" if value <= fair else "poor"
+
+
+def verdict_rule(metric: str) -> str:
+    """The thresholds in words, as printed next to each verdict."""
+    if metric == "duration_ratio":
+        _, good, fair = VERDICT_RULES["duration_error"]
+        return (
+            f"good {1 - good:.2f}-{1 + good:.2f}, fair {1 - fair:.2f}-{1 + fair:.2f}, poor outside "
+            "(1 = the reader's pace)"
+        )
+    higher, good, fair = VERDICT_RULES[metric]
+    unit = " dB" if metric == "mcd_dtw" else ""
+    if higher:
+        return f"good ≥ {good:g}{unit}, fair ≥ {fair:g}{unit}, poor below"
+    best = f"good = {good:g}" if good == 0 else f"good ≤ {good:g}{unit}"
+    return f"{best}, fair ≤ {fair:g}{unit}, poor above"
+
+
+VERDICT_MEANING = {
+    "mcd_dtw": "How close the sound is to the real recording",
+    "speaker_similarity": "Does it sound like the same reader",
+    "duration_ratio": "Does it speak at the reader's pace",
+    "silent_fraction": "Sentences that came out silent",
+    "clipped_fraction": "Sentences that came out distorted (clipped)",
+}
+
+
+def _verdict_table(report: EvaluationReport) -> str:
+    """One row per metric: the plain-language question, the value, good / fair / poor, the rule."""
+    base = report.base_summary.overall if report.base_summary is not None else None
+    head = "<tr><th>question</th><th>metric</th><th>fine-tuned</th><th>verdict</th>"
+    head += "<th>base model</th><th>verdict</th>" if base is not None else ""
+    head += "<th>thresholds</th></tr>"
+    rows = []
+    for metric, question in VERDICT_MEANING.items():
+        cells = ""
+        for values in [report.summary.overall] + ([base] if base is not None else []):
+            value = values.get(metric)
+            word = verdict(metric, value)
+            cells += f'<td class="num">{_fmt(value)}</td>'
+            cells += f'<td class="{word}">{word}</td>' if word else "<td>–</td>"
+        rows.append(
+            f'<tr data-metric="{metric}"><td>{html.escape(question)}</td><td><code>{metric}</code></td>{cells}'
+            f"<td>{html.escape(verdict_rule(metric))}</td></tr>"
+        )
+    return f'<table id="verdicts"><caption>Verdict (all sentences)</caption>{head}{"".join(rows)}</table>'
+
 
 _SUMMARY_KEYS = (
     "mcd_dtw",
@@ -597,15 +688,17 @@ def render_page(report: EvaluationReport) -> str:
         speakers += [(f"{name} (base model)", v) for name, v in report.base_summary.per_speaker.items()]
 
     metric_head = "<th>MCD-DTW (dB)</th><th>speaker sim.</th><th>duration ratio</th><th>flags</th>"
-    head = "<tr><th>#</th><th>speaker</th><th>text</th><th>real</th><th>synthesized</th>"
-    head += "<th>base model</th>" if with_base else ""
+    head = "<tr><th>#</th><th>speaker</th><th>text</th><th>real</th>"
+    head += "<th>fine-tuned</th><th>base model</th>" if with_base else "<th>synthesized</th>"
     head += metric_head + (metric_head.replace("<th>", "<th>base ") if with_base else "") + "</tr>"
     rows = []
     for number, s in enumerate(report.sentences, 1):
         item = s.item
         text = html.escape(item.text_original)
-        if item.text != item.text_original:
-            text += f"<br><small>model input: {html.escape(item.text)}</small>"
+        kept = item.model_input or item.text
+        if kept != item.text_original:
+            text += f'<br><small class="model-input">model input: {html.escape(kept)}</small>'
+
         ident = html.escape(item.verse_id or item.file_name)
         row = (
             f'<tr class="sentence" id="s{number}" data-speaker="{html.escape(item.speaker, quote=True)}">'
@@ -630,6 +723,7 @@ def render_page(report: EvaluationReport) -> str:
 <h1>{html.escape(title)}</h1>
 <p>Model: <code>{html.escape(report.model_dir)}</code>; {len(report.sentences)} validation sentences.</p>
 <h2>Summary</h2>
+{_verdict_table(report)}
 {_summary_table(overall, "All sentences")}
 <h2>Speakers</h2>
 {_summary_table(speakers, "Per speaker")}
