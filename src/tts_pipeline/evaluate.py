@@ -533,18 +533,6 @@ def write_summary_plot(path: Path, report: EvaluationReport) -> None:
 
 # --------------------------------------------------------------------------- page
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:90rem}
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}
-th,td{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top;text-align:left}
-th{background:#f3f3f3}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-audio{width:16rem;display:block}
-.flag{color:#b00;font-weight:bold}
-.good{color:#1a7f37;font-weight:bold} .fair{color:#9a6700;font-weight:bold} .poor{color:#b00;font-weight:bold}
-small{color:#666}
-dl dt{font-weight:bold;margin-top:.4rem}
-"""
 
 #: Plain-language verdicts on the page: (higher is better?, good bound, fair bound) per metric.
 #: Rules of thumb, stated on the page; MCD-DTW figures follow published MMS/VITS fine-tunes
@@ -602,25 +590,20 @@ VERDICT_MEANING = {
 }
 
 
-def _verdict_table(report: EvaluationReport) -> str:
-    """One row per metric: the plain-language question, the value, good / fair / poor, the rule."""
-    base = report.base_summary.overall if report.base_summary is not None else None
-    head = "<tr><th>question</th><th>metric</th><th>fine-tuned</th><th>verdict</th>"
-    head += "<th>base model</th><th>verdict</th>" if base is not None else ""
-    head += "<th>thresholds</th></tr>"
-    rows = []
-    for metric, question in VERDICT_MEANING.items():
-        cells = ""
-        for values in [report.summary.overall] + ([base] if base is not None else []):
-            value = values.get(metric)
-            word = verdict(metric, value)
-            cells += f'<td class="num">{_fmt(value)}</td>'
-            cells += f'<td class="{word}">{word}</td>' if word else "<td>–</td>"
-        rows.append(
-            f'<tr data-metric="{metric}"><td>{html.escape(question)}</td><td><code>{metric}</code></td>{cells}'
-            f"<td>{html.escape(verdict_rule(metric))}</td></tr>"
-        )
-    return f'<table id="verdicts"><caption>Verdict (all sentences)</caption>{head}{"".join(rows)}</table>'
+def _verdicts(report: EvaluationReport) -> list[dict[str, Any]]:
+    """One row per metric: the plain-language question, value and verdict per model, the rule."""
+    summaries = [report.summary.overall]
+    if report.base_summary is not None:
+        summaries.append(report.base_summary.overall)
+    return [
+        {
+            "metric": metric,
+            "question": question,
+            "cells": [(values.get(metric), verdict(metric, values.get(metric))) for values in summaries],
+            "rule": verdict_rule(metric),
+        }
+        for metric, question in VERDICT_MEANING.items()
+    ]
 
 
 _SUMMARY_KEYS = (
@@ -643,98 +626,57 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _player(src: str | None, label: str) -> str:
-    if not src:
-        return "<td>–</td>"
-    path = html.escape(src, quote=True)
-    return (
-        f'<td><audio controls preload="metadata" src="{path}" aria-label="{html.escape(label, quote=True)}"></audio>'
-        f'<small><a href="{path}">{html.escape(label)}</a></small></td>'
-    )
-
-
-def _metric_cells(m: SampleMetrics | None) -> str:
+def _metrics_view(m: SampleMetrics | None) -> dict[str, Any] | None:
     if m is None:
-        return '<td class="num">–</td>' * 3 + "<td></td>"
+        return None
     flags = [name for name, on in (("silent", m.silent), ("clipped", m.clipped)) if on]
-    flag_html = f'<span class="flag">{", ".join(flags)}</span>' if flags else ""
-    return (
-        f'<td class="num">{_fmt(m.mcd_dtw, 2)}</td><td class="num">{_fmt(m.speaker_similarity)}</td>'
-        f'<td class="num">{_fmt(m.duration_ratio, 2)}</td><td>{flag_html}</td>'
-    )
-
-
-def _summary_table(rows: list[tuple[str, dict[str, Any]]], caption: str) -> str:
-    head = "".join(f"<th>{k}</th>" for k in _SUMMARY_KEYS)
-    body = "".join(
-        f'<tr><th scope="row">{html.escape(name)}</th>'
-        + "".join(f'<td class="num">{_fmt(values.get(k))}</td>' for k in _SUMMARY_KEYS)
-        + "</tr>"
-        for name, values in rows
-    )
-    return f"<table><caption>{html.escape(caption)}</caption><tr><th></th>{head}</tr>{body}</table>"
+    return {**m.to_dict(), "flags": flags}
 
 
 def render_page(report: EvaluationReport) -> str:
-    """The listening page: overall and per-speaker summaries, then one row per sentence with
-    the text, the real and synthesized recordings side by side, and their measures."""
-    title = f"Evaluation: {report.code or 'voice'}"
-    with_base = report.base_summary is not None
+    """The listening page (template `listening.html.j2`): verdicts, overall and per-speaker
+    summaries, then one row per sentence with the text, what the model reads of it, and the
+    real, fine-tuned and base-model recordings side by side with their measures."""
+    from markupsafe import Markup
+
+    from .pages import render
+
     overall = [("model", report.summary.overall)]
+    speakers = list(report.summary.per_speaker.items())
     if report.base_summary is not None:
         overall.append((f"base model ({report.base_model})", report.base_summary.overall))
-    speakers = [(name, values) for name, values in report.summary.per_speaker.items()]
-    if report.base_summary is not None:
         speakers += [(f"{name} (base model)", v) for name, v in report.base_summary.per_speaker.items()]
-
-    metric_head = "<th>MCD-DTW (dB)</th><th>speaker sim.</th><th>duration ratio</th><th>flags</th>"
-    head = "<tr><th>#</th><th>speaker</th><th>text</th><th>real</th>"
-    head += "<th>fine-tuned</th><th>base model</th>" if with_base else "<th>synthesized</th>"
-    head += metric_head + (metric_head.replace("<th>", "<th>base ") if with_base else "") + "</tr>"
-    rows = []
-    for number, s in enumerate(report.sentences, 1):
+    sentences = []
+    for s in report.sentences:
         item = s.item
-        text = html.escape(item.text_original)
         kept = item.model_input or item.text
-        if kept != item.text_original:
-            text += f'<br><small class="model-input">model input: {html.escape(kept)}</small>'
-
-        ident = html.escape(item.verse_id or item.file_name)
-        row = (
-            f'<tr class="sentence" id="s{number}" data-speaker="{html.escape(item.speaker, quote=True)}">'
-            f"<td>{number}<br><small>{ident}</small></td><td>{html.escape(item.speaker)}</td><td>{text}</td>"
-            + _player(s.real_wav, "real")
-            + _player(s.synth_wav, "synthesized")
-            + (_player(s.base_wav, "base model") if with_base else "")
-            + _metric_cells(s.metrics)
-            + (_metric_cells(s.base_metrics) if with_base else "")
-            + "</tr>"
+        sentences.append(
+            {
+                "ident": item.verse_id or item.file_name,
+                "speaker": item.speaker,
+                "text": item.text_original,
+                "model_input": kept if kept != item.text_original else None,
+                "real": s.real_wav,
+                "synth": s.synth_wav,
+                "base": s.base_wav,
+                "metrics": _metrics_view(s.metrics),
+                "base_metrics": _metrics_view(s.base_metrics),
+            }
         )
-        rows.append(row)
-    legend = "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in METRIC_DESCRIPTIONS.items()
+    return render(
+        "listening.html.j2",
+        title=f"Evaluation: {report.code or 'voice'}",
+        model_dir=report.model_dir,
+        with_base=report.base_summary is not None,
+        verdicts=_verdicts(report),
+        overall=overall,
+        speakers=speakers,
+        summary_keys=_SUMMARY_KEYS,
+        plot=SUMMARY_PLOT,
+        sentences=sentences,
+        legend=METRIC_DESCRIPTIONS,
+        fmt=lambda value, digits=3: Markup(_fmt(value, digits)),  # _fmt escapes what it prints
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{_CSS}</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p>Model: <code>{html.escape(report.model_dir)}</code>; {len(report.sentences)} validation sentences.</p>
-<h2>Summary</h2>
-{_verdict_table(report)}
-{_summary_table(overall, "All sentences")}
-<h2>Speakers</h2>
-{_summary_table(speakers, "Per speaker")}
-<p><img src="{SUMMARY_PLOT}" alt="per-speaker measures" style="max-width:100%"></p>
-<h2>Sentences</h2>
-<table id="sentences">{head}{"".join(rows)}</table>
-<h2>Metrics</h2>
-<dl>{legend}</dl>
-</body>
-</html>
-"""
 
 
 # --------------------------------------------------------------------------- MLflow
