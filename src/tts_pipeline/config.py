@@ -201,6 +201,7 @@ class SynthesisSection:
     format: Literal["webm", "wav"] = "webm"
     seed: int = _range(0, None, default=0)
     speaking_rate: float = _range(0.1, 10, default=1.0)
+    require_approval: bool | None = None  # null = true for GitLab sources (write-back opens a public MR)
 
 
 SECTIONS: dict[str, type] = {

@@ -100,6 +100,7 @@ class Clip:
     file_name: str
     path: Path
     duration_s: float
+    text: str = ""  # the transcription (shown on the review page)
 
 
 @dataclass
@@ -186,7 +187,7 @@ def load_clips(metadata_csv: Path, audio_dir: Path) -> list[Clip]:
             duration = info.frames / info.samplerate
         except Exception:  # not a soundfile format: fall back to the metadata column
             duration = float(row.get("duration_s") or 0.0)
-        clips[name] = Clip(name, path, float(duration))
+        clips[name] = Clip(name, path, float(duration), str(row.get("transcription") or ""))
     if not clips:
         rejected = Path(metadata_csv).with_name("rejected.csv")
         why = f"; preprocess kept no clip, the reasons are in {rejected}" if rejected.is_file() else ""
@@ -1022,12 +1023,31 @@ def make_review_server(directory: Path, port: int = 0) -> http.server.ThreadingH
     return bind_server("127.0.0.1", port, handler)
 
 
-def serve_review(directory: Path, port: int = 0, open_browser: bool = True) -> None:
-    """Serve review.html until Ctrl-C and print its URL."""
+def serve_review(
+    directory: Path,
+    port: int = 0,
+    open_browser: bool = True,
+    *,
+    corrections_file: Path | None = None,
+    audio_dir: Path | None = None,
+    rerun: str = "tts-pipeline speakers --config <language file>",
+) -> None:
+    """Serve review.html until Ctrl-C and print its URL.
+
+    With a `corrections_file` the page is interactive: rename, merge, move, pin and split are
+    written to that file (see `speaker_review.ReviewServerApp`); without one it is read-only.
+    """
     page = directory / REVIEW_FILE
     if not page.is_file():
         raise PipelineError(f"{page}: no review page yet; run `tts-pipeline speakers --config ...` first")
-    server = make_review_server(directory, port)
+    if corrections_file is None:
+        server = make_review_server(directory, port)
+    else:
+        from .speaker_review import ReviewServerApp, make_review_app_server
+
+        app = ReviewServerApp(directory, corrections_file, audio_dir, rerun)
+        app.state()  # fail now (no speaker_ids.json) rather than on the first click
+        server = make_review_app_server(app, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/{REVIEW_FILE}"
     serve_until_interrupted(
         server, f"speaker review page: {url}  (Ctrl-C to stop)", url if open_browser else None
@@ -1059,7 +1079,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(cfg: Config, args: argparse.Namespace) -> int | None:
     output_dir = Path(getattr(args, "output_dir", None) or cfg.paths.speaker_analysis)
     if getattr(args, "action", "run") == "review":
-        serve_review(output_dir, getattr(args, "port", 0) or 0, not getattr(args, "no_browser", False))
+        serve_review(
+            output_dir,
+            getattr(args, "port", 0) or 0,
+            not getattr(args, "no_browser", False),
+            corrections_file=Path(getattr(args, "corrections", None) or corrections_path(cfg)),
+            audio_dir=Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed),
+            rerun=f"tts-pipeline speakers --config {cfg.config_path}",
+        )
         return 0
     audio_dir = Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed)
     from .metadata import default_metadata_csv
