@@ -20,7 +20,7 @@ from fake_gitlab import FakeGitLab
 from helpers import REPO, build_tiny_model
 
 from tts_pipeline import cli
-from tts_pipeline.config import freeze_stage_settings, load_config
+from tts_pipeline.config import ConfigError, freeze_stage_settings, load_config
 from tts_pipeline.errors import PipelineError
 from tts_pipeline.newlanguage import add_to_params
 from tts_pipeline.run import explain_failure
@@ -162,6 +162,9 @@ def test_corrections_are_optional_and_frozen_for_dvc(project: Path) -> None:
     assert json.loads((frozen / "speakers.json").read_text())["corrections"] == {
         "speakers": {"Ann": {"clips": ["audio/a.wav"]}}
     }
+    (project / "languages" / "demo.speakers.yaml").write_text("speakers:\n  Ann: [a\n")
+    with pytest.raises(ConfigError, match=r"demo\.speakers\.yaml line 3: not valid YAML"):
+        freeze_stage_settings(cfg, frozen)
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     deps = dvc_yaml["stages"]["speakers"]["do"]["deps"]
     assert not any("speakers.yaml" in str(d) for d in deps)  # DVC never requires the file

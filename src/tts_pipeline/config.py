@@ -688,7 +688,10 @@ def frozen_corrections(cfg: Config) -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        detail = ": ".join(w for w in (getattr(exc, "context", None), getattr(exc, "problem", None)) if w)
+        raise ConfigError(f"{path}{line}: not valid YAML: {detail or ' '.join(str(exc).split())}") from None
 
 
 def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
