@@ -94,6 +94,18 @@ def test_try_it_page_reports_a_stopped_server(browser, demo):  # noqa: F811 - fi
     assert errors.messages and all("ERR_CONNECTION_REFUSED" in m for m in errors.messages), errors.messages
 
 
+def test_try_it_page_gives_up_after_its_time_out(browser, demo, monkeypatch):  # noqa: F811 - fixture
+    monkeypatch.setattr(webdemo, "REQUEST_TIMEOUT_S", 1)
+    app = _app(demo)
+    with serving(webdemo.make_server(app, "127.0.0.1", 0)) as url, open_page(browser) as (page, _):
+        page.goto(url)
+        page.fill("#text", "hello")
+        with app.lock:  # the server is stuck on another request
+            page.click("#speak")
+            page.wait_for_selector("#status.error")
+        assert "No answer after 1 s" in page.inner_text("#status") and not page.is_disabled("#speak")
+
+
 def test_approvals_persist_and_gate_write_back(browser, demo, capsys):  # noqa: F811 - fixture
     app = _app(demo)
     with serving(webdemo.make_server(app, "127.0.0.1", 0)) as url, open_page(browser) as (page, _):
@@ -125,3 +137,5 @@ def test_approvals_persist_and_gate_write_back(browser, demo, capsys):  # noqa: 
     out = capsys.readouterr().out
     assert "1 approved take(s); 1 waiting for review, 1 rejected" in out
     assert "added 1 synthetic take(s)" in out
+    assert cli.main([*args, "--dry-run"]) == 0
+    assert "1 of 3 take(s) approved" in capsys.readouterr().out

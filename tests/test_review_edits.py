@@ -122,6 +122,29 @@ def test_bad_edits_are_refused_and_the_file_untouched(run_dir: Path, request_, m
     assert not (run_dir / "xx.speakers.yaml.bak").exists()
 
 
+@pytest.mark.parametrize("text", ["speakers: [a, b]\n", "speakers:\n  - x: [\n", "\xff\xfe"])
+def test_an_unreadable_corrections_file_is_left_alone(run_dir: Path, text: str) -> None:
+    (run_dir / "xx.speakers.yaml").write_bytes(text.encode("latin-1"))
+    with pytest.raises(EditError, match="fix the file by hand"):
+        _edit(run_dir, action="rename", speaker=1, name="Jo")
+    assert (run_dir / "xx.speakers.yaml").read_bytes() == text.encode("latin-1")
+
+
+def test_an_empty_entry_gets_the_clip(run_dir: Path) -> None:
+    (run_dir / "xx.speakers.yaml").write_text("speakers:\n  Maria:\n", encoding="utf-8")
+    speakers = _edit(run_dir, action="pin", clip="audio/a2.wav")
+    assert speakers["Maria"] == {"clips": ["audio/a2.wav"]}
+
+
+def test_pinning_the_only_clip_of_a_speaker(run_dir: Path) -> None:
+    doc = json.loads((run_dir / "speaker_ids.json").read_text(encoding="utf-8"))
+    doc["clips"]["audio/d1.wav"] = {"speaker_id": 3, "confidence": 0.4, "uncertain": True}
+    doc["speakers"]["3"] = {"name": "speaker_3", "clips": 1, "hours": 0.0}
+    (run_dir / "speaker_ids.json").write_text(json.dumps(doc), encoding="utf-8")
+    speakers = _edit(run_dir, action="pin", clip="audio/d1.wav")
+    assert speakers["speaker_3"] == {"clips": ["audio/d1.wav"]}
+
+
 def test_a_missing_corrections_file_is_created(run_dir: Path) -> None:
     (run_dir / "xx.speakers.yaml").unlink()
     speakers = _edit(run_dir, action="rename", speaker=2, name="Ana")

@@ -306,17 +306,26 @@ class CorrectionsEditor:
         self.path = path
         self.state = state
         self.yaml = _yaml_round_trip()
-        text = path.read_text(encoding="utf-8-sig") if path.is_file() else NEW_FILE_HEADER
-        self.doc = self.yaml.load(text)
-        if self.doc is None:  # only comments (or nothing): keep them above a new `speakers:` key
-            self.doc = self.yaml.load(text.rstrip("\n") + "\nspeakers:\n")
-        if not isinstance(self.doc, dict):
-            raise EditError(f"{path}: expected a mapping with a 'speakers' key; fix the file by hand")
-        if self.doc.get("speakers") is None:
-            from ruamel.yaml.comments import CommentedMap
+        from ruamel.yaml.comments import CommentedMap
+        from ruamel.yaml.error import YAMLError
 
+        try:
+            text = path.read_text(encoding="utf-8-sig") if path.is_file() else NEW_FILE_HEADER
+            self.doc = self.yaml.load(text)
+            if self.doc is None:  # only comments (or nothing): keep them above a new `speakers:` key
+                self.doc = self.yaml.load(text.rstrip("\n") + "\nspeakers:\n")
+        except (YAMLError, UnicodeDecodeError) as exc:
+            raise EditError(
+                f"{path}: cannot read it ({exc}); fix the file by hand, nothing written"
+            ) from None
+        if not isinstance(self.doc, dict) or not isinstance(self.doc.get("speakers") or {}, dict):
+            raise EditError(f"{path}: expected a 'speakers' mapping at the top; fix the file by hand")
+        if self.doc.get("speakers") is None:
             self.doc["speakers"] = CommentedMap()
         self.speakers = self.doc["speakers"]
+        for name in list(self.speakers):
+            if self.speakers[name] is None:  # `Maria:` with nothing under it yet
+                self.speakers[name] = CommentedMap()
 
     # -- helpers
 
@@ -352,7 +361,7 @@ class CorrectionsEditor:
         name = self._name(sid)
         return name if name in self.speakers else None
 
-    def _entry(self, sid: int) -> str:
+    def _entry(self, sid: int, exclude: str | None = None) -> str:
         """The key of speaker `sid` in the file, adding it (anchored to its clearest clips) if absent."""
         from ruamel.yaml.comments import CommentedMap
 
@@ -360,21 +369,24 @@ class CorrectionsEditor:
         if found is not None:
             return found
         name = self._name(sid)
-        listed = self._listed()
+        listed = self._listed() | {exclude}
         anchors = [c for c in self.state.members(sid) if c not in listed][:2]
-        if not anchors:
+        if not anchors and exclude is None:
             raise EditError(f"speaker {name} has no clip left to anchor it")
         self.speakers[name] = CommentedMap()
-        self._seq(self.speakers[name], "anchors").extend(anchors)
+        if anchors:  # none when the only clip is the one being pinned: `clips:` alone holds it
+            self._seq(self.speakers[name], "anchors").extend(anchors)
         return name
 
     def _release(self, clip: str) -> None:
         """Take `clip` out of every entry; an entry that loses its last anchor gets another one."""
         for name in list(self.speakers):
-            entry = self.speakers[name] or {}
+            entry = self.speakers[name]
+            touched = False
             for key in ("anchors", "clips"):
                 seq = entry.get(key)
                 if seq and clip in seq:
+                    touched = True
                     del seq[list(seq).index(clip)]
                     if key == "anchors" and not seq:
                         sid = self.state.clip_speaker[clip]
@@ -384,7 +396,7 @@ class CorrectionsEditor:
                             seq.append(spare[0])
                         else:
                             del entry[key]
-            if not entry.get("anchors") and not entry.get("clips"):
+            if touched and not entry.get("anchors") and not entry.get("clips"):
                 del self.speakers[name]
 
     def _check_new_name(self, name: Any) -> str:
@@ -440,9 +452,9 @@ class CorrectionsEditor:
 
     def move(self, clip: Any, sid: int) -> str:
         clip = self._clip(clip)
-        target = self._entry(sid)
+        self._name(sid)  # an unknown speaker fails before anything changes
         self._release(clip)
-        target = self._entry(sid)  # the release may have emptied it
+        target = self._entry(sid, exclude=clip)
         self._seq(self.speakers[target], "clips").append(clip)
         return f"{clip} pinned to {target}"
 
