@@ -402,6 +402,7 @@ def run_pipeline(
         dvc_logger.setLevel(logging.DEBUG)
     elif not dvc_logger.isEnabledFor(logging.INFO):
         dvc_logger.setLevel(logging.INFO)  # DVC's own handlers print its familiar repro output
+    old_propagate, dvc_logger.propagate = dvc_logger.propagate, False  # ours would print it twice
     try:
         with Repo(str(root)) as repo:
             try:
@@ -455,7 +456,8 @@ def run_pipeline(
                         "machine that pulled just what it needs (a GPU box), add --allow-missing",
                         name,
                     )
-                if source == FROM_RUN and not stage_force:
+                recorded = all(out.hash_info for out in stage.outs if not out.exists)
+                if source == FROM_RUN and not stage_force and recorded:
                     log.warning(
                         "%s: dvc.lock records outputs that are not here, in the DVC cache or on "
                         "the remote: running it",
@@ -511,6 +513,7 @@ def run_pipeline(
                 print(f"==> [{i}/{total}] {name}: {status} ({seconds:.1f}s)", flush=True)
     finally:
         dvc_logger.setLevel(old_level)
+        dvc_logger.propagate = old_propagate
     return summary
 
 
