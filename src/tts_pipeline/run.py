@@ -580,7 +580,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     print(summary.format(), flush=True)
     if not args.dry and summary.count(RAN):
         print(
-            "Outputs are in DVC's cache; `dvc push` copies them to the remote, "
-            "`git add dvc.lock` records what produced them."
+            "Outputs are in DVC's cache; `dvc push` copies them to the remote, and "
+            "`git add dvc.lock params.yaml params languages metrics` records what produced them."
         )
     return 0
