@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import pytest
 
 from tts_pipeline.plots import training_curves_figure, write_training_curves
 
@@ -38,3 +41,26 @@ def test_same_history_same_png_bytes(tmp_path: Path) -> None:
     assert b"Software" not in a
     write_training_curves(tmp_path / "empty.png", [], "Training: demo")  # before any logged step
     assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_every_dvc_plot_is_an_image_so_dvc_plots_show_works_offline(tmp_path: Path) -> None:
+    """DVC draws data plots (.tsv/.json/.csv) with Vega from a CDN: blank offline. Images need nothing."""
+    import yaml
+    from dvc_helpers import REPO, dvc, git
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    plots = [
+        next(iter(p)) if isinstance(p, dict) else p for s in stages.values() for p in s["do"].get("plots", [])
+    ]
+    assert "metrics/${key}/train_curve.png" in plots
+    assert all(Path(p).suffix in {".png", ".svg", ".jpg"} for p in plots), plots
+
+    # what `dvc plots show` makes of an image plot: a page with no script from the network
+    git("init", "-q", cwd=tmp_path)
+    dvc("init", "-q", cwd=tmp_path)
+    write_training_curves(tmp_path / "metrics" / "train_curve.png", HISTORY)
+    (tmp_path / "dvc.yaml").write_text("plots:\n  - metrics/train_curve.png\n")
+    dvc("plots", "show", "-o", "plots_out", cwd=tmp_path)
+    page = (tmp_path / "plots_out" / "index.html").read_text()
+    assert "<img" in page and not re.search(r"<script[^>]*src=[\"']?https?:", page)

@@ -444,6 +444,7 @@ def run_pipeline(
         dvc_logger.setLevel(logging.DEBUG)
     elif not dvc_logger.isEnabledFor(logging.INFO):
         dvc_logger.setLevel(logging.INFO)  # DVC's own handlers print its familiar repro output
+    old_propagate, dvc_logger.propagate = dvc_logger.propagate, False  # ours would print it twice
     try:
         with Repo(str(root)) as repo:
             try:
@@ -497,7 +498,8 @@ def run_pipeline(
                         "machine that pulled just what it needs (a GPU box), add --allow-missing",
                         name,
                     )
-                if source == FROM_RUN and not stage_force:
+                recorded = all(out.hash_info for out in stage.outs if not out.exists)
+                if source == FROM_RUN and not stage_force and recorded:
                     log.warning(
                         "%s: dvc.lock records outputs that are not here, in the DVC cache or on "
                         "the remote: running it",
@@ -551,6 +553,7 @@ def run_pipeline(
                 print(f"==> [{i}/{total}] {name}: {status} ({seconds:.1f}s)", flush=True)
     finally:
         dvc_logger.setLevel(old_level)
+        dvc_logger.propagate = old_propagate
     return summary
 
 
@@ -617,7 +620,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     print(summary.format(), flush=True)
     if not args.dry and summary.count(RAN):
         print(
-            "Outputs are in DVC's cache; `dvc push` copies them to the remote, "
-            "`git add dvc.lock` records what produced them."
+            "Outputs are in DVC's cache; `dvc push` copies them to the remote, and "
+            "`git add dvc.lock params.yaml params languages metrics` records what produced them."
         )
     return 0
