@@ -587,11 +587,10 @@ def _save_split(ds: Any, path: Path, max_shard_size: str) -> None:
     already and the paths are bare file names, so embedding would change nothing). state.json
     and dataset_info.json are written as datasets writes them; tests compare the bytes.
     """
+    import pyarrow as pa
     from datasets import config as ds_config
     from datasets.arrow_writer import ArrowWriter, get_writer_batch_size_from_data_size
     from datasets.utils.py_utils import asdict, convert_file_size_to_int
-
-    import pyarrow as pa
 
     pool = pa.default_memory_pool()
     nbytes = _estimate_nbytes(ds)
