@@ -600,6 +600,7 @@ def _save_split(ds: Any, path: Path, max_shard_size: str) -> None:
         group = min(group, get_writer_batch_size_from_data_size(len(ds), nbytes))
     path.mkdir(parents=True, exist_ok=True)
     files = [f"data-{i:05d}-of-{num_shards:05d}.arrow" for i in range(num_shards)]
+    bar = tqdm(total=len(ds), desc=f"dataset: saving {ds.split}", unit="clip", disable=len(ds) < 200)
     for index, filename in enumerate(files):
         shard = ds.shard(num_shards=num_shards, index=index, contiguous=True)
         writer = ArrowWriter(features=shard.features, path=str(path / filename), embed_local_files=False)
@@ -608,9 +609,11 @@ def _save_split(ds: Any, path: Path, max_shard_size: str) -> None:
                 for start in range(0, table.num_rows, writer.writer_batch_size):
                     writer.write_table(_record_batch_view(table, start, writer.writer_batch_size))
                     pool.release_unused()  # Arrow's allocator keeps freed pages otherwise
+                bar.update(table.num_rows)
             writer.finalize()
         finally:
             writer.close()
+    bar.close()
     state = {
         key: ds.__dict__[key]
         for key in (
