@@ -174,6 +174,34 @@ def test_cli_help_does_not_import_heavy_libraries() -> None:
     assert result.stdout.strip() == ""
 
 
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [(["--help"], 0), (["dataset", "--help"], 0), (["train", "--config", "missing.yaml"], 2)],
+)
+def test_help_and_config_errors_import_no_stage_module(argv: list[str], code: int) -> None:
+    """`--help` and configuration errors answer before any stage module, numpy or HTTP library
+    is imported (issue 18: well under 0.3 s); a stage's own --help imports only that stage."""
+    script = (
+        "import sys; from tts_pipeline import cli\n"
+        "try:\n    rc = cli.main(sys.argv[1:])\nexcept SystemExit as exc:\n    rc = exc.code\n"
+        "stages = {f'tts_pipeline.{m}' for m, _ in cli.STAGES.values()} | {'tts_pipeline.newlanguage'}\n"
+        "heavy = {'numpy', 'requests', 'urllib3', 'httpx', 'torch', 'datasets', 'yaml'}\n"
+        "print(rc, sorted(m for m in sys.modules if m in stages | heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rc, loaded = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(rc) == code
+    if argv == ["dataset", "--help"]:  # the stage's own options: that stage only, no HTTP library
+        assert (
+            "tts_pipeline.dataset" in loaded
+            and "requests" not in loaded
+            and "tts_pipeline.train" not in loaded
+        )
+    else:  # reading the configuration needs the YAML parser, nothing else
+        assert loaded == ("['yaml']" if code == 2 else "[]")
+
+
 def test_unquoted_no_is_the_word_not_false(tmp_path: Path, params: Path) -> None:
     # YAML 1.1 reads `no` as false, and `dvc exp run -S` rewrites drop the quotes around "no".
     cfg = load_config(
@@ -228,8 +256,9 @@ def test_a_token_in_the_url_query_is_refused_without_echoing_it(
     from tts_pipeline import cli
 
     out_dir = tmp_path / "frozen"
-    code = cli.main(["config", "freeze", "--config", str(config), "--params", str(params),
-                     "--output_dir", str(out_dir)])
+    code = cli.main(
+        ["config", "freeze", "--config", str(config), "--params", str(params), "--output_dir", str(out_dir)]
+    )
     captured = capsys.readouterr()
     assert code == 2 and secret not in captured.err + captured.out
     assert not out_dir.exists()  # nothing frozen, so nothing reaches git or dvc.lock
@@ -239,7 +268,9 @@ def test_a_token_in_the_url_query_is_refused_without_echoing_it(
 def test_a_token_pasted_into_token_env_is_refused_without_echoing_it(
     tmp_path: Path, params: Path, pasted: str
 ) -> None:
-    body = f"source: {{type: gitlab, url: 'https://gitlab.example.org', project: a/b, token_env: '{pasted}'}}\n"
+    body = (
+        f"source: {{type: gitlab, url: 'https://gitlab.example.org', project: a/b, token_env: '{pasted}'}}\n"
+    )
     with pytest.raises(ConfigError, match="token_env must be the NAME") as info:
         load_config(lang(tmp_path, body), params)
     assert pasted not in str(info.value)
@@ -252,14 +283,18 @@ def test_ordinary_token_env_names_are_accepted(tmp_path: Path, params: Path) -> 
 
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "'nan'", "1e400"])
-def test_non_finite_numbers_are_config_errors_naming_the_key(tmp_path: Path, params: Path, value: str) -> None:
+def test_non_finite_numbers_are_config_errors_naming_the_key(
+    tmp_path: Path, params: Path, value: str
+) -> None:
     body = f"source: {{type: local, path: p}}\ntraining:\n  learning_rate: {value}\n"
     with pytest.raises(ConfigError, match=r"xx\.yaml: training\.learning_rate: .*not a finite number"):
         load_config(lang(tmp_path, body), params)
 
 
 def test_a_key_written_twice_names_the_key_and_both_lines(tmp_path: Path, params: Path) -> None:
-    body = "source: {type: local, path: p}\ntraining:\n  learning_rate: 1e-4\n  seed: 1\n  learning_rate: 1e-3\n"
+    body = (
+        "source: {type: local, path: p}\ntraining:\n  learning_rate: 1e-4\n  seed: 1\n  learning_rate: 1e-3\n"
+    )
     with pytest.raises(ConfigError, match=r"xx\.yaml: key 'learning_rate' is written twice .*lines 3 and 5"):
         load_config(lang(tmp_path, body), params)
     top = "source: {type: local, path: p}\ntraining: {seed: 1}\ntraining: {seed: 2}\n"

@@ -420,3 +420,42 @@ def test_test_split_and_empty_validation(tmp_path, source_audio):
     dd = load_from_disk(str(tmp_path / "two"))
     assert {k: v.num_rows for k, v in dd.items()} == {"train": 2, "validation": 0}
     assert dd["validation"].column_names == COLUMNS
+
+
+def test_streaming_save_matches_datasets_save_to_disk(tmp_path, monkeypatch):
+    """The split writer (record batch by record batch, flat memory) writes exactly the bytes
+    `Dataset.save_to_disk` writes: several shards, ~100-row groups not aligned to the 100-row
+    record batches, clips of different lengths, and the estimate datasets shards by."""
+    from datasets import config as ds_config
+
+    from tts_pipeline.dataset import _estimate_nbytes, _save_split, _split_dataset
+
+    rng = np.random.default_rng(0)
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    clips = []
+    for i in range(600):
+        path = audio_dir / f"c{i:03d}.wav"
+        audio.write_wav(path, rng.uniform(-0.5, 0.5, 1600 + 37 * (i % 50)).astype(np.float32), 16000)
+        clips.append(
+            Clip(
+                f"audio/c{i:03d}.wav",
+                path,
+                f"T{i}",
+                f"t{'x' * (i % 9)}",
+                0,
+                "s",
+                f"V {i}",
+                0.1,
+                fsutil.sha256_file(path),
+                speaker_id=i % 3,
+            )
+        )
+    ds = _split_dataset(clips, 16000, tmp_path / "cache", "train")
+    assert _estimate_nbytes(ds) == ds._estimate_nbytes()
+    monkeypatch.setattr(ds_config, "MAX_ROW_GROUP_SIZE", "750KB")  # groups of ~150 rows, not 100
+    ds.save_to_disk(str(tmp_path / "theirs"), max_shard_size="1600KB")
+    _save_split(ds, tmp_path / "ours", "1600KB")
+    theirs = tree_sha256(tmp_path / "theirs")
+    assert len([k for k in theirs if k.endswith(".arrow")]) > 1
+    assert tree_sha256(tmp_path / "ours") == theirs

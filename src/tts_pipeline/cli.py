@@ -1,7 +1,8 @@
 """The `tts-pipeline` command: one sub-command per stage, a thin shell over the stage modules.
 
-Stage modules are imported only when their command runs, so `--help` and configuration
-errors answer in well under two seconds.
+Stage modules (and so numpy, torch, HTTP libraries) are imported only for the command that
+runs, after its configuration has loaded: `--help` and configuration errors answer in a
+fraction of a second.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import errno
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, ConfigError, format_config, freeze_stage_settings, load_config
 from .errors import PipelineError
-from .fsutil import forcing
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
 
 log = logging.getLogger("tts_pipeline")
 
@@ -74,7 +77,9 @@ def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> No
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `commands`, only those commands get their module's own
+    arguments (the module is imported for that), the others only the common ones."""
     parser = argparse.ArgumentParser(
         prog="tts-pipeline",
         description="Turn the recorded verses of a Codex project into a fine-tuned MMS-TTS voice.",
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
         _common(stage_parser)
         stage_parser.set_defaults(module=module_name)
-        module = _import_stage(module_name, soft=True)
+        module = _import_stage(module_name, soft=True) if commands is None or name in commands else None
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(stage_parser)
         for flag, _, flag_help in FOLLOW_UPS.get(name, []):
@@ -112,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity (default: INFO)",
     )
-    from . import newlanguage
+    if commands is None or "new-language" in commands:
+        from . import newlanguage
 
-    newlanguage.add_arguments(new)
+        newlanguage.add_arguments(new)
 
     config_parser = sub.add_parser("config", help="inspect the effective configuration")
     config_sub = config_parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -186,8 +192,29 @@ def setup_logging(level: str) -> None:
     )
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command(argv)
+    if command is None or {"-h", "--help"} & set(argv):  # help: nothing else to import
+        build_parser(commands=() if command is None else (command,)).parse_args(argv)
+    from .config import ConfigError, format_config, freeze_stage_settings, load_config
+    from .fsutil import forcing
+
+    if command in STAGES and not {"-h", "--help"} & set(argv):
+        # Load the configuration before importing the stage module: a configuration error
+        # answers at once, without numpy, torch or HTTP libraries.
+        known, _ = build_parser(commands=()).parse_known_args(argv)
+        try:
+            load_config(known.config, known.params)
+        except ConfigError as exc:
+            print(f"tts-pipeline: configuration error: {exc}", file=sys.stderr)
+            return 2
+    parser = build_parser(commands=() if command is None else (command,))
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "new-language":

@@ -533,7 +533,106 @@ def _split_dataset(clips: list[Clip], sample_rate: int, cache_dir: Path, split: 
             if isinstance(cause, PipelineError):
                 raise cause from None
             raise PipelineError(f"writing the {split} split failed: {cause or exc}") from exc
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()  # the writer's freed batches, kept by Arrow's allocator
     return ds.cast_column("audio", Audio(sampling_rate=sample_rate), new_fingerprint=fingerprint[16:32])
+
+
+def _estimate_nbytes(ds: Any) -> int:
+    """`Dataset._estimate_nbytes` for our audio column (bytes always embedded), without copying.
+
+    datasets estimates the size of external audio files from the first 1,000 rows via
+    `to_pylist()`, which turns up to 1,000 clips into Python bytes; every row here carries its
+    bytes, so the estimate is the table size less the `path` strings, computed the same way.
+    """
+    nbytes = ds.data.nbytes
+    head = ds.with_format("arrow")[:1000]
+    path_nbytes = 0
+    for chunk in head["audio"].chunks:
+        storage = chunk.storage if hasattr(chunk, "storage") else chunk
+        path_nbytes += storage.field("path").nbytes
+    return nbytes + (-path_nbytes) * len(ds.data) // len(head)
+
+
+def _record_batch_view(group: Any, start: int, rows: int) -> Any:
+    """Rows [start, start + rows) of `group` laid out as `combine_chunks(group)` would hold them.
+
+    The Arrow IPC writer rounds a sliced string/binary value buffer up to 64 bytes, so the bytes
+    on disk include what follows the slice in its buffer. datasets' save combines each whole
+    group first (a copy, zero-padded at its end, unless the group is one chunk already); copying
+    only these rows plus up to 64 following ones gives the same bytes at a fraction of the memory.
+    """
+    import pyarrow as pa
+    from datasets.table import embed_table_storage
+
+    end = min(start + rows + 64, group.num_rows)
+    window = group.slice(start, end - start)
+    if any(column.num_chunks > 1 for column in group.columns):  # the group itself would be copied
+        window = pa.Table.from_arrays(
+            [pa.chunked_array([*column.chunks, column.chunks[0].slice(0, 0)]) for column in window.columns],
+            schema=window.schema,
+        ).combine_chunks()
+    window = embed_table_storage(window, local_files=True, remote_files=False)  # fresh audio arrays
+    return window.slice(0, min(rows, group.num_rows - start))
+
+
+def _save_split(ds: Any, path: Path, max_shard_size: str) -> None:
+    """`Dataset.save_to_disk` of one split, same bytes, in memory that does not grow with the clips.
+
+    datasets' own save walks each shard in ~100 MB groups and copies every group several times
+    (combine, cast, re-embed via Python bytes): hundreds of MB for audio. Here the same groups
+    and the same record batches (writer_batch_size rows, counted from the start of each group)
+    are written one record batch at a time, without the re-embedding (the bytes are embedded
+    already and the paths are bare file names, so embedding would change nothing). state.json
+    and dataset_info.json are written as datasets writes them; tests compare the bytes.
+    """
+    import pyarrow as pa
+    from datasets import config as ds_config
+    from datasets.arrow_writer import ArrowWriter, get_writer_batch_size_from_data_size
+    from datasets.utils.py_utils import asdict, convert_file_size_to_int
+
+    pool = pa.default_memory_pool()
+    nbytes = _estimate_nbytes(ds)
+    num_shards = min(len(ds.data), int(nbytes / convert_file_size_to_int(max_shard_size)) + 1)
+    group = ds_config.DEFAULT_MAX_BATCH_SIZE
+    if nbytes > 0:
+        group = min(group, get_writer_batch_size_from_data_size(len(ds), nbytes))
+    path.mkdir(parents=True, exist_ok=True)
+    files = [f"data-{i:05d}-of-{num_shards:05d}.arrow" for i in range(num_shards)]
+    bar = tqdm(total=len(ds), desc=f"dataset: saving {ds.split}", unit="clip", disable=len(ds) < 200)
+    for index, filename in enumerate(files):
+        shard = ds.shard(num_shards=num_shards, index=index, contiguous=True)
+        writer = ArrowWriter(features=shard.features, path=str(path / filename), embed_local_files=False)
+        try:
+            for table in shard.with_format("arrow").iter(group):
+                for start in range(0, table.num_rows, writer.writer_batch_size):
+                    writer.write_table(_record_batch_view(table, start, writer.writer_batch_size))
+                    pool.release_unused()  # Arrow's allocator keeps freed pages otherwise
+                bar.update(table.num_rows)
+            writer.finalize()
+        finally:
+            writer.close()
+    bar.close()
+    state = {
+        key: ds.__dict__[key]
+        for key in (
+            "_fingerprint",
+            "_format_columns",
+            "_format_kwargs",
+            "_format_type",
+            "_output_all_columns",
+        )
+    }
+    state["_split"] = str(ds.split) if ds.split is not None else ds.split
+    state["_data_files"] = [{"filename": filename} for filename in files]
+    (path / ds_config.DATASET_STATE_JSON_FILENAME).write_text(
+        json.dumps(state, indent=2, sort_keys=True), encoding="utf-8"
+    )
+    info = asdict(ds.info)
+    (path / ds_config.DATASET_INFO_FILENAME).write_text(
+        json.dumps({key: info[key] for key in sorted(info)}, indent=2), encoding="utf-8"
+    )
 
 
 def write_dataset(
@@ -556,11 +655,13 @@ def write_dataset(
                 for name, clips in summary.splits.items()
             }
         )
-        dd.save_to_disk(str(tmp), max_shard_size=cfg.max_shard_size.strip().replace(" ", ""))
+        max_shard_size = cfg.max_shard_size.strip().replace(" ", "")
+        (tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(dd)}), encoding="utf-8")
         for name, split in dd.items():
-            if split.num_rows == 0:  # saved with zero shards, load_from_disk fails: write one empty shard
-                shutil.rmtree(tmp / name)
+            if split.num_rows == 0:  # save_to_disk writes zero shards, load_from_disk fails: one empty shard
                 split.save_to_disk(str(tmp / name), num_shards=1)
+            else:
+                _save_split(split, tmp / name, max_shard_size)
         del dd
         shutil.rmtree(build, ignore_errors=True)
         modeling.save_speakers(tmp, summary.speakers)
