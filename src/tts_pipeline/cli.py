@@ -10,6 +10,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -101,6 +102,17 @@ def _import_stage(module_name: str, soft: bool = False):
         raise
 
 
+def _experiment_hint() -> str:
+    """Under `dvc exp run -S ...`: DVC has already written the rejected value into the working tree."""
+    if not os.environ.get("DVC_EXP_NAME"):
+        return ""
+    return (
+        "; `dvc exp run -S` left this value in params.yaml / languages/*.yaml (the frozen params/ files "
+        "are unchanged): `git diff params.yaml languages/` shows it, `git checkout -- params.yaml` "
+        "restores the committed file"
+    )
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
@@ -117,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg: Config = load_config(args.config, args.params)
     except ConfigError as exc:
-        print(f"tts-pipeline: configuration error: {exc}", file=sys.stderr)
+        print(f"tts-pipeline: configuration error: {exc}{_experiment_hint()}", file=sys.stderr)
         return 2
     if args.command == "config":
         if args.config_command == "show":

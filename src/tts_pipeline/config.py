@@ -585,7 +585,9 @@ def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
         path = output_dir / f"{stage}.json"
         text = json.dumps(stage_settings(cfg, stage), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
+            from .fsutil import atomic_write_text  # a killed freeze leaves each file old or new, never half
+
+            atomic_write_text(path, text)
         written.append(path)
     return written
 
