@@ -330,8 +330,20 @@ def write_back_local(
     """Add `takes` to a local Codex project (see the module docstring for the rules)."""
     project_dir = Path(project_dir)
     paths = {f"{codex.TARGET_DIR}/{p.name}": p for p in codex.iter_project_documents(project_dir)}
-    documents = {rel: p.read_bytes() for rel, p in paths.items()}
-    report, new_texts = plan_takes(documents, takes, now_ms, project_language(project_dir))
+    documents: dict[str, bytes] = {}
+    unreadable: dict[str, str] = {}
+    for rel, path in paths.items():
+        try:
+            documents[rel] = path.read_bytes()
+        except OSError as exc:
+            unreadable[rel] = f"{path}: cannot read ({exc.strerror}); its takes are not written back"
+            log.error("%s", unreadable[rel])
+    readable = [t for t in takes if f"{codex.TARGET_DIR}/{t.document}.codex" not in unreadable]
+    report, new_texts = plan_takes(documents, readable, now_ms, project_language(project_dir))
+    for take in takes:
+        why = unreadable.get(f"{codex.TARGET_DIR}/{take.document}.codex")
+        if why:
+            report.skipped.append((take, why))
     if dry_run:
         return report
     missing = [c for c in report.changes if c.take.audio_path is None or not c.take.audio_path.is_file()]
