@@ -14,6 +14,8 @@
 #   --cuda TAG             PyTorch CUDA build, e.g. cu126, cu128, cu130 (or TTS_TORCH_CUDA;
 #                          default: from the driver's CUDA version that nvidia-smi reports)
 #   --skip-install         don't touch the Python environment
+#   --create-bucket        create the bucket of TTS_S3_URL if it does not exist yet (else a
+#                          missing bucket is an error that says how to create it)
 #   --sync-checkpoints [S] back up models/<code>/checkpoints to the bucket every S seconds
 #                          (default 600; Ctrl-C stops it): run it next to training, in a
 #                          second terminal, as preemption insurance
@@ -34,6 +36,7 @@ CUDA_TAG=${TTS_TORCH_CUDA:-}
 REMOTE_NAME=${TTS_DVC_REMOTE:-s3remote}
 DRY=0
 INSTALL=1
+CREATE_BUCKET=0
 MODE=setup
 SYNC_EVERY=600
 
@@ -46,6 +49,7 @@ while [ $# -gt 0 ]; do
     --cuda) CUDA_TAG=${2:?--cuda needs a tag like cu128}; shift 2 ;;
     --cuda=*) CUDA_TAG=${1#*=}; shift ;;
     --skip-install) INSTALL=0; shift ;;
+    --create-bucket) CREATE_BUCKET=1; shift ;;
     --dry-run) DRY=1; shift ;;
     --sync-checkpoints)
       MODE=sync; shift
@@ -86,6 +90,41 @@ fi
 # --------------------------------------------------------------------------- S3 helpers
 # Checkpoint backups live next to the DVC remote, under <TTS_S3_URL>/checkpoints-backup/<code>/,
 # written with s3fs (installed with dvc-s3), with the same endpoint and credentials as DVC.
+# The bucket of TTS_S3_URL must exist: DVC's own error for a missing one is obscure. With
+# --create-bucket it is created (in TTS_S3_REGION when set).
+s3_bucket() {
+  local bucket="${TTS_S3_URL#s3://}"; bucket="${bucket%%/*}"
+  if [ "$DRY" = 1 ]; then
+    [ "$CREATE_BUCKET" = 1 ] && echo "+ create bucket $bucket if missing (s3fs)"
+    return 0
+  fi
+  "$VENV_PY" - "$bucket" "$CREATE_BUCKET" <<'PY'
+import os, sys
+
+import s3fs
+
+bucket, create = sys.argv[1], sys.argv[2] == "1"
+endpoint = os.environ.get("TTS_S3_ENDPOINT") or None
+kwargs = {"endpoint_url": endpoint} if endpoint else {}
+if os.environ.get("TTS_S3_REGION"):
+    kwargs["region_name"] = os.environ["TTS_S3_REGION"]
+fs = s3fs.S3FileSystem(client_kwargs=kwargs)
+try:
+    exists = fs.exists(bucket)
+except Exception as exc:  # noqa: BLE001 - credentials, endpoint, network: say which
+    sys.exit(f"gpu-box.sh: error: cannot reach bucket '{bucket}' ({type(exc).__name__}: {exc}); "
+             "check TTS_S3_ENDPOINT and the AWS credentials")
+if exists:
+    sys.exit(0)
+if not create:
+    where = f" --endpoint-url {endpoint}" if endpoint else ""
+    sys.exit(f"gpu-box.sh: error: bucket '{bucket}' does not exist; create it (aws{where} s3 mb s3://{bucket}, "
+             "or your provider's console) or re-run with --create-bucket")
+fs.mkdir(bucket)
+print(f"==> created bucket {bucket}")
+PY
+}
+
 s3_checkpoints() {  # $1: push | pull
   [ -n "${TTS_S3_URL:-}" ] || die "TTS_S3_URL is not set (e.g. s3://my-bucket/tts-pipeline)"
   local dest="${TTS_S3_URL%/}/checkpoints-backup/$LANG_CODE"
@@ -235,6 +274,7 @@ if [ -n "${TTS_S3_URL:-}" ]; then
   if [ -z "${AWS_ACCESS_KEY_ID:-}${AWS_PROFILE:-}" ] && [ ! -f "${AWS_SHARED_CREDENTIALS_FILE:-$HOME/.aws/credentials}" ]; then
     echo "gpu-box.sh: warning: no AWS credentials in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) or ~/.aws/credentials" >&2
   fi
+  s3_bucket || exit 1
 elif [ "$DRY" = 0 ] && ! dvc remote list --local 2>/dev/null | grep -q .; then
   die "TTS_S3_URL is not set and no remote is configured in .dvc/config.local (export TTS_S3_URL=s3://bucket/path)"
 fi
@@ -262,8 +302,18 @@ if [ -n "${TTS_S3_URL:-}" ]; then  # also when the pull above brought older chec
   say "restoring checkpoints backed up by --sync-checkpoints that are newer than the ones here (if any)"
   s3_checkpoints pull
 fi
+# What training will do, before the GPU hour is paid for: a train stage whose outputs exist
+# nowhere (not here, in the cache or on the remote) is run, never reported "up to date".
 if [ "$DRY" = 0 ]; then
-  dvc status "train@$LANG_CODE" || true
+  until=evaluate
+  grep -qE '^[[:space:]]+evaluate:' dvc.yaml || until=train
+  if command -v tts-pipeline >/dev/null 2>&1; then
+    say "plan (tts-pipeline run --until $until --allow-missing --dry):"
+    tts-pipeline run --config "languages/$LANG_CODE.yaml" --until "$until" --allow-missing --dry --log-level WARNING \
+      || die "could not plan the run (see above)"
+  else
+    dvc status "train@$LANG_CODE" || true
+  fi
 fi
 
 cat <<EOF
@@ -275,7 +325,8 @@ cat <<EOF
     dvc exp run --allow-missing -S training.learning_rate=5e-5 evaluate@$LANG_CODE
   preemption insurance, in a second terminal:
     bash scripts/gpu-box.sh --lang $LANG_CODE --skip-install --sync-checkpoints 600
-  when it is done, send the model back:
-    dvc push && git add dvc.lock metrics && git commit -m "train $LANG_CODE on GPU" && git push
-    (experiments: dvc exp push origin <name>)
+  when it is done, send the model back (everything the run or experiment changed):
+    dvc push
+    git add dvc.lock params.yaml params languages metrics && git commit -m "$LANG_CODE: trained on GPU" && git push
+    (experiments you don't keep in the workspace: dvc exp push origin <name>)
 EOF

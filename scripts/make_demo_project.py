@@ -5,6 +5,9 @@ verses of a tiny Codex project, re-encoded to WebM/Opus 48 kHz like the recordin
 Around them the project exercises every collect rule: a deleted older take, a take chosen
 by recency (no selectedAudioId), a merged cell, a paratext cell, a milestone cell, a cell
 whose only take is deleted, and verses with text but no recording (for `synthesize`).
+Reviewer approval (Codex `validatedBy`) is on 11 of the 13 exported takes; in the cell chosen
+by recency, the approved take wins over a newer unapproved one and an older take whose approval
+was withdrawn (`isDeleted: true`), so `collect.require_validated_audio: true` exports 11 clips.
 
 Run from the repo root:  python scripts/make_demo_project.py [--source DIR] [--out DIR]
 """
@@ -19,6 +22,19 @@ from pathlib import Path
 from tts_pipeline.audio import encode_webm_opus, read_wav
 
 BASE_TIME = 1_730_000_000_000  # ms, a fixed "createdAt" so the project is reproducible
+REVIEWER = "demo-reviewer"
+#: utterances whose take no reviewer approved yet (LUK 1:4, LUK 1:5)
+UNVALIDATED = {11, 12}
+
+
+def approval(created: int, deleted: bool = False) -> dict:
+    """One Codex validatedBy entry: a reviewer approved the take (deleted: approval withdrawn)."""
+    return {
+        "username": REVIEWER,
+        "creationTimestamp": created,
+        "updatedTimestamp": created,
+        "isDeleted": deleted,
+    }
 
 
 def read_stm(path: Path) -> list[tuple[str, float, float, str]]:
@@ -38,6 +54,7 @@ def text_cell(verse_id: str, html: str, **metadata_extra) -> dict:
 
 
 def attachment(book: str, audio_id: str, created: int, duration: float, text: str, **flags) -> dict:
+    validated_by = flags.get("validated_by")
     return {
         "url": f".project/attachments/files/{book}/{audio_id}.webm",
         "type": "audio",
@@ -52,6 +69,8 @@ def attachment(book: str, audio_id: str, created: int, duration: float, text: st
             "durationSec": round(duration, 3),
         },
         "transcription": {"content": text, "language": "en"},
+        "createdBy": flags.get("created_by", "demo-recorder"),
+        **({"validatedBy": validated_by} if validated_by is not None else {}),
     }
 
 
@@ -93,8 +112,9 @@ def build(source: Path, out: Path) -> None:
         created = BASE_TIME + index * 1000
         cell = text_cell(verse_id, html)
         duration = save_take(book, audio_id, start, end)
+        approved = [] if index in UNVALIDATED else [approval(created + 60_000)]
         cell["metadata"]["attachments"] = {
-            audio_id: attachment(book, audio_id, created, duration, text),
+            audio_id: attachment(book, audio_id, created, duration, text, validated_by=approved),
         }
         cell["metadata"]["selectedAudioId"] = audio_id
         if index == 2:  # an older, deleted take (file gone) next to the selected one
@@ -102,10 +122,16 @@ def build(source: Path, out: Path) -> None:
             cell["metadata"]["attachments"][old_id] = attachment(
                 book, old_id, created - 500, 1.0, text, deleted=True
             )
-        if index == 4:  # no selectedAudioId: the newest usable take wins over an older one
+        if index == 4:  # no selectedAudioId: the newest approved take wins over an older one
             older_id = f"audio-{created - 700}-older"
             save_take(book, older_id, start, min(end, start + 0.5))
-            cell["metadata"]["attachments"][older_id] = attachment(book, older_id, created - 700, 0.5, text)
+            cell["metadata"]["attachments"][older_id] = attachment(
+                book, older_id, created - 700, 0.5, text, validated_by=[approval(created, deleted=True)]
+            )
+            # ... and the approved take wins over a newer take no reviewer has checked yet
+            newer_id = f"audio-{created + 400}-unchecked"
+            save_take(book, newer_id, start, min(end, start + 0.6))
+            cell["metadata"]["attachments"][newer_id] = attachment(book, newer_id, created + 400, 0.6, text)
             del cell["metadata"]["selectedAudioId"]
         if index == 6:  # a take that was recorded but whose file is missing on disk
             missing_id = f"audio-{created + 300}-missing"

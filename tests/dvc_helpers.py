@@ -46,7 +46,7 @@ elif stage == "train":
     env["cwd"] = os.getcwd()
     (out / "dvc_env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
     Path(f"metrics/{code}").mkdir(parents=True, exist_ok=True)
-    Path(f"metrics/{code}/train.json").write_text(json.dumps({"learning_rate": lr, "loss": 1.0 / (1 + lr)}))
+    Path(f"metrics/{code}/train.json").write_text(json.dumps({"learning_rate": lr, "loss": 1.0 / (1 + lr), "best_val_loss": 1.0 / (1 + lr)}))
 '''
 
 TOY_DVC_YAML = """\

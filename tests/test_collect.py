@@ -55,6 +55,7 @@ def test_demo_project_exports_13_verses(tmp_path):
     assert report["cells"] == {
         "seen": 21,
         "exported": 13,
+        "exported_validated": 11,
         "skipped": 8,
         "skipped_by_reason": {
             "deleted": 1,
@@ -172,10 +173,13 @@ def test_not_a_codex_project(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag", ["--preprocess"])
-def test_followup_flags_parse(flag):
+def test_followup_flags_parse(flag, capsys):
     parser = cli.build_parser()
-    args = parser.parse_args(["collect", "--config", "x.yaml", flag, "--diarize"])
-    assert args.preprocess and args.diarize
+    args = parser.parse_args(["collect", "--config", "x.yaml", flag, "--diarize", "--prepare-training"])
+    assert args.preprocess and args.diarize and args.prepare_training
+    with pytest.raises(SystemExit):
+        parser.parse_args(["collect", "--help"])
+    assert "--prepare-training" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("documents", [{}, {"EMPTY.codex": '{"cells": [], "metadata": {}}'},

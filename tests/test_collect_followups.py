@@ -1,4 +1,5 @@
-"""`collect --preprocess --diarize` gives the same outputs as running the three stages one by one."""
+"""`collect --prepare-training` (the planning document's Phase 2 flags) gives the same outputs as
+running the four stages one by one; the chaining lives in cli.py, not in a stage module."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def demo_language(tmp_path: Path, name: str) -> Path:
         "raw_dataset": str(root / "raw"),
         "preprocessed": str(root / "preprocessed"),
         "speaker_analysis": str(root / "speakers"),
+        "hf_dataset": str(root / "dataset"),
         "metrics": str(root / "metrics"),
         "cache": str(tmp_path / "cache"),  # shared: the second run reuses embeddings, as DVC would
     }
@@ -27,15 +29,12 @@ def demo_language(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_collect_preprocess_diarize_equals_separate_stages(tmp_path):
+def test_collect_prepare_training_equals_separate_stages(tmp_path):
     chained = demo_language(tmp_path, "chained")
-    assert (
-        cli.main(["collect", "--config", str(chained), "--params", str(PARAMS), "--preprocess", "--diarize"])
-        == 0
-    )
+    assert cli.main(["collect", "--config", str(chained), "--params", str(PARAMS), "--prepare-training"]) == 0
 
     separate = demo_language(tmp_path, "separate")
-    for stage in ("collect", "preprocess", "speakers"):
+    for stage in ("collect", "preprocess", "speakers", "dataset"):
         assert cli.main([stage, "--config", str(separate), "--params", str(PARAMS)]) == 0
 
     a, b = tmp_path / "chained", tmp_path / "separate"
@@ -45,6 +44,39 @@ def test_collect_preprocess_diarize_equals_separate_stages(tmp_path):
     for name in ("speaker_ids.json", "embeddings.npy", "embeddings_index.json"):
         assert (a / "speakers" / name).read_bytes() == (b / "speakers" / name).read_bytes()
     assert (a / "metrics" / "preprocess.json").is_file() and (a / "metrics" / "speakers.json").is_file()
+    assert tree_bytes(a / "dataset") == tree_bytes(b / "dataset")
+    assert (a / "dataset" / "dataset_dict.json").is_file()
+
+
+def test_diarize_stops_before_the_dataset_and_later_stages_need_no_source(tmp_path):
+    config = demo_language(tmp_path, "d")
+    assert cli.main(["collect", "--config", str(config), "--params", str(PARAMS), "--diarize"]) == 0
+    assert (tmp_path / "d" / "speakers" / "speaker_ids.json").is_file()
+    assert not (tmp_path / "d" / "dataset").exists()
+
+    no_source = yaml.safe_load(config.read_text())
+    del no_source["source"]
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(no_source))
+    assert cli.main(["dataset", "--config", str(bare), "--params", str(PARAMS)]) == 0
+    assert (tmp_path / "d" / "dataset" / "dataset_dict.json").is_file()
+
+
+def test_no_stage_module_imports_another_stage():
+    """Orchestration (chained stages) belongs to cli.py / run.py, never to a stage module."""
+    import ast
+
+    stages = {"collect", "preprocess", "speakers", "dataset", "train", "evaluate", "synthesize"}
+    src = REPO / "src" / "tts_pipeline"
+    for stage in stages:
+        tree = ast.parse((src / f"{stage}.py").read_text(encoding="utf-8"))
+        named: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                named |= {node.module or ""} | {a.name for a in node.names if not node.module}
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                named |= {node.value.rsplit(".", 1)[-1]} if node.value.startswith("tts_pipeline.") else set()
+        assert not (named & (stages - {stage})), f"{stage}.py imports stage module(s) {named & stages}"
 
 
 def test_preprocess_reads_a_custom_output_dir(tmp_path):

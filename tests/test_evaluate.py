@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from browser_helpers import browser  # noqa: F401 - fixture
 from helpers import build_tiny_model, wav_bytes
 
 from tts_pipeline.audio import decode_audio
@@ -339,6 +341,11 @@ def test_mlflow_logging_attaches_the_page_to_the_training_run(
     assert history[0].value == pytest.approx(report.summary.overall["mcd_dtw"])
     artifacts = {a.path for a in client.list_artifacts(logged, "evaluation")}
     assert {"evaluation/index.html", "evaluation/samples", "evaluation/summary.png"} <= artifacts
+    # MLflow's copy of the page plays and shows without the files beside it
+    page = Path(mlflow.artifacts.download_artifacts(run_id=logged, artifact_path="evaluation/index.html"))
+    html = page.read_text(encoding="utf-8")
+    assert "data:audio/wav;base64," in html and "data:image/png;base64," in html
+    assert not re.search(r"""\b(?:src|href)=["'](?:samples/|summary\.png)""", html)
 
     # A run id from another machine's store: a new evaluate run, linked by a tag.
     (model_dir / "training_info.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
@@ -354,3 +361,59 @@ def test_mlflow_failure_is_a_warning(report, tmp_path: Path, monkeypatch: pytest
     with caplog.at_level(logging.WARNING, logger="tts_pipeline.evaluate"):
         assert log_to_mlflow(report) is None
     assert "could not log the evaluation to MLflow" in caplog.text
+
+
+# --------------------------------------------------------------------------- model input, verdicts, browser
+
+
+def test_model_input_is_exactly_what_the_tokenizer_keeps(workdir: Path) -> None:
+    from tts_pipeline.evaluate import model_input
+    from tts_pipeline.modeling import load_voice
+
+    voice = load_voice(workdir / "model")  # vocabulary: the letters of TEXTS (no c, j, v, z)
+    assert model_input(voice, "the jazz cave") == "the a ae"
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "word"),
+    [
+        ("mcd_dtw", 5.9, "good"),
+        ("mcd_dtw", 7.5, "fair"),
+        ("mcd_dtw", 8.5, "poor"),
+        ("speaker_similarity", 0.85, "good"),
+        ("speaker_similarity", 0.7, "fair"),
+        ("speaker_similarity", 0.3, "poor"),
+        ("duration_ratio", 1.1, "good"),
+        ("duration_ratio", 0.7, "fair"),
+        ("duration_ratio", 1.6, "poor"),
+        ("silent_fraction", 0.0, "good"),
+        ("silent_fraction", 0.5, "poor"),
+        ("mcd_dtw", None, None),
+        ("num_samples", 3, None),
+    ],
+)
+def test_verdicts_follow_the_stated_thresholds(metric, value, word) -> None:
+    from tts_pipeline.evaluate import verdict
+
+    assert verdict(metric, value) == word
+
+
+def test_listening_page_in_a_browser(report, workdir: Path, browser) -> None:  # noqa: F811 - fixture
+    from browser_helpers import open_page, screenshot
+
+    with open_page(browser) as (page, _):
+        page.goto((workdir / "reports" / "index.html").as_uri())
+        rows = page.locator("#verdicts tr[data-metric]")
+        assert rows.count() == 5
+        first = rows.first.inner_text()
+        assert "How close the sound is" in first and "good ≤ 6 dB, fair ≤ 8 dB, poor above" in first
+        assert page.locator("#verdicts td.good, #verdicts td.fair, #verdicts td.poor").count() == 10
+        headers = page.locator("#sentences tr").first.locator("th").all_inner_texts()
+        assert headers[3:6] == ["real", "fine-tuned", "base model"]  # side by side
+        assert page.inner_text("#s1 .model-input") == "model input: " + report.sentences[0].item.model_input
+        duration = page.evaluate(
+            """() => new Promise(done => { const a = document.querySelectorAll('#s1 audio')[1];
+               a.preload = 'auto'; a.load(); a.onloadedmetadata = () => done(a.duration); })"""
+        )
+        assert duration > 0
+        screenshot(page, "listening-page")

@@ -144,3 +144,28 @@ def test_exp_run_set_language_value_keeps_the_config_loadable(project: Path) -> 
     cfg = load_config(project / "languages/demo.yaml", project / "params.yaml")
     assert cfg.training.max_steps == 7
     assert cfg.training.mixed_precision == "no"
+
+
+def test_experiments_table_shows_what_changed_and_the_best_first(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dvc exp show` prints every setting; `tts-pipeline experiments` only the changed ones."""
+    from tts_pipeline import cli
+
+    dvc("exp", "run", "-n", "lr-big", "-S", "training.learning_rate=0.5", cwd=project)
+    dvc("exp", "run", "-n", "lr-small", "-S", "training.learning_rate=0.001", cwd=project)
+    monkeypatch.chdir(project)
+    assert (
+        cli.main(["experiments", "--config", "languages/demo.yaml", "--sort-by", "val_loss", "--compare"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[0].splitlines()
+    assert table[0].split() == ["experiment", "learning_rate", "MCD", "spk_sim", "val_loss", "steps"]
+    names = [line.split()[0] for line in table[2:-1]]
+    assert names[0] == "lr-big"  # val_loss 1/(1+lr): the larger rate is "best"
+    assert len(names) == 4 and set(names) >= {"workspace", "lr-big", "lr-small"}
+    assert names.index("lr-small") < 3  # the baseline (lr 1e-4) is last
+    assert table[-1] == "changed settings: training.learning_rate"
+    assert max(len(line) for line in table) < 100
+    assert "lr-big (best) vs lr-small" in out and "learning_rate" in out.split("(best) vs")[1]

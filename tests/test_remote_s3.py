@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_helpers import REPO, dvc, git, git_env, make_toy_project, stage_runs
+from dvc_helpers import REPO, dvc, git, git_env, make_toy_project, sh, stage_runs
 
 pytestmark = pytest.mark.slow
 
@@ -126,6 +126,32 @@ def tree_digest(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+README = REPO / "README.md"
+
+
+def readme_commands(after: str, code: str = "demo") -> str:
+    """The first ```bash block after the README line containing `after`, for language `code`.
+
+    Comments and `. .venv/bin/activate` (the test's environment is already the venv) are left out.
+    """
+    text = README.read_text(encoding="utf-8")
+    start = text.index("```bash\n", text.index(after)) + len("```bash\n")
+    block = text[start : text.index("```", start)]
+    lines = [line.split("  #")[0].rstrip() for line in block.splitlines()]
+    return "\n".join(
+        line.replace("hsn", code) for line in lines if line and not line.startswith(("#", ". .venv"))
+    )
+
+
+def run_readme(
+    after: str, cwd: Path, env: dict[str, str], timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run a README block, as written, with bash (stopping at the first failing command)."""
+    return sh(
+        ["bash", "-c", "set -euo pipefail\n" + readme_commands(after)], cwd=cwd, env=env, timeout=timeout
+    )
+
+
 def clone_with_remote(origin: Path, dest: Path, endpoint: str, prefix: str, env: dict[str, str]) -> Path:
     git("clone", "-q", str(origin), str(dest), cwd=origin.parent, env=env)
     add_s3_remote(dest, endpoint, prefix, env)
@@ -162,7 +188,7 @@ def test_toy_round_trip_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert stage_runs(box) == ["train@demo"]
-    assert "1 ran, 2 up to date" in proc.stdout
+    assert "1 ran, 1 up to date, 1 skipped (data not here, not needed)" in proc.stdout
     dvc("push", cwd=box, env=env)
     git("add", "-A", cwd=box, env=env)
     git("commit", "-q", "-m", "trained on the box", cwd=box, env=env)
@@ -226,77 +252,62 @@ def shorten_demo_training(project: Path, steps: int = 2) -> None:
 
 
 def test_demo_round_trip_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
-    """The real demo pipeline: dataset on the laptop, train + evaluate on the box, model back."""
+    """The README's GPU-box recipe, as written, on the real demo: dataset on the laptop, train +
+    evaluate + an experiment on the box, everything back, and the laptop's `dvc status` clean."""
     env = aws_env(s3_endpoint)
     laptop = copy_repo(tmp_path / "laptop", edit=shorten_demo_training)
     add_s3_remote(laptop, s3_endpoint, "demo", env)
-    prep = dvc("repro", "dataset@demo", cwd=laptop, env=env, timeout=900)
+    origin = tmp_path / "origin.git"  # the shared git server both machines push to
+    git("clone", "-q", "--bare", str(laptop), str(origin), cwd=tmp_path, env=env)
+    git("remote", "add", "origin", str(origin), cwd=laptop, env=env)
+    git("fetch", "-q", "origin", cwd=laptop, env=env)
+    git("branch", "-q", "--set-upstream-to=origin/main", cwd=laptop, env=env)
+
+    prep = run_readme("**On the laptop**", laptop, env)
     assert {"collect@demo", "preprocess@demo", "speakers@demo", "dataset@demo"} <= set(
         ran_stages(prep.stdout)
     )
-    dvc("push", cwd=laptop, env=env)
-    git("add", "-A", cwd=laptop, env=env)
-    git("commit", "-q", "-m", "demo dataset", cwd=laptop, env=env)
     assert "config.local" not in git("ls-files", ".dvc", cwd=laptop).stdout
+    assert git("status", "--porcelain", "--untracked-files=no", cwd=laptop).stdout == ""
 
-    box = clone_with_remote(laptop, tmp_path / "box", s3_endpoint, "demo", env)
-    dvc("pull", "dataset@demo", cwd=box, env=env)
+    box = clone_with_remote(origin, tmp_path / "box", s3_endpoint, "demo", env)
+    dvc("pull", "dataset@demo", cwd=box, env=env)  # what gpu-box.sh does (tested on its own below)
     assert tree_digest(box / "data/demo/dataset") == tree_digest(laptop / "data/demo/dataset")
     assert not (box / "data/demo/preprocessed").exists()
-    status = json.loads(dvc("status", "--json", "dataset@demo", cwd=box, env=env).stdout)
-    assert all("changed outs" not in e for e in status.get("dataset@demo", []) if isinstance(e, dict))
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tts_pipeline",
-            "run",
-            "--config",
-            "languages/demo.yaml",
-            "--until",
-            "evaluate",
-            "--allow-missing",
-        ],
-        cwd=box,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc = run_readme("Then train:", box, env)
     ran = set(ran_stages(proc.stdout))
     assert {"train@demo", "evaluate@demo"} <= ran
     assert not ran & {"collect@demo", "preprocess@demo", "speakers@demo", "dataset@demo"}, proc.stdout
     assert (box / "models/demo/model/config.json").is_file()
-    dvc("push", cwd=box, env=env)
-    git("add", "-A", cwd=box, env=env)
-    git("commit", "-q", "-m", "trained on the box", cwd=box, env=env)
-
-    git("pull", "-q", "--no-rebase", str(box), "main", cwd=laptop, env=env)
-    dvc("pull", "train@demo", "evaluate@demo", cwd=laptop, env=env)
-    assert tree_digest(laptop / "models/demo/model") == tree_digest(box / "models/demo/model")
-    status = dvc("status", "train@demo", "evaluate@demo", cwd=laptop, env=env).stdout
-    assert "up to date" in status, status
 
     # An experiment on the box: `-S` reaches the real train stage (and nothing upstream of it
-    # runs), and the MLflow run is tagged with the experiment's name and git revision.
+    # runs); the MLflow run is named after the experiment and what it changed, and tagged.
     exp = dvc(
-        "exp", "run", "-n", "box-lr5e-5", "--allow-missing", "-S", "training.learning_rate=5e-5", "train@demo",
+        "exp", "run", "-n", "box-lr5e-5", "--allow-missing", "-S", "training.learning_rate=5e-5", "evaluate@demo",
         cwd=box, env=env, timeout=900,
     )  # fmt: skip
-    assert set(ran_stages(exp.stdout)) == {"config@demo", "train@demo"}, exp.stdout
+    assert set(ran_stages(exp.stdout)) == {"config@demo", "train@demo", "evaluate@demo"}, exp.stdout
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{box / 'mlflow.db'}")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     tagged = [r for r in runs if r.data.tags.get("dvc.exp_name") == "box-lr5e-5"]
     assert len(tagged) == 1, [r.data.tags for r in runs]
+    assert tagged[0].info.run_name == "box-lr5e-5 (learning_rate=5e-05)"
     run = tagged[0].data
     assert float(run.params["training.learning_rate"]) == 5e-5
     head = git("rev-parse", "HEAD", cwd=box).stdout.strip()
     assert run.tags["dvc.baseline_rev"] == head
     assert run.tags["git.revision"].startswith(head)
+
+    # Back to the laptop with the README's commands: everything the experiment changed comes along.
+    run_readme("**Pushing the model back**", box, env)
+    assert git("status", "--porcelain", "--untracked-files=no", cwd=box).stdout == ""
+    back = run_readme("and on the laptop:", laptop, env)
+    assert "Data and pipelines are up to date." in back.stdout, back.stdout
+    assert tree_digest(laptop / "models/demo/model") == tree_digest(box / "models/demo/model")
+    assert "learning_rate: 5e-05" in (laptop / "params.yaml").read_text()
 
 
 def test_nothing_secret_in_tracked_dvc_config() -> None:
@@ -372,6 +383,7 @@ def test_gpu_box_sets_up_a_clone_and_backs_up_checkpoints(tmp_path: Path, s3_end
     assert git("status", "--porcelain", cwd=box).stdout.strip() == ""  # nothing for git to commit
     assert git("config", "--local", "user.email", cwd=box).stdout.startswith("gpu-box@")
     assert "tts-pipeline run --config languages/demo.yaml --until evaluate --allow-missing" in proc.stdout
+    assert re.search(r"train@demo\s+would run", proc.stdout), proc.stdout  # the plan, before paying
 
     # Preemption insurance: back up checkpoints (only what changed), lose them, set up again.
     ckpts = box / "models/demo/checkpoints"
@@ -412,3 +424,22 @@ def test_gpu_box_sets_up_a_clone_and_backs_up_checkpoints(tmp_path: Path, s3_end
     assert not old.exists()
     assert (box / "data/demo/dataset/data.txt").read_text() == "HELLO FROM DEMO\n"
     assert (box / ".dvc/config.local").read_text() == local
+
+
+def test_gpu_box_refuses_a_missing_bucket_or_creates_it_when_asked(tmp_path: Path, s3_endpoint: str) -> None:
+    env = aws_env(s3_endpoint)
+    _, box = laptop_and_box(tmp_path, s3_endpoint, "bucket", env)
+    env_box = {**env, "TTS_S3_URL": "s3://fresh-bucket/tts", "TTS_S3_ENDPOINT": s3_endpoint}
+    script = ["bash", "scripts/gpu-box.sh", "--lang", "demo", "--skip-install"]
+    missing = subprocess.run(script, cwd=box, env=env_box, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1
+    assert "bucket 'fresh-bucket' does not exist" in missing.stderr and "--create-bucket" in missing.stderr
+    assert "fresh-bucket" not in [b["Name"] for b in s3_client(s3_endpoint).list_buckets()["Buckets"]]
+
+    created = subprocess.run(
+        [*script, "--create-bucket"], cwd=box, env=env_box, capture_output=True, text=True
+    )
+    assert "created bucket fresh-bucket" in created.stdout, created.stdout + created.stderr
+    assert "fresh-bucket" in [b["Name"] for b in s3_client(s3_endpoint).list_buckets()["Buckets"]]
+    # an empty bucket has no dataset: the set-up stops and says what the laptop must do first
+    assert created.returncode == 1 and "could not pull dataset@demo" in created.stderr

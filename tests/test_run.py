@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_helpers import git, make_toy_project, stage_runs
+from dvc_helpers import dvc, git, make_toy_project, stage_runs
 
 from tts_pipeline import cli
 from tts_pipeline.errors import PipelineError
 from tts_pipeline.run import (
     FAILED,
+    NOT_HERE,
     RAN,
     RESTORED,
     SKIPPED,
     UP_TO_DATE,
+    WOULD_RESTORE,
     WOULD_RUN,
     check_language,
     run_pipeline,
@@ -112,7 +114,8 @@ def test_failure_marks_later_stages_not_run(toy: Path, monkeypatch: pytest.Monke
         run_pipeline(toy, "demo", force=True)
     assert statuses(info.value.summary)["train@demo"] == SKIPPED
     assert "toy stage dataset failing on purpose" not in str(info.value)  # stderr goes to the log
-    assert "exited with 1" in str(info.value)
+    assert "the dataset step stopped with an error (exit code 1)" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_cli_run_and_clear_errors(
@@ -168,9 +171,14 @@ def test_missing_data_is_restored_and_hints_allow_missing(
     run_pipeline(toy, "demo")
     stage_runs(toy)
     shutil.rmtree(toy / "data/demo/raw")  # like a clone that pulled only the dataset
-    # --allow-missing: nothing to do, nothing recomputed, raw stays absent.
+    # --allow-missing: nothing needs raw (the dataset is here), nothing recomputed, raw stays absent.
     skipped = run_pipeline(toy, "demo", allow_missing=True)
-    assert statuses(skipped) == dict.fromkeys(statuses(skipped), UP_TO_DATE)
+    assert statuses(skipped) == {
+        "collect@demo": NOT_HERE,
+        "dataset@demo": UP_TO_DATE,
+        "train@demo": UP_TO_DATE,
+    }
+    assert "1 skipped (data not here, not needed)" in skipped.format()
     assert not (toy / "data/demo/raw").exists()
     # Without it DVC brings raw back (here from its run cache, without running) and we say why.
     with caplog.at_level(logging.WARNING, logger="tts_pipeline.run"):
@@ -179,3 +187,59 @@ def test_missing_data_is_restored_and_hints_allow_missing(
     assert "add --allow-missing" in caplog.text
     assert (toy / "data/demo/raw/items.txt").is_file()
     assert stage_runs(toy) == []
+
+
+def _laptop_with_lock(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A toy project that ran every stage and committed dvc.lock, like the repository does."""
+    laptop = make_toy_project(path)
+    monkeypatch.chdir(laptop)
+    run_pipeline(laptop, "demo")
+    stage_runs(laptop)
+    git("add", "dvc.lock", "metrics", cwd=laptop)
+    git("commit", "-q", "-m", "lock", cwd=laptop)
+    return laptop
+
+
+def test_fresh_clone_with_no_data_anywhere_runs_instead_of_calling_it_up_to_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dvc.lock names outputs that are not here, in the cache or on a remote: --allow-missing
+    alone would skip every stage ("up to date") and train nothing."""
+    laptop = _laptop_with_lock(tmp_path / "laptop", monkeypatch)
+    box = tmp_path / "box"
+    git("clone", "-q", str(laptop), str(box), cwd=tmp_path)
+    monkeypatch.chdir(box)
+    dry = run_pipeline(box, "demo", until="train", allow_missing=True, dry=True)
+    assert statuses(dry) == dict.fromkeys(["collect@demo", "dataset@demo", "train@demo"], WOULD_RUN)
+    assert "not here, in the cache or on the remote" in dry.results[-1].reason
+    summary = run_pipeline(box, "demo", until="train", allow_missing=True)
+    assert statuses(summary) == dict.fromkeys(statuses(dry), RAN)
+    assert stage_runs(box) == ["collect@demo", "dataset@demo", "train@demo"]
+    assert (box / "models/demo/model/weights.txt").is_file()
+    # the workspace now matches the lock: a second run has nothing to do
+    again = run_pipeline(box, "demo", until="train", allow_missing=True)
+    assert statuses(again) == dict.fromkeys(statuses(dry), UP_TO_DATE)
+
+
+def test_box_pulls_what_the_remote_has_and_runs_only_what_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remote has the dataset only: it is pulled, collect is left alone, train runs."""
+    laptop = _laptop_with_lock(tmp_path / "laptop", monkeypatch)
+    dvc("remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=laptop)
+    git("commit", "-q", "-am", "remote", cwd=laptop)
+    dvc("push", "dataset@demo", cwd=laptop)
+    box = tmp_path / "box"
+    git("clone", "-q", str(laptop), str(box), cwd=tmp_path)
+    monkeypatch.chdir(box)
+    dry = run_pipeline(box, "demo", until="train", allow_missing=True, dry=True)
+    assert statuses(dry) == {
+        "collect@demo": UP_TO_DATE,
+        "dataset@demo": WOULD_RESTORE,
+        "train@demo": WOULD_RUN,
+    }
+    summary = run_pipeline(box, "demo", until="train", allow_missing=True)
+    assert statuses(summary) == {"collect@demo": NOT_HERE, "dataset@demo": RESTORED, "train@demo": RAN}
+    assert stage_runs(box) == ["train@demo"]
+    assert not (box / "data/demo/raw").exists()
+    assert (box / "models/demo/model/weights.txt").is_file()

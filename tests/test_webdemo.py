@@ -33,9 +33,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     httpd.server_close()
 
 
-def _post(url: str, payload: object) -> tuple[int, str, bytes]:
+def _post(url: str, payload: object, route: str = "/api/synthesize") -> tuple[int, str, bytes]:
     request = urllib.request.Request(
-        url + "/api/synthesize",
+        url + route,
         data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -59,7 +59,7 @@ def test_page_lists_speakers_and_synthesized_verses(server) -> None:
     status, body = _get(url + "/")
     page = body.decode()
     assert status == 200 and "Diane" in page and "Sheila" in page
-    assert "It is a long way from Texas to New Jersey, isn&#x27;t it?" in page
+    assert "It is a long way from Texas to New Jersey, isn&#39;t it?" in page  # escaped
     assert 'src="/synthesized/audio/LUK_001_007.webm"' in page
     status, data = _get(url + "/synthesized/audio/LUK_001_007.webm")
     assert status == 200 and data == (tmp / "synthesized/audio/LUK_001_007.webm").read_bytes()
@@ -88,3 +88,47 @@ def test_bad_requests_are_answered_not_crashed(server) -> None:
     assert _post(url, {"text": "x" * (webdemo.MAX_TEXT_CHARS + 1)})[0] == 413
     assert _post(url, ["not", "an", "object"])[0] == 400
     assert _post(url, {"text": "hello"})[0] == 200  # still serving; default speaker
+
+
+def test_check_lists_what_the_model_drops_before_synthesis(server) -> None:
+    url, _ = server
+    status, _, body = _post(url, {"text": "Ẹ kú àárọ̀, friend"}, "/api/check")
+    info = json.loads(body)
+    assert status == 200 and info["model_input"] == "k r, friend"
+    assert {"ẹ", "ú", "à", "á", "ọ"} <= set(info["dropped"])
+
+
+def test_rate_and_noise_are_checked_and_change_the_audio(server) -> None:
+    url, _ = server
+    status, _, slow = _post(url, {"text": "hello there", "speaking_rate": 0.5})
+    status2, _, fast = _post(url, {"text": "hello there", "speaking_rate": 2.0})
+    assert status == status2 == 200 and len(slow) > len(fast)
+    status, _, body = _post(url, {"text": "hello", "noise": 9})
+    assert status == 400 and b"noise" in body
+
+
+def test_approval_of_an_unknown_take_is_refused(server) -> None:
+    url, tmp = server
+    status, _, body = _post(
+        url, {"verse_id": "GEN 1:1", "model_revision": "x", "verdict": "approved"}, "/api/approval"
+    )
+    assert status == 400 and b"no synthesized take" in body
+    assert not (tmp / "synthesized.approvals.json").exists()
+
+
+def test_approval_is_required_by_default_for_gitlab_only(tmp_path) -> None:
+    from synth_helpers import write_config
+
+    from tts_pipeline.approvals import required
+    from tts_pipeline.config import load_config
+
+    local = load_config(write_config(tmp_path, tmp_path, tmp_path))
+    assert not required(local)
+    gitlab = {"type": "gitlab", "url": "https://gitlab.example", "project": "team/x"}
+    (tmp_path / "g").mkdir()
+    assert required(load_config(write_config(tmp_path / "g", tmp_path, tmp_path, source=gitlab)))
+    (tmp_path / "h").mkdir()
+    cfg = load_config(
+        write_config(tmp_path / "h", tmp_path, tmp_path, source=gitlab, synthesis={"require_approval": False})
+    )
+    assert not required(cfg)

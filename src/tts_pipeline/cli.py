@@ -33,6 +33,22 @@ STAGES: dict[str, tuple[str, str]] = {
     "synthesize": ("synthesize", "voice the verses nobody recorded; optional write-back"),
     "demo": ("webdemo", "local web page to try the trained voice"),
     "run": ("run", "run the whole pipeline for a language through DVC"),
+    "experiments": ("experiments", "DVC experiments as a short table: changed settings, headline metrics"),
+}
+
+#: The planning document's Phase 2 flags: a stage command that runs the next stages right after
+#: it, in order (a later flag implies the earlier ones). (flag, stage, help). Orchestration
+#: lives here, never in the stage modules: a stage module does not import another stage.
+FOLLOW_UPS: dict[str, list[tuple[str, str, str]]] = {
+    "collect": [
+        ("--preprocess", "preprocess", "then preprocess the collected audio (paths.preprocessed)"),
+        ("--diarize", "speakers", "then run the speakers stage too (implies --preprocess)"),
+        (
+            "--prepare-training",
+            "dataset",
+            "then build the training-ready dataset too (paths.hf_dataset; implies --diarize)",
+        ),
+    ],
 }
 
 #: Commands that replace an output folder (`fsutil.atomic_directory`) and so take --force.
@@ -42,6 +58,8 @@ WRITES_OUTPUT = ("collect", "preprocess", "speakers", "dataset", "train", "evalu
 def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
     parser.add_argument(
         "--config",
+        "--config_path",  # the planning document's gitlab_to_hf_dataset.py spelling
+        dest="config",
         required=config_required,
         metavar="FILE",
         help="language config, e.g. languages/hsn.yaml",
@@ -72,12 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
         module = _import_stage(module_name, soft=True)
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(stage_parser)
+        for flag, _, flag_help in FOLLOW_UPS.get(name, []):
+            stage_parser.add_argument(flag, action="store_true", help=flag_help)
         if name in WRITES_OUTPUT:
             stage_parser.add_argument(
                 "--force",
                 action="store_true",
                 help="replace the output folder even if tts-pipeline did not write it (its contents are lost)",
             )
+
+    new = sub.add_parser(
+        "new-language",
+        help="set up a new language: languages/<code>.yaml, its corrections file, params.yaml",
+        description="Set up a new language in one command: check the source answers, write "
+        "languages/<code>.yaml (only what differs from params.yaml) and an empty "
+        "languages/<code>.speakers.yaml, add the language to params.yaml (comments kept), and print "
+        "the next command. Never overwrites an existing language.",
+    )
+    new.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: INFO)",
+    )
+    from . import newlanguage
+
+    newlanguage.add_arguments(new)
 
     config_parser = sub.add_parser("config", help="inspect the effective configuration")
     config_sub = config_parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -113,6 +151,44 @@ def _experiment_hint() -> str:
     )
 
 
+def _stage_args(module_name: str, args: argparse.Namespace, overrides: dict[str, str]) -> argparse.Namespace:
+    """The arguments a stage gets when run with only --config/--params (its own defaults)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    module = _import_stage(module_name)
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    stage_args = parser.parse_args([])
+    for key in ("config", "params", "log_level"):
+        setattr(stage_args, key, getattr(args, key, None))
+    for key, value in overrides.items():
+        if hasattr(stage_args, key):
+            setattr(stage_args, key, value)
+    return stage_args
+
+
+def run_with_follow_ups(cfg: Config, args: argparse.Namespace) -> int:
+    """Run the command's stage, then the follow-up stages its Phase 2 flags ask for."""
+    result = int(_import_stage(args.module).run(cfg, args) or 0)
+    chain = FOLLOW_UPS.get(args.command, [])
+    wanted = [
+        i for i, (flag, _, _) in enumerate(chain) if getattr(args, flag.lstrip("-").replace("-", "_"), False)
+    ]
+    if result or not wanted:
+        return result
+    overrides: dict[str, str] = {}
+    if args.command == "collect" and getattr(
+        args, "output_dir", None
+    ):  # preprocess reads what was just written
+        overrides = {"input_dir": args.output_dir, "input_metadata": f"{args.output_dir}/metadata.csv"}
+    for _, stage, _ in chain[: max(wanted) + 1]:
+        log.info("%s: running the %s stage", args.command, stage)
+        result = int(_import_stage(stage).run(cfg, _stage_args(stage, args, overrides)) or 0)
+        if result:
+            return result
+        overrides = {}
+    return 0
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
@@ -126,6 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    if args.command == "new-language":
+        from . import newlanguage
+
+        try:
+            return newlanguage.run(args)
+        except PipelineError as exc:
+            print(f"tts-pipeline new-language: error: {exc}", file=sys.stderr)
+            return 1
     try:
         cfg: Config = load_config(args.config, args.params)
     except ConfigError as exc:
@@ -140,10 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"{cfg.config_path}: OK (language '{cfg.code}')")
         return 0
-    module = _import_stage(args.module)
     try:
         with forcing(bool(getattr(args, "force", False)) and args.command in WRITES_OUTPUT):
-            result = module.run(cfg, args)
+            result = run_with_follow_ups(cfg, args)
     except KeyboardInterrupt:
         log.error("interrupted; finished work is kept, re-run to continue")
         return 130

@@ -55,6 +55,14 @@ class Take:
     channels: int | None = None
     #: metadata.synthetic: made by a TTS model (our write-back), not a person: never a recording
     synthetic: bool = False
+    #: user names of the reviewers who approved this take (validatedBy entries not isDeleted)
+    validated_by: tuple[str, ...] = ()
+    created_by: str | None = None  # the uploader (createdBy)
+
+    @property
+    def validated(self) -> bool:
+        """A reviewer approved this take in the app (an active validatedBy entry)."""
+        return bool(self.validated_by)
 
     @property
     def usable(self) -> bool:
@@ -235,6 +243,19 @@ def _as_int(value: Any) -> int | None:
     return int(number) if number is not None else None
 
 
+def _validators(value: Any) -> tuple[str, ...]:
+    """Reviewer names of a validatedBy list; withdrawn approvals (isDeleted: true) don't count."""
+    if not isinstance(value, list):
+        return ()
+    names = []
+    for entry in value:
+        if not isinstance(entry, dict) or entry.get("isDeleted") is True:
+            continue
+        name = entry.get("username")
+        names.append(name.strip() if isinstance(name, str) and name.strip() else "?")
+    return tuple(names)
+
+
 def _is_audio(audio_id: str, attachment: dict[str, Any]) -> bool:
     kind = attachment.get("type")
     if kind is not None:
@@ -266,6 +287,8 @@ def _parse_take(audio_id: str, attachment: Any) -> Take | None:
         sample_rate=_as_int(meta.get("sampleRate")),
         channels=_as_int(meta.get("channels")),
         synthetic=meta.get("synthetic") is True,
+        validated_by=_validators(attachment.get("validatedBy")),
+        created_by=attachment["createdBy"] if isinstance(attachment.get("createdBy"), str) else None,
     )
 
 
@@ -396,24 +419,30 @@ def iter_project_documents(project_dir: str | Path) -> Iterator[Path]:
 # --------------------------------------------------------------------------- rules
 
 
-def usable_take(cell: Cell) -> Take | None:
-    """The take to export: selectedAudioId if usable, else the newest usable take.
+def usable_take(cell: Cell, require_validated: bool = False) -> Take | None:
+    """The take to export: selectedAudioId if usable, else the newest validated usable take,
+    else the newest usable take. With `require_validated`, only validated takes are candidates.
 
     Usable = not deleted, not missing, not synthetic (a synthesized take written back by this
-    pipeline is never training data, and its verse still needs a human recording).
+    pipeline is never training data, and its verse still needs a human recording). A take a
+    reviewer approved beats a newer one nobody has checked yet.
     """
-    usable = [t for t in cell.takes if t.usable]
+    usable = [t for t in cell.takes if t.usable and (t.validated or not require_validated)]
     if cell.selected_audio_id:
         for take in usable:
             if take.audio_id == cell.selected_audio_id:
                 return take
-    if not usable:
+    candidates = [t for t in usable if t.validated] or usable
+    if not candidates:
         return None
-    return max(usable, key=lambda t: (t.created_at, t.updated_at, t.audio_id))
+    return max(candidates, key=lambda t: (t.created_at, t.updated_at, t.audio_id))
 
 
-def no_take_reason(cell: Cell) -> str:
-    """Why a cell has no usable take: no_audio | takes_deleted | synthetic_only | takes_missing."""
+def no_take_reason(cell: Cell, require_validated: bool = False) -> str:
+    """Why a cell has no usable take: no_audio | takes_deleted | synthetic_only | takes_missing
+    | not_validated (usable takes, none approved, and `require_validated`)."""
+    if require_validated and any(t.usable for t in cell.takes):
+        return "not_validated"
     if not cell.takes:
         return "no_audio"
     alive = [t for t in cell.takes if not t.deleted]
@@ -424,7 +453,7 @@ def no_take_reason(cell: Cell) -> str:
     return "takes_missing"
 
 
-def plan_cell(cell: Cell, text_source: TextSource = "cell") -> CellPlan:
+def plan_cell(cell: Cell, text_source: TextSource = "cell", require_validated: bool = False) -> CellPlan:
     """The export decision for one cell (the single source of the collect rules).
 
     text_source "cell" uses the cell's text; "transcription" the take's transcription
@@ -433,9 +462,9 @@ def plan_cell(cell: Cell, text_source: TextSource = "cell") -> CellPlan:
     reason = cell.skip_reason
     if reason is not None and not (reason == "empty_text" and text_source == "transcription"):
         return CellPlan(cell, None, "", reason)
-    take = usable_take(cell)
+    take = usable_take(cell, require_validated)
     if take is None:
-        return CellPlan(cell, None, "", no_take_reason(cell))
+        return CellPlan(cell, None, "", no_take_reason(cell, require_validated))
     text = cell.text if text_source == "cell" else take.transcription
     if not text:
         return CellPlan(cell, take, "", "empty_text")

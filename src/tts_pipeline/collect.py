@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import os
 import shutil
@@ -153,7 +152,9 @@ class ProjectPlan:
 
 
 def plan_documents(
-    documents: Iterable[tuple[str, Callable[[], list[codex.Cell]]]], text_source: TextSource
+    documents: Iterable[tuple[str, Callable[[], list[codex.Cell]]]],
+    text_source: TextSource,
+    require_validated: bool = False,
 ) -> ProjectPlan:
     """Parse each document (a broken one is reported and the rest continue) and plan its cells."""
     plans: list[CellPlan] = []
@@ -170,7 +171,7 @@ def plan_documents(
             continue
         cells_seen += len(cells)
         for cell in cells:
-            plan = codex.plan_cell(cell, text_source)
+            plan = codex.plan_cell(cell, text_source, require_validated)
             if plan.skip_reason is None:
                 plans.append(plan)
             else:
@@ -204,12 +205,12 @@ def _skip(item: ExportItem, reason: str, detail: str = "") -> Skip:
 # --------------------------------------------------------------------------- local source
 
 
-def local_plan(project_dir: Path, text_source: TextSource) -> ProjectPlan:
+def local_plan(project_dir: Path, text_source: TextSource, require_validated: bool = False) -> ProjectPlan:
     documents = [
         (path.relative_to(project_dir).as_posix(), lambda path=path: codex.read_codex_document(path))
         for path in codex.iter_project_documents(project_dir)
     ]
-    return plan_documents(documents, text_source)
+    return plan_documents(documents, text_source, require_validated)
 
 
 def locate_local(project_dir: Path, items: list[ExportItem]) -> tuple[list[Located], list[Skip]]:
@@ -356,7 +357,12 @@ def gitlab_connect(cfg: Config) -> GitLabSource:
 
 
 def gitlab_collect_plan(
-    source: GitLabSource, cache: DownloadCache, text_source: TextSource, workers: int, stats: Stats
+    source: GitLabSource,
+    cache: DownloadCache,
+    text_source: TextSource,
+    workers: int,
+    stats: Stats,
+    require_validated: bool = False,
 ) -> tuple[ProjectPlan, dict[str, Any]]:
     """List the tree, fetch the `.codex` documents (through the cache) and plan the export."""
     tree = source.list_tree()
@@ -375,7 +381,7 @@ def gitlab_collect_plan(
         )
         for path in docs
     ]
-    return plan_documents(documents, text_source), tree
+    return plan_documents(documents, text_source, require_validated), tree
 
 
 def _fetch_blobs(
@@ -497,6 +503,7 @@ def build_report(
         "cells": {
             "seen": plan.cells_seen,
             "exported": len(located),
+            "exported_validated": sum(x.item.take.validated for x in located),  # a reviewer approved
             "skipped": len(skips),
             "skipped_by_reason": dict(sorted(by_reason.items())),
         },
@@ -578,12 +585,12 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
     text_source: TextSource = cfg.collect.text_source
     workers = cfg.collect.download_workers
     stats = Stats()
-    if cfg.source.type == "local":
+    if cfg.require_source("collect").type == "local":
         project_dir = Path(cfg.source.path or "")
         if not project_dir.is_dir():
             raise PipelineError(f"{cfg.config_path}: source.path {project_dir} is not a folder")
         check_output_dir(output_dir, project_dir)
-        plan = local_plan(project_dir, text_source)
+        plan = local_plan(project_dir, text_source, cfg.collect.require_validated_audio)
         located, more = locate_local(project_dir, plan.items)
         info: dict[str, Any] = {"type": "local", "path": cfg.source.path}
         link = False  # never hard-link a user's own files into the pipeline's outputs
@@ -592,7 +599,9 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         cache = DownloadCache(Path(cfg.paths.cache) / "collect")
         cache.clean()
         source = gitlab_connect(cfg)
-        plan, tree = gitlab_collect_plan(source, cache, text_source, workers, stats)
+        plan, tree = gitlab_collect_plan(
+            source, cache, text_source, workers, stats, cfg.collect.require_validated_audio
+        )
         located, more = locate_gitlab(source, cache, tree, plan.items, workers, stats)
         info = {
             "type": "gitlab",
@@ -635,10 +644,11 @@ def _log_summary(output_dir: Path, report: dict[str, Any], stats: Stats) -> None
     cells = report["cells"]
     reasons = ", ".join(f"{k} {v}" for k, v in cells["skipped_by_reason"].items()) or "none"
     log.info(
-        "collect: %d cells seen, %d exported to %s, %d skipped (%s)",
+        "collect: %d cells seen, %d exported to %s (%d of them validated by a reviewer), %d skipped (%s)",
         cells["seen"],
         cells["exported"],
         output_dir,
+        cells["exported_validated"],
         cells["skipped"],
         reasons,
     )
@@ -663,43 +673,11 @@ def _log_summary(output_dir: Path, report: dict[str, Any], stats: Stats) -> None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # --preprocess / --diarize / --prepare-training (run the next stages too) live in cli.py:
+    # a stage module never runs another stage.
     parser.add_argument("--output_dir", default=None, help="raw dataset folder (default: paths.raw_dataset)")
-    parser.add_argument(
-        "--preprocess",
-        action="store_true",
-        help="then run the preprocess stage on the result (default paths)",
-    )
-    parser.add_argument(
-        "--diarize", action="store_true", help="then run the speakers stage too (implies --preprocess)"
-    )
-
-
-def _run_stage(module_name: str, cfg: Config, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    """Run another stage's `run(cfg, args)` with its own default flags (as the CLI would)."""
-    module = importlib.import_module(f"{__package__}.{module_name}")
-    parser = argparse.ArgumentParser(add_help=False)
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(parser)
-    stage_args = parser.parse_args([])
-    for key in ("config", "params", "log_level"):
-        setattr(stage_args, key, getattr(args, key, None))
-    for key, value in overrides.items():
-        if hasattr(stage_args, key):
-            setattr(stage_args, key, value)
-    log.info("collect: running the %s stage", module_name)
-    return int(module.run(cfg, stage_args) or 0)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    output_dir = Path(args.output_dir or cfg.paths.raw_dataset)
-    collect(cfg, output_dir)
-    if getattr(args, "preprocess", False) or getattr(args, "diarize", False):
-        overrides: dict[str, Any] = {}
-        if args.output_dir:  # the next stage reads what was just written
-            overrides = {"input_dir": str(output_dir), "input_metadata": str(output_dir / "metadata.csv")}
-        code = _run_stage("preprocess", cfg, args, overrides)
-        if code:
-            return code
-        if getattr(args, "diarize", False):
-            return _run_stage("speakers", cfg, args, {})
+    collect(cfg, Path(args.output_dir or cfg.paths.raw_dataset))
     return 0

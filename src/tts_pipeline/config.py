@@ -45,7 +45,8 @@ class LanguageSection:
 class SourceSection:
     """Where the Codex project comes from. The GitLab token is read from `token_env` only."""
 
-    type: Literal["local", "gitlab"] = "local"
+    #: null = no source: only collect and synthesize need one (`Config.require_source`)
+    type: Literal["local", "gitlab"] | None = None
     path: str | None = None
     url: str | None = None
     project: str | None = None  # numeric id or "group/name"
@@ -76,6 +77,7 @@ class PathsSection:
 @dataclass
 class CollectSection:
     text_source: Literal["cell", "transcription"] = "cell"
+    require_validated_audio: bool = False  # export only takes a reviewer approved (validatedBy)
     download_workers: int = _range(1, 256, default=8)
     max_retries: int = _range(0, 100, default=5)
     timeout_s: float = _range(0.1, 3600, default=60.0)
@@ -85,7 +87,7 @@ class CollectSection:
 @dataclass
 class AudioSection:
     sample_rate: int = _range(8000, 48000, default=16000)
-    channels: int = _range(1, 1, default=1)
+    channels: int = _range(1, 1, default=1)  # fixed (FIXED_SETTINGS): mono is what MMS-TTS trains on
     target_db: float = _range(-70, 0, default=-20.0)
     peak_ceiling_db: float = _range(-30, 0, default=-1.0)
     trim_silence: bool = True
@@ -199,6 +201,7 @@ class SynthesisSection:
     format: Literal["webm", "wav"] = "webm"
     seed: int = _range(0, None, default=0)
     speaking_rate: float = _range(0.1, 10, default=1.0)
+    require_approval: bool | None = None  # null = true for GitLab sources (write-back opens a public MR)
 
 
 SECTIONS: dict[str, type] = {
@@ -218,6 +221,22 @@ SECTIONS: dict[str, type] = {
 LANGUAGE_ONLY = {"language", "source", "paths"}
 #: Top-level keys of params.yaml that are not stage settings.
 PARAMS_EXTRA_KEYS = {"languages"}
+
+#: Names from the planning document's config files (tts_config_template.yaml / config.yaml),
+#: accepted as aliases of the one canonical setting they mean (README "Configuration reference").
+ALIASES: dict[str, str] = {
+    "language.base_model": "training.base_model",
+    "dataset.val_split": "dataset.validation_split",
+    "speaker_diarization.method": "speaker_diarization.backend",
+    "training.output_dir": "paths.checkpoints",
+}
+#: Planning-document settings that the pipeline does not vary: accepted with the value the
+#: pipeline implements (any other is an error, never silently ignored), with the reason why.
+FIXED_SETTINGS: dict[str, tuple[Any, str]] = {
+    "audio.channels": (1, "preprocess writes mono WAV, the input MMS-TTS is trained on"),
+    "audio.bit_depth": (16, "preprocess writes 16-bit PCM WAV"),
+    "audio.normalize": (True, "preprocess always loudness-normalises to audio.target_db"),
+}
 
 
 @dataclass
@@ -247,6 +266,21 @@ class Config:
     def path(self, name: str) -> Path:
         """A per-language path from the `paths` section."""
         return Path(getattr(self.paths, name))
+
+    @property
+    def corrections_path(self) -> Path:
+        """`languages/<code>.speakers.yaml`, beside the language config (optional file)."""
+        return Path(self.config_path).with_name(f"{self.code}.speakers.yaml")
+
+    def require_source(self, stage: str) -> SourceSection:
+        """The source section, for the stages that read the Codex project; an error if unset."""
+        if self.source.type is None:
+            raise ConfigError(
+                f"{self.config_path}: no 'source' section, and {stage} reads the recordings from it; "
+                "add 'source: {type: local, path: <Codex project folder>}' or "
+                "'source: {type: gitlab, url: https://gitlab.com, project: <group/name>}'"
+            )
+        return self.source
 
     def flat_items(self) -> list[tuple[str, Any, str]]:
         """(dotted key, value, origin) for every setting, for display and MLflow."""
@@ -384,12 +418,70 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported setting type {tp}")  # pragma: no cover
 
 
-def _build_section(name: str, layers: list[tuple[Path, dict[str, Any]]], origins: dict[str, str]) -> Any:
+def _resolve_aliases(
+    path: Path, data: dict[str, Any], origins: dict[str, str], aliased: dict[str, str]
+) -> dict[str, Any]:
+    """One file's sections with planning-document names moved to their canonical settings.
+
+    A file giving one setting under two names (e.g. `language.base_model` and
+    `training.base_model`) with different values is an error: which one it meant is unknowable.
+    Fixed settings (FIXED_SETTINGS) are checked here and dropped unless they are real fields.
+    `aliased` receives canonical -> alias for this file (shown by `config show`).
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for alias, canonical in ALIASES.items():
+        a_sec, a_key = alias.split(".")
+        c_sec, c_key = canonical.split(".")
+        section = out.get(a_sec)
+        if not isinstance(section, dict) or a_key not in section:
+            continue
+        value = section.pop(a_key)
+        target = out.get(c_sec)
+        if target is None:
+            target = out[c_sec] = {}
+        if not isinstance(target, dict):
+            continue  # _build_section reports the section that is not a mapping
+        if c_key in target:
+            other = target[c_key]
+            if other != value:
+                raise ConfigError(
+                    f"{path}: {alias} ({value!r}) and {canonical} ({other!r}) set the same thing "
+                    f"differently; keep one of them"
+                )
+            continue
+        target[c_key] = value
+        aliased[canonical] = alias
+    for dotted, (expected, why) in FIXED_SETTINGS.items():
+        sec, key = dotted.split(".")
+        section = out.get(sec)
+        if not isinstance(section, dict) or key not in section:
+            continue
+        where = f"{path}: {dotted}"
+        value = _coerce(section[key], type(expected), where)
+        if value != expected:
+            raise ConfigError(
+                f"{where}: {value!r} is not supported; {why}, so it must be {_yaml_word(expected)} "
+                "(or leave the key out)"
+            )
+        origins[dotted] = str(path)
+        if key not in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
+            del section[key]
+    return out
+
+
+def _yaml_word(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+Layer = tuple[Path, dict[str, Any], dict[str, str]]  # file, its sections, canonical -> alias used
+
+
+def _build_section(name: str, layers: list[Layer], origins: dict[str, str]) -> Any:
     cls = SECTIONS[name]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
-    for path, data in layers:
+    for path, data, aliased in layers:
         section = data.get(name)
         if section is None:
             continue
@@ -398,9 +490,10 @@ def _build_section(name: str, layers: list[tuple[Path, dict[str, Any]]], origins
         for key, raw in section.items():
             where = f"{path}: {name}.{key}"
             if key not in fields:
+                extra = [a.split(".")[1] for a in (*ALIASES, *FIXED_SETTINGS) if a.startswith(f"{name}.")]
                 raise ConfigError(
-                    f"{where}: unknown setting{_suggest(str(key), fields)}; "
-                    f"known: {', '.join(sorted(fields))}"
+                    f"{where}: unknown setting{_suggest(str(key), [*fields, *extra])}; "
+                    f"known: {', '.join(sorted({*fields, *extra}))}"
                 )
             value = _coerce(raw, hints[key], where)
             meta = fields[key].metadata
@@ -410,7 +503,8 @@ def _build_section(name: str, layers: list[tuple[Path, dict[str, Any]]], origins
                     bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
                     raise ConfigError(f"{where}: {value} is outside the allowed range {bounds}")
             values[key] = value
-            origins[f"{name}.{key}"] = str(path)
+            dotted = f"{name}.{key}"
+            origins[dotted] = f"{path} (as {aliased[dotted]})" if dotted in aliased else str(path)
     return cls(**values)
 
 
@@ -482,6 +576,8 @@ def _check(cfg: Config) -> None:
     if not cfg.language.code.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{where}: language.code {cfg.language.code!r} must be alphanumeric")
     src = cfg.source
+    if src.type is None and (src.path or src.url or src.project):
+        src.type = "gitlab" if (src.url or src.project) else "local"  # `type` may be left out
     if src.type == "local" and not src.path:
         raise ConfigError(f"{where}: source.path is required when source.type is 'local'")
     if src.type == "gitlab" and not (src.url and src.project):
@@ -535,7 +631,10 @@ def load_config(config_path: str | Path, params_path: str | Path | None = None) 
             raise ConfigError(f"{config_path}: unknown section '{key}'{_suggest(key, SECTIONS)}")
 
     origins: dict[str, str] = {}
-    layers = [(params_path, params), (config_path, language)]
+    layers: list[Layer] = []
+    for path, data in ((params_path, params), (config_path, language)):
+        aliased: dict[str, str] = {}
+        layers.append((path, _resolve_aliases(path, data, origins, aliased), aliased))
     sections = {name: _build_section(name, layers, origins) for name in SECTIONS}
     cfg = Config(**sections, config_path=config_path, params_path=params_path, origins=origins)
     if not cfg.language.code:
@@ -562,7 +661,7 @@ def languages_in_params(params_path: str | Path = DEFAULT_PARAMS) -> list[str]:
 #: What each DVC stage depends on: whole sections or single "section.key" settings.
 STAGE_SETTINGS: dict[str, list[str]] = {
     # download_workers / retries / timeouts change how, not what: they don't re-run collect.
-    "collect": ["language.code", "source", "collect.text_source"],
+    "collect": ["language.code", "source", "collect.text_source", "collect.require_validated_audio"],
     "preprocess": ["audio", "preprocess"],
     "speakers": ["audio.sample_rate", "speaker_diarization"],
     "dataset": ["audio.sample_rate", "dataset", "training.base_model"],
@@ -585,6 +684,27 @@ def stage_settings(cfg: Config, stage: str) -> dict[str, Any]:
     return out
 
 
+def frozen_corrections(cfg: Config) -> Any:
+    """The speaker corrections file's content (None when there is none: no corrections).
+
+    Frozen into params/<code>/speakers.json, so DVC re-runs the speakers stage when the
+    corrections change without dvc.yaml requiring the optional file to exist. The speakers
+    stage itself reads and validates the file (errors name the line).
+    """
+    path = cfg.corrections_path
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        detail = ": ".join(w for w in (getattr(exc, "context", None), getattr(exc, "problem", None)) if w)
+        raise ConfigError(f"{path}{line}: not valid YAML: {detail or ' '.join(str(exc).split())}") from None
+
+
 def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
     """Write params/<code>/<stage>.json per stage: DVC re-runs a stage only when its own file changes."""
     import json
@@ -594,7 +714,10 @@ def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
     written = []
     for stage in STAGE_SETTINGS:
         path = output_dir / f"{stage}.json"
-        text = json.dumps(stage_settings(cfg, stage), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        settings = stage_settings(cfg, stage)
+        if stage == "speakers":
+            settings["corrections"] = frozen_corrections(cfg)
+        text = json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             from .fsutil import atomic_write_text  # a killed freeze leaves each file old or new, never half
 
@@ -608,4 +731,7 @@ def format_config(cfg: Config) -> str:
     lines = [f"# effective config for language '{cfg.code}'"]
     for key, value, origin in cfg.flat_items():
         lines.append(f"{key} = {value!r}  # {origin}")
+    for key, (value, why) in FIXED_SETTINGS.items():
+        if key in cfg.origins and key not in dict((k, 0) for k, _, _ in cfg.flat_items()):
+            lines.append(f"{key} = {value!r}  # {cfg.origins[key]} (fixed: {why})")
     return "\n".join(lines)

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from . import fsutil, modeling
 from .errors import PipelineError
-from .metadata import MetadataError, iter_metadata, resolve_clip_path
+from .metadata import MetadataError, default_metadata_csv, iter_metadata, resolve_clip_path
 from .text import OovReport, Tokenized, normalize_text, tokenizer_view
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -725,7 +725,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     audio_dir = args.audio_dir or cfg.path("preprocessed")
-    metadata_csv = args.metadata_csv or audio_dir / "metadata.csv"
+    metadata_csv = args.metadata_csv or default_metadata_csv(audio_dir)
     if args.speaker_ids is not None and not args.speaker_ids.is_file():
         raise PipelineError(f"{args.speaker_ids}: speaker ids file not found (given with --speaker_ids)")
     speaker_ids = args.speaker_ids or cfg.path("speaker_analysis") / SPEAKER_IDS_FILE

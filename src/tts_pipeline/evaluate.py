@@ -92,6 +92,7 @@ class ValidationItem:
     audio: np.ndarray
     sample_rate: int
     stem: str = ""
+    model_input: str = ""  # what the model's tokenizer keeps of `text` (set once the model is loaded)
 
 
 @dataclass
@@ -349,6 +350,16 @@ def synthesize_and_measure(
     return results
 
 
+def model_input(voice: LoadedVoice, text: str) -> str:
+    """Exactly the characters the model reads of `text` (its tokenizer drops the rest)."""
+    from .text import tokenizer_view
+
+    try:
+        return tokenizer_view(text, voice.tokenizer).kept
+    except PipelineError:  # a phonemizing tokenizer: its view cannot be reproduced offline
+        return text
+
+
 def load_base_voice(base_model: str | None) -> LoadedVoice | None:
     """The base model for comparison, or None with a warning when it cannot be loaded."""
     from .modeling import load_voice
@@ -385,6 +396,8 @@ def evaluate(
     claim_output_dir(output_dir, "evaluate", EVALUATE_LEGACY)  # before loading anything
     items = load_validation(dataset_path, options.max_samples)
     voice = load_voice(model_dir, device=options.device)
+    for item in items:
+        item.model_input = model_input(voice, item.text)
     base_voice = load_base_voice(options.base_model) if options.compare_base_model else None
     if embedder is None:
         embedder = get_embedder(options.embedding_backend, options.embedding_model, device=options.device)
@@ -523,17 +536,78 @@ def write_summary_plot(path: Path, report: EvaluationReport) -> None:
 
 # --------------------------------------------------------------------------- page
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:90rem}
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}
-th,td{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top;text-align:left}
-th{background:#f3f3f3}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-audio{width:16rem;display:block}
-.flag{color:#b00;font-weight:bold}
-small{color:#666}
-dl dt{font-weight:bold;margin-top:.4rem}
-"""
+
+#: Plain-language verdicts on the page: (higher is better?, good bound, fair bound) per metric.
+#: Rules of thumb, stated on the page; MCD-DTW figures follow published MMS/VITS fine-tunes
+#: (about 5-7 dB), speaker similarity the Resemblyzer same-speaker range (above 0.75).
+VERDICT_RULES: dict[str, tuple[bool, float, float]] = {
+    "mcd_dtw": (False, 6.0, 8.0),
+    "speaker_similarity": (True, 0.80, 0.65),
+    "duration_error": (False, 0.15, 0.35),  # |duration_ratio - 1|
+    "silent_fraction": (False, 0.0, 0.05),
+    "clipped_fraction": (False, 0.0, 0.05),
+}
+
+
+def verdict(metric: str, value: Any) -> str | None:
+    """good / fair / poor for one summary number (None when undefined or not judged)."""
+    if (
+        value is None
+        or isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
+        return None
+    if metric == "duration_ratio":
+        metric, value = "duration_error", abs(float(value) - 1.0)
+    if metric not in VERDICT_RULES:
+        return None
+    higher, good, fair = VERDICT_RULES[metric]
+    if higher:
+        return "good" if value >= good else "fair" if value >= fair else "poor"
+    return "good" if value <= good else "fair" if value <= fair else "poor"
+
+
+def verdict_rule(metric: str) -> str:
+    """The thresholds in words, as printed next to each verdict."""
+    if metric == "duration_ratio":
+        _, good, fair = VERDICT_RULES["duration_error"]
+        return (
+            f"good {1 - good:.2f}-{1 + good:.2f}, fair {1 - fair:.2f}-{1 + fair:.2f}, poor outside "
+            "(1 = the reader's pace)"
+        )
+    higher, good, fair = VERDICT_RULES[metric]
+    unit = " dB" if metric == "mcd_dtw" else ""
+    if higher:
+        return f"good ≥ {good:g}{unit}, fair ≥ {fair:g}{unit}, poor below"
+    best = f"good = {good:g}" if good == 0 else f"good ≤ {good:g}{unit}"
+    return f"{best}, fair ≤ {fair:g}{unit}, poor above"
+
+
+VERDICT_MEANING = {
+    "mcd_dtw": "How close the sound is to the real recording",
+    "speaker_similarity": "Does it sound like the same reader",
+    "duration_ratio": "Does it speak at the reader's pace",
+    "silent_fraction": "Sentences that came out silent",
+    "clipped_fraction": "Sentences that came out distorted (clipped)",
+}
+
+
+def _verdicts(report: EvaluationReport) -> list[dict[str, Any]]:
+    """One row per metric: the plain-language question, value and verdict per model, the rule."""
+    summaries = [report.summary.overall]
+    if report.base_summary is not None:
+        summaries.append(report.base_summary.overall)
+    return [
+        {
+            "metric": metric,
+            "question": question,
+            "cells": [(values.get(metric), verdict(metric, values.get(metric))) for values in summaries],
+            "rule": verdict_rule(metric),
+        }
+        for metric, question in VERDICT_MEANING.items()
+    ]
+
 
 _SUMMARY_KEYS = (
     "mcd_dtw",
@@ -555,95 +629,57 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _player(src: str | None, label: str) -> str:
-    if not src:
-        return "<td>–</td>"
-    path = html.escape(src, quote=True)
-    return (
-        f'<td><audio controls preload="metadata" src="{path}" aria-label="{html.escape(label, quote=True)}"></audio>'
-        f'<small><a href="{path}">{html.escape(label)}</a></small></td>'
-    )
-
-
-def _metric_cells(m: SampleMetrics | None) -> str:
+def _metrics_view(m: SampleMetrics | None) -> dict[str, Any] | None:
     if m is None:
-        return '<td class="num">–</td>' * 3 + "<td></td>"
+        return None
     flags = [name for name, on in (("silent", m.silent), ("clipped", m.clipped)) if on]
-    flag_html = f'<span class="flag">{", ".join(flags)}</span>' if flags else ""
-    return (
-        f'<td class="num">{_fmt(m.mcd_dtw, 2)}</td><td class="num">{_fmt(m.speaker_similarity)}</td>'
-        f'<td class="num">{_fmt(m.duration_ratio, 2)}</td><td>{flag_html}</td>'
-    )
-
-
-def _summary_table(rows: list[tuple[str, dict[str, Any]]], caption: str) -> str:
-    head = "".join(f"<th>{k}</th>" for k in _SUMMARY_KEYS)
-    body = "".join(
-        f'<tr><th scope="row">{html.escape(name)}</th>'
-        + "".join(f'<td class="num">{_fmt(values.get(k))}</td>' for k in _SUMMARY_KEYS)
-        + "</tr>"
-        for name, values in rows
-    )
-    return f"<table><caption>{html.escape(caption)}</caption><tr><th></th>{head}</tr>{body}</table>"
+    return {**m.to_dict(), "flags": flags}
 
 
 def render_page(report: EvaluationReport) -> str:
-    """The listening page: overall and per-speaker summaries, then one row per sentence with
-    the text, the real and synthesized recordings side by side, and their measures."""
-    title = f"Evaluation: {report.code or 'voice'}"
-    with_base = report.base_summary is not None
+    """The listening page (template `listening.html.j2`): verdicts, overall and per-speaker
+    summaries, then one row per sentence with the text, what the model reads of it, and the
+    real, fine-tuned and base-model recordings side by side with their measures."""
+    from markupsafe import Markup
+
+    from .pages import render
+
     overall = [("model", report.summary.overall)]
+    speakers = list(report.summary.per_speaker.items())
     if report.base_summary is not None:
         overall.append((f"base model ({report.base_model})", report.base_summary.overall))
-    speakers = [(name, values) for name, values in report.summary.per_speaker.items()]
-    if report.base_summary is not None:
         speakers += [(f"{name} (base model)", v) for name, v in report.base_summary.per_speaker.items()]
-
-    metric_head = "<th>MCD-DTW (dB)</th><th>speaker sim.</th><th>duration ratio</th><th>flags</th>"
-    head = "<tr><th>#</th><th>speaker</th><th>text</th><th>real</th><th>synthesized</th>"
-    head += "<th>base model</th>" if with_base else ""
-    head += metric_head + (metric_head.replace("<th>", "<th>base ") if with_base else "") + "</tr>"
-    rows = []
-    for number, s in enumerate(report.sentences, 1):
+    sentences = []
+    for s in report.sentences:
         item = s.item
-        text = html.escape(item.text_original)
-        if item.text != item.text_original:
-            text += f"<br><small>model input: {html.escape(item.text)}</small>"
-        ident = html.escape(item.verse_id or item.file_name)
-        row = (
-            f'<tr class="sentence" id="s{number}" data-speaker="{html.escape(item.speaker, quote=True)}">'
-            f"<td>{number}<br><small>{ident}</small></td><td>{html.escape(item.speaker)}</td><td>{text}</td>"
-            + _player(s.real_wav, "real")
-            + _player(s.synth_wav, "synthesized")
-            + (_player(s.base_wav, "base model") if with_base else "")
-            + _metric_cells(s.metrics)
-            + (_metric_cells(s.base_metrics) if with_base else "")
-            + "</tr>"
+        kept = item.model_input or item.text
+        sentences.append(
+            {
+                "ident": item.verse_id or item.file_name,
+                "speaker": item.speaker,
+                "text": item.text_original,
+                "model_input": kept if kept != item.text_original else None,
+                "real": s.real_wav,
+                "synth": s.synth_wav,
+                "base": s.base_wav,
+                "metrics": _metrics_view(s.metrics),
+                "base_metrics": _metrics_view(s.base_metrics),
+            }
         )
-        rows.append(row)
-    legend = "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in METRIC_DESCRIPTIONS.items()
+    return render(
+        "listening.html.j2",
+        title=f"Evaluation: {report.code or 'voice'}",
+        model_dir=report.model_dir,
+        with_base=report.base_summary is not None,
+        verdicts=_verdicts(report),
+        overall=overall,
+        speakers=speakers,
+        summary_keys=_SUMMARY_KEYS,
+        plot=SUMMARY_PLOT,
+        sentences=sentences,
+        legend=METRIC_DESCRIPTIONS,
+        fmt=lambda value, digits=3: Markup(_fmt(value, digits)),  # _fmt escapes what it prints
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{_CSS}</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p>Model: <code>{html.escape(report.model_dir)}</code>; {len(report.sentences)} validation sentences.</p>
-<h2>Summary</h2>
-{_summary_table(overall, "All sentences")}
-<h2>Speakers</h2>
-{_summary_table(speakers, "Per speaker")}
-<p><img src="{SUMMARY_PLOT}" alt="per-speaker measures" style="max-width:100%"></p>
-<h2>Sentences</h2>
-<table id="sentences">{head}{"".join(rows)}</table>
-<h2>Metrics</h2>
-<dl>{legend}</dl>
-</body>
-</html>
-"""
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -687,7 +723,7 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
     try:
         import mlflow
 
-        from .tracking import run_tags, scrub, tracking_uri, use_experiment
+        from .tracking import run_tags, scrub, self_contained_html, tracking_uri, use_experiment
     except ImportError:
         return None
     recorded, step = training_run(report.model_dir)
@@ -712,6 +748,10 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
                 {f"eval/{k}": v for k, v in _flat_metrics(report.metrics()).items()}, step=step
             )
             mlflow.log_artifacts(str(report.output_dir), artifact_path="evaluation")
+            # MLflow's viewer resolves no relative links: its copy of the page carries its assets
+            page = Path(report.output_dir) / PAGE_NAME
+            if page.is_file():
+                mlflow.log_text(self_contained_html(page), f"evaluation/{PAGE_NAME}")
             logged = active.info.run_id
         log.info("evaluation logged to MLflow run %s (artifact evaluation/%s)", logged, PAGE_NAME)
         return logged

@@ -69,6 +69,23 @@ def resolve_clip_path(base_dir: Path, file_name: str) -> Path:
     return flat if flat.is_file() else direct
 
 
+def clip_base_dir(audio_dir: str | Path) -> Path:
+    """The folder `file_name` columns are relative to, given the folder a user named.
+
+    Our `file_name`s read `audio/<stem>.<ext>`, relative to a step's folder; the planning
+    document's commands pass the step's `audio/` folder itself (`--input_dir .../raw/audio`).
+    """
+    audio_dir = Path(audio_dir)
+    if audio_dir.name == "audio" and not (audio_dir / "audio").is_dir():
+        return audio_dir.parent
+    return audio_dir
+
+
+def default_metadata_csv(audio_dir: str | Path) -> Path:
+    """`<audio_dir>/metadata.csv`, or the step folder's when `audio_dir` is its `audio/` folder."""
+    return clip_base_dir(audio_dir) / "metadata.csv"
+
+
 def read_metadata(path: str | Path) -> list[dict[str, str]]:
     return list(iter_metadata(path))
 

@@ -56,7 +56,7 @@ from .fsutil import (
     sha256_json,
     write_json,
 )
-from .metadata import FIRST_COLUMNS, MetadataError, iter_metadata
+from .metadata import FIRST_COLUMNS, MetadataError, clip_base_dir, iter_metadata
 
 log = logging.getLogger(__name__)
 
@@ -891,7 +891,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    input_dir = Path(args.input_dir) if getattr(args, "input_dir", None) else None
+    input_dir = clip_base_dir(args.input_dir) if getattr(args, "input_dir", None) else None
     if getattr(args, "input_metadata", None):
         input_metadata = Path(args.input_metadata)
     else:

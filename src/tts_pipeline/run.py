@@ -6,13 +6,23 @@ records exactly what produced them. Users who never type `dvc` still get all of 
 
 The stages are reproduced one at a time (`dvc repro --single-item`, through DVC's Python
 API) in the order DVC's own planner gives for the target, so the summary can say which stage
-ran, which was up to date, and how long each took.
+ran, which was up to date, and how long each took. What happened is read from DVC's state
+(outputs present before and after, the run cache, the stage DVC returns), never from its log.
+
+Never a silent no-op: the stages asked for (`--until`, else the last ones) must end with their
+outputs in the workspace. With `--allow-missing` DVC skips a stage whose only change is missing
+data, which on a fresh clone whose `dvc.lock` names outputs that exist nowhere (not here, not
+in the cache, not on the remote) would report "up to date" and train nothing. So the outputs
+that are needed are fetched when the cache or remote has them and recomputed when nothing has
+them, and the upstream stages whose outputs that recomputation needs are planned the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,13 +53,15 @@ STAGE_ORDER: tuple[str, ...] = (
 )
 
 #: Outcome of one stage in the summary.
-RAN, UP_TO_DATE, RESTORED, FAILED, SKIPPED, WOULD_RUN = (
+RAN, UP_TO_DATE, RESTORED, FAILED, SKIPPED, WOULD_RUN, NOT_HERE, WOULD_RESTORE = (
     "ran",
     "up to date",
     "restored from cache",
     "FAILED",
     "not run",
     "would run",
+    "skipped, data not here",
+    "would restore",
 )
 
 
@@ -83,28 +95,32 @@ class RunSummary:
         """A small table: stage, outcome, seconds (why, for a dry run); then totals."""
         title = "plan" if self.dry else "summary"
         width = max([len(r.name) for r in self.results] + [5])
+        sw = max([len(r.status) for r in self.results] + [10 if self.dry else 19])
         lines = [f"tts-pipeline run: {title} for language '{self.code}' ({self.root})"]
         if self.dry:
-            lines.append(f"  {'stage':<{width}}  {'status':<10}  why")
+            lines.append(f"  {'stage':<{width}}  {'status':<{sw}}  why")
             for r in self.results:
-                lines.append(f"  {r.name:<{width}}  {r.status:<10}  {r.reason}".rstrip())
+                lines.append(f"  {r.name:<{width}}  {r.status:<{sw}}  {r.reason}".rstrip())
         else:
-            lines.append(f"  {'stage':<{width}}  {'status':<19}  {'time':>8}")
+            lines.append(f"  {'stage':<{width}}  {'status':<{sw}}  {'time':>8}")
             for r in self.results:
-                timed = r.status in (RAN, UP_TO_DATE, RESTORED, FAILED)
+                timed = r.status in (RAN, UP_TO_DATE, RESTORED, FAILED, NOT_HERE)
                 secs = f"{r.seconds:7.1f}s" if timed else ""
                 extra = f"  ({r.reason})" if r.reason else ""
-                lines.append(f"  {r.name:<{width}}  {r.status:<19}  {secs:>8}{extra}")
+                lines.append(f"  {r.name:<{width}}  {r.status:<{sw}}  {secs:>8}{extra}")
         total = sum(r.seconds for r in self.results)
         if self.dry:
+            restore = f", {self.count(WOULD_RESTORE)} would restore" if self.count(WOULD_RESTORE) else ""
             lines.append(
-                f"  {self.count(WOULD_RUN)} would run, {self.count(UP_TO_DATE)} up to date "
+                f"  {self.count(WOULD_RUN)} would run{restore}, {self.count(UP_TO_DATE)} up to date "
                 "(nothing was run: --dry)"
             )
         else:
             parts = [f"{self.count(RAN)} ran", f"{self.count(UP_TO_DATE)} up to date"]
             if self.count(RESTORED):
                 parts.append(f"{self.count(RESTORED)} restored from cache")
+            if self.count(NOT_HERE):
+                parts.append(f"{self.count(NOT_HERE)} skipped (data not here, not needed)")
             if self.count(FAILED):
                 parts.append(f"{self.count(FAILED)} failed")
             if self.count(SKIPPED):
@@ -232,37 +248,166 @@ def _only_data_missing(repo: Repo, stage: Stage) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- running
+#: Where a stage's missing outputs will come from (values of `plan_outputs`).
+FROM_CACHE, FROM_REMOTE, FROM_RUN = "cache", "remote", "run"
 
 
-class _DvcLogCapture(logging.Handler):
-    """Collects DVC's log messages so the summary can tell 'ran' from 'cached' from 'skipped'.
+def outputs_source(repo: Repo, stage: Stage) -> str | None:
+    """Where the stage's outputs that are not in the workspace can come from.
 
-    DVC prints its own messages (its handlers are installed when `dvc` is imported), so the
-    user sees the familiar `dvc repro` output; this handler only listens.
+    None: all are here. `FROM_CACHE`: DVC's local cache has them. `FROM_REMOTE`: the default
+    remote has them (their top object, a directory's `.dir` listing or the file, is on the
+    remote; nothing is downloaded). `FROM_RUN`:
+    nowhere (an uncached output, no remote, or objects missing everywhere): only running the
+    stage makes them.
     """
+    from dvc.exceptions import DvcException
 
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
+    missing = [out for out in stage.outs if not out.exists]
+    if not missing:
+        return None
+    if any(not out.use_cache or not out.hash_info for out in missing):
+        return FROM_RUN
+    if all(not out.changed_cache() for out in missing):
+        return FROM_CACHE
+    try:
+        odb = repo.cloud.get_remote_odb(None, "fetch")
+        on_remote = all(odb.exists(out.hash_info.value) for out in missing)
+    except DvcException as exc:  # no remote configured, ...
+        log.debug("%s: no remote to look in (%s)", stage.addressing, exc)
+        return FROM_RUN
+    except OSError as exc:  # unreachable remote: say so, then recompute
+        log.warning(
+            "%s: cannot look in the DVC remote (%s); the stage will be recomputed", stage.addressing, exc
+        )
+        return FROM_RUN
+    return FROM_REMOTE if on_remote else FROM_RUN
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return
-        self.messages.append(msg)
+
+def explain_failure(name: str, exc: BaseException) -> str:
+    """One line, in the user's terms, for a stage DVC could not reproduce (never a bare errno)."""
+    from dvc.stage.exceptions import MissingDataSource, StageCmdFailedError
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    stage = stage_base(name)
+    for err in chain:
+        if isinstance(err, StageCmdFailedError):
+            code = re.search(r"exited with (-?\d+)", str(err))
+            status = f" (exit code {code.group(1)})" if code else ""
+            return (
+                f"the {stage} step stopped with an error{status}; the 'tts-pipeline {stage}' message "
+                "above says which file or setting to fix"
+            )
+        if isinstance(err, MissingDataSource):
+            missing = str(err).split(":", 1)[-1].strip()
+            return (
+                f"{missing}: not found, and the {stage} step needs it (an input in dvc.yaml); "
+                "create it, or run the step that writes it"
+            )
+        if isinstance(err, OSError) and (err.filename or err.strerror):
+            what = err.strerror or "cannot be used"
+            if err.errno == errno.ENOENT:
+                what = "not found; create it, or fix the setting or path that names it"
+            elif err.errno in (errno.ENOSPC, errno.EDQUOT):
+                what = "disk full; free some space"
+            elif err.errno in (errno.EACCES, errno.EPERM):
+                what = "permission denied; check who owns it"
+            where = f"{err.filename}: " if err.filename else ""
+            return f"{where}{what} (while running the {stage} step)"
+    text = next(
+        (line for e in reversed(chain) for line in str(e).splitlines() if line.strip()), "unknown error"
+    )
+    return re.sub(r"\[Errno -?\d+\]\s*", "", text).strip()
 
 
-def _classify(messages: Sequence[str], reproduced: bool) -> str:
-    text = "\n".join(messages)
-    if "is cached - skipping run" in text or "Pulling data for" in text:
-        return RESTORED
-    if "Running stage" in text:
-        return RAN
-    if reproduced:
-        return RAN
-    return UP_TO_DATE
+def _producers(steps: Sequence[Stage]) -> dict[str, Stage]:
+    """Output path -> the stage that writes it."""
+    return {out.fs_path: stage for stage in steps for out in stage.outs}
+
+
+def _sinks(steps: Sequence[Stage], graph: Any) -> list[Stage]:
+    """The planned stages no other planned stage depends on: what the user asked to reach."""
+    depended_on = {u.addressing for s in steps if s in graph for u in graph.successors(s)}
+    return [s for s in steps if s.addressing not in depended_on]
+
+
+def plan_outputs(
+    repo: Repo, steps: Sequence[Stage], targets: Sequence[Stage], forced: set[str]
+) -> dict[str, str]:
+    """Stages whose missing outputs must be made present, and where from (`--allow-missing`).
+
+    Walks the plan backwards from `targets`: a target's outputs are needed; a stage that will
+    run (changed, forced, or needed with outputs that exist nowhere) needs every input that is
+    not in the workspace, so the stage producing it is needed in turn. A needed stage whose
+    outputs are in the cache or on the remote is restored, not re-run, and needs nothing.
+    """
+    from dvc.repo import lock_repo
+
+    producers = _producers(steps)
+    needed = {s.addressing for s in targets}
+    result: dict[str, str] = {}
+    for stage in reversed(list(steps)):
+        name = stage.addressing
+        with lock_repo(repo):
+            runs = name in forced or stage.changed(allow_missing=True)
+        if name in needed:
+            source = outputs_source(repo, stage)
+            if source is not None:
+                result[name] = FROM_RUN if runs else source
+                runs = runs or source == FROM_RUN
+        if runs:
+            for dep in stage.deps:
+                producer = producers.get(dep.fs_path)
+                if producer is not None and not dep.exists:
+                    needed.add(producer.addressing)
+    return result
+
+
+def _restorable_from_run_cache(repo: Repo, name: str) -> bool:
+    """Would DVC restore this stage from its cache instead of running its command?
+
+    The check `StageCache.restore` makes before a run (the one `dvc repro --dry` asks, with
+    `dry=True`), on a freshly collected, throw-away copy of the stage: first the outputs
+    `dvc.lock` records when the inputs are unchanged, else the run cache looked up by the
+    inputs as they are now (outputs' recorded hashes cleared, so only the inputs decide).
+    """
+    from dvc.stage.cache import RunCacheNotFoundError
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    cache_log = logging.getLogger("dvc.stage.cache")
+    old_level = cache_log.level
+    cache_log.setLevel(logging.WARNING)  # its "is cached - skipping run" would mislead here
+    try:
+        stage = repo.stage.collect(name)[0]
+        if not (stage.changed_stage() or not stage.deps_cached() or not all(o.hash_info for o in stage.outs)):
+            repo.stage_cache.restore(stage, dry=True)
+            return True
+        stage.save_deps()
+        for out in stage.outs:
+            out.hash_info = HashInfo()
+        repo.stage_cache.restore(stage, dry=True)
+    except RunCacheNotFoundError:
+        return False
+    except Exception as exc:  # noqa: BLE001 - e.g. an input missing: the stage will run
+        log.debug("%s: run cache not checked (%s)", name, exc)
+        return False
+    finally:
+        cache_log.setLevel(old_level)
+    return True
+
+
+def _outs_present(repo: Repo, name: str) -> tuple[bool, list[str]]:
+    """(all outputs in the workspace, the missing ones), from a freshly collected stage."""
+    stage = repo.stage.collect(name)[0]
+    missing = [str(out) for out in stage.outs if not out.exists]
+    return not missing, missing
+
+
+# --------------------------------------------------------------------------- running
 
 
 def run_pipeline(
@@ -281,9 +426,11 @@ def run_pipeline(
     in (the exception carries it as `.summary`). `pull` fetches outputs that the remote or
     the run cache already has instead of recomputing them (`dvc repro --pull`).
     `allow_missing` skips stages whose only change is that their outputs (or inputs) are not
-    here: on a GPU box that pulled only the dataset, collect/preprocess/speakers stay put
-    (`dvc repro --allow-missing`); a missing `cache: false` output (never in the remote) is
-    regenerated instead. `force_stages` (base names, e.g. `collect`) re-run even if DVC sees no change: a GitLab
+    here and nothing downstream needs them: on a GPU box that pulled only the dataset,
+    collect/preprocess/speakers stay put (`dvc repro --allow-missing`). Outputs that are
+    needed but missing are restored from the cache/remote, or recomputed when they exist
+    nowhere (`plan_outputs`); a stage asked for never ends "up to date" without its outputs.
+    `force_stages` (base names, e.g. `collect`) re-run even if DVC sees no change: a GitLab
     source can have new recordings that no watched file reflects.
     """
     from dvc.exceptions import DvcException
@@ -292,14 +439,11 @@ def run_pipeline(
     root = Path(root).resolve()
     summary = RunSummary(code=code, root=root, dry=dry)
     dvc_logger = logging.getLogger("dvc")
-    capture = _DvcLogCapture()
-    old_level, old_propagate = dvc_logger.level, dvc_logger.propagate
-    dvc_logger.addHandler(capture)
+    old_level = dvc_logger.level
     if log.isEnabledFor(logging.DEBUG):
         dvc_logger.setLevel(logging.DEBUG)
     elif not dvc_logger.isEnabledFor(logging.INFO):
-        dvc_logger.setLevel(logging.INFO)
-    dvc_logger.propagate = False  # DVC's own handlers print; ours would print it twice
+        dvc_logger.setLevel(logging.INFO)  # DVC's own handlers print its familiar repro output
     try:
         with Repo(str(root)) as repo:
             try:
@@ -313,19 +457,30 @@ def run_pipeline(
                 s.addressing: {u.addressing for u in graph.successors(s)} if s in graph else set()
                 for s in steps
             }
+            targets = _sinks(steps, graph)
+            target_names = {s.addressing for s in targets}
+            forced = {s.addressing for s in steps if force or stage_base(s.addressing) in force_stages}
+            outputs_plan = plan_outputs(repo, steps, targets, forced) if allow_missing else {}
             will_run: set[str] = set()
             hinted = False
             for i, stage in enumerate(steps, 1):
                 name = stage.addressing
-                stage_force = force or stage_base(name) in force_stages
+                stage_force = name in forced
+                source = outputs_plan.get(name)
                 if dry:
                     with lock_repo(repo):
-                        missing_ok = allow_missing and not _missing_uncached_outs(stage)
+                        missing_ok = allow_missing and not _missing_uncached_outs(stage) and source is None
                         changed = stage_force or stage.changed(allow_missing=missing_ok)
                         why = describe_changes(stage) if changed and not stage_force else ""
                     runs_before = sorted(upstream_of[name] & will_run)
-                    if changed or runs_before:
+                    if source in (FROM_CACHE, FROM_REMOTE) and not runs_before:
+                        result = StageResult(
+                            name, WOULD_RESTORE, reason=f"outputs not here; from the {source}"
+                        )
+                    elif changed or runs_before or source == FROM_RUN:
                         reason = "forced" if stage_force else why
+                        if source == FROM_RUN and not stage_force:
+                            reason = "outputs not here, in the cache or on the remote"
                         if not reason:
                             reason = f"if {', '.join(runs_before)} changes its output"
                         result = StageResult(name, WOULD_RUN, reason=reason)
@@ -342,19 +497,30 @@ def run_pipeline(
                         "machine that pulled just what it needs (a GPU box), add --allow-missing",
                         name,
                     )
-                capture.messages.clear()
+                if source == FROM_RUN and not stage_force:
+                    log.warning(
+                        "%s: dvc.lock records outputs that are not here, in the DVC cache or on "
+                        "the remote: running it",
+                        name,
+                    )
+                had_outs, _ = _outs_present(repo, name)
+                from_run_cache = not stage_force and _restorable_from_run_cache(repo, name)
                 started = time.perf_counter()
-                missing_ok = allow_missing and not _missing_uncached_outs(stage)
+                # A needed stage gets DVC's plain semantics (missing outputs count as a change),
+                # pulling from the remote when that is where they are.
+                missing_ok = allow_missing and not _missing_uncached_outs(stage) and source is None
                 try:
                     done = repo.reproduce(
-                        name, single_item=True, force=stage_force, pull=pull, allow_missing=missing_ok
+                        name,
+                        single_item=True,
+                        force=stage_force,
+                        pull=pull or source == FROM_REMOTE,
+                        allow_missing=missing_ok,
                     )
                 except DvcException as exc:
                     seconds = time.perf_counter() - started
-                    cause = str(exc.__cause__ or exc).strip()
-                    summary.results.append(
-                        StageResult(name, FAILED, seconds, reason=(cause.splitlines() or [""])[0])
-                    )
+                    cause = explain_failure(name, exc)
+                    summary.results.append(StageResult(name, FAILED, seconds, reason=cause))
                     for rest in steps[i:]:
                         summary.results.append(StageResult(rest.addressing, SKIPPED))
                     err = PipelineError(
@@ -364,14 +530,27 @@ def run_pipeline(
                     err.summary = summary  # type: ignore[attr-defined]
                     raise err from exc
                 seconds = time.perf_counter() - started
-                status = _classify(capture.messages, bool(done))
-                result = StageResult(name, status, seconds)
-                summary.results.append(result)
+                has_outs, missing = _outs_present(repo, name)
+                if done:
+                    status = RESTORED if from_run_cache else RAN
+                elif has_outs:
+                    status = UP_TO_DATE if had_outs else RESTORED
+                else:
+                    status = NOT_HERE
+                if status == NOT_HERE and (source is not None or name in target_names):
+                    summary.results.append(StageResult(name, FAILED, seconds, reason="outputs missing"))
+                    for rest in steps[i:]:
+                        summary.results.append(StageResult(rest.addressing, SKIPPED))
+                    err = PipelineError(
+                        f"stage '{name}': DVC calls it up to date but {', '.join(missing)} is not here; "
+                        f"`dvc pull {name}` (if the remote has it) or re-run with --force to recompute it"
+                    )
+                    err.summary = summary  # type: ignore[attr-defined]
+                    raise err
+                summary.results.append(StageResult(name, status, seconds))
                 print(f"==> [{i}/{total}] {name}: {status} ({seconds:.1f}s)", flush=True)
     finally:
-        dvc_logger.removeHandler(capture)
         dvc_logger.setLevel(old_level)
-        dvc_logger.propagate = old_propagate
     return summary
 
 

@@ -100,6 +100,7 @@ class Clip:
     file_name: str
     path: Path
     duration_s: float
+    text: str = ""  # the transcription (shown on the review page)
 
 
 @dataclass
@@ -186,7 +187,7 @@ def load_clips(metadata_csv: Path, audio_dir: Path) -> list[Clip]:
             duration = info.frames / info.samplerate
         except Exception:  # not a soundfile format: fall back to the metadata column
             duration = float(row.get("duration_s") or 0.0)
-        clips[name] = Clip(name, path, float(duration))
+        clips[name] = Clip(name, path, float(duration), str(row.get("transcription") or ""))
     if not clips:
         rejected = Path(metadata_csv).with_name("rejected.csv")
         why = f"; preprocess kept no clip, the reasons are in {rejected}" if rejected.is_file() else ""
@@ -568,7 +569,7 @@ def cluster_embeddings(
 
 def corrections_path(cfg: Config) -> Path:
     """`languages/<code>.speakers.yaml`, beside the language config."""
-    return Path(cfg.config_path).with_name(f"{cfg.code}.speakers.yaml")
+    return cfg.corrections_path
 
 
 def _clip_list(value: Any, where: str) -> list[str]:
@@ -583,27 +584,37 @@ def _clip_list(value: Any, where: str) -> list[str]:
     return [v.strip() for v in value]
 
 
-def parse_corrections(data: Any, path: Path | None) -> Corrections:
-    """Validate the YAML structure documented at the top of this module."""
+def parse_corrections(data: Any, path: Path | None, lines: dict[str, int] | None = None) -> Corrections:
+    """Validate the YAML structure documented at the top of this module.
+
+    `lines` (dotted key -> 1-based line, from `_key_lines`) lets each error name its line.
+    """
     where = str(path or "corrections")
+    lines = lines or {}
+
+    def at(key: str) -> str:
+        return f"{where} line {lines[key]}: {key}" if key in lines else f"{where}: {key}"
+
     if data is None:
         return Corrections(path)
     if not isinstance(data, dict):
-        raise PipelineError(f"{where}: expected a mapping with a 'speakers' key at the top level")
+        raise PipelineError(f"{where} line 1: expected a mapping with a 'speakers' key at the top level")
     unknown = set(data) - {"speakers"}
     if unknown:
+        first = sorted(unknown, key=lambda k: lines.get(str(k), 0))[0]
         raise PipelineError(
-            f"{where}: unknown key(s) {', '.join(map(str, sorted(unknown)))}; only 'speakers' is allowed"
+            f"{at(str(first))}: unknown key(s) {', '.join(map(str, sorted(unknown, key=str)))}; "
+            "only 'speakers' is allowed"
         )
     speakers = data.get("speakers") or {}
     if not isinstance(speakers, dict):
-        raise PipelineError(f"{where}: speakers: expected a mapping of speaker name -> {{anchors, clips}}")
+        raise PipelineError(f"{at('speakers')}: expected a mapping of speaker name -> {{anchors, clips}}")
     result = Corrections(path)
     owner: dict[str, str] = {}
     for name, entry in speakers.items():
-        key = f"{where}: speakers.{name}"
+        key = at(f"speakers.{name}")
         if not isinstance(name, str) or not name.strip():
-            raise PipelineError(f"{where}: speakers: speaker names must be non-empty strings, got {name!r}")
+            raise PipelineError(f"{key}: speaker names must be non-empty strings, got {name!r}")
         if entry is None:
             entry = {}
         if not isinstance(entry, dict):
@@ -611,37 +622,66 @@ def parse_corrections(data: Any, path: Path | None) -> Corrections:
         bad = set(entry) - {"anchors", "clips"}
         if bad:
             raise PipelineError(
-                f"{key}: unknown key(s) {', '.join(map(str, sorted(bad)))}; use 'anchors' and 'clips'"
+                f"{key}: unknown key(s) {', '.join(map(str, sorted(bad, key=str)))}; use 'anchors' and 'clips'"
             )
         item = SpeakerCorrection(
             name.strip(),
-            _clip_list(entry.get("anchors"), f"{key}.anchors"),
-            _clip_list(entry.get("clips"), f"{key}.clips"),
+            _clip_list(entry.get("anchors"), at(f"speakers.{name}.anchors")),
+            _clip_list(entry.get("clips"), at(f"speakers.{name}.clips")),
         )
         for kind, clip_names in (("anchors", item.anchors), ("clips", item.clips)):
             for clip in clip_names:
                 if clip in owner:
                     raise PipelineError(
-                        f"{key}.{kind}: {clip} is already listed under {owner[clip]}; a clip has one speaker"
+                        f"{at(f'speakers.{name}.{kind}')}: {clip} is already listed under {owner[clip]}; "
+                        "a clip has one speaker"
                     )
                 owner[clip] = f"speakers.{name}"
         result.speakers.append(item)
     return result
 
 
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line of the key, for the first two levels under `speakers`."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str, depth: int) -> None:
+        if not isinstance(node, yaml.MappingNode) or depth > 2:
+            return
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                dotted = f"{prefix}{key_node.value.strip()}"
+                lines.setdefault(dotted, key_node.start_mark.line + 1)
+                walk(value_node, f"{dotted}.", depth + 1)
+
+    walk(root, "", 0)
+    return lines
+
+
 def load_corrections(path: Path) -> Corrections:
-    """Read the corrections file; a missing file means no corrections."""
+    """Read the corrections file; a missing file means no corrections (the file is optional)."""
     import yaml
 
     if not path.is_file():
         return Corrections(None)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_unique_key_loader())  # a SafeLoader
+        text = path.read_text(encoding="utf-8-sig")
+        data = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader
     except UnicodeDecodeError:
         raise PipelineError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
-    return parse_corrections(data, path)
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        what = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        detail = ": ".join(w for w in what if w) or " ".join(str(exc).split())
+        raise PipelineError(f"{path}{line}: not valid YAML: {detail}") from None
+    return parse_corrections(data, path, _key_lines(text))
 
 
 def _unique_key_loader() -> type:
@@ -983,12 +1023,31 @@ def make_review_server(directory: Path, port: int = 0) -> http.server.ThreadingH
     return bind_server("127.0.0.1", port, handler)
 
 
-def serve_review(directory: Path, port: int = 0, open_browser: bool = True) -> None:
-    """Serve review.html until Ctrl-C and print its URL."""
+def serve_review(
+    directory: Path,
+    port: int = 0,
+    open_browser: bool = True,
+    *,
+    corrections_file: Path | None = None,
+    audio_dir: Path | None = None,
+    rerun: str = "tts-pipeline speakers --config <language file>",
+) -> None:
+    """Serve review.html until Ctrl-C and print its URL.
+
+    With a `corrections_file` the page is interactive: rename, merge, move, pin and split are
+    written to that file (see `speaker_review.ReviewServerApp`); without one it is read-only.
+    """
     page = directory / REVIEW_FILE
     if not page.is_file():
         raise PipelineError(f"{page}: no review page yet; run `tts-pipeline speakers --config ...` first")
-    server = make_review_server(directory, port)
+    if corrections_file is None:
+        server = make_review_server(directory, port)
+    else:
+        from .speaker_review import ReviewServerApp, make_review_app_server
+
+        app = ReviewServerApp(directory, corrections_file, audio_dir, rerun)
+        app.state()  # fail now (no speaker_ids.json) rather than on the first click
+        server = make_review_app_server(app, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/{REVIEW_FILE}"
     serve_until_interrupted(
         server, f"speaker review page: {url}  (Ctrl-C to stop)", url if open_browser else None
@@ -1020,10 +1079,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(cfg: Config, args: argparse.Namespace) -> int | None:
     output_dir = Path(getattr(args, "output_dir", None) or cfg.paths.speaker_analysis)
     if getattr(args, "action", "run") == "review":
-        serve_review(output_dir, getattr(args, "port", 0) or 0, not getattr(args, "no_browser", False))
+        serve_review(
+            output_dir,
+            getattr(args, "port", 0) or 0,
+            not getattr(args, "no_browser", False),
+            corrections_file=Path(getattr(args, "corrections", None) or corrections_path(cfg)),
+            audio_dir=Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed),
+            rerun=f"tts-pipeline speakers --config {cfg.config_path}",
+        )
         return 0
     audio_dir = Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed)
-    metadata_csv = Path(getattr(args, "metadata_csv", None) or audio_dir / "metadata.csv")
+    from .metadata import default_metadata_csv
+
+    metadata_csv = Path(getattr(args, "metadata_csv", None) or default_metadata_csv(audio_dir))
     if not metadata_csv.is_file() and not getattr(args, "metadata_csv", None):
         metadata_csv = Path(cfg.paths.preprocessed) / "metadata.csv"
     metrics_file = Path(getattr(args, "metrics_file", None) or Path(cfg.paths.metrics) / "speakers.json")

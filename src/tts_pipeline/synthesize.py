@@ -198,7 +198,7 @@ def local_documents(project_dir: str | Path) -> list[tuple[str, bytes | None]]:
 
 def source_documents(cfg: Config) -> list[tuple[str, bytes | None]]:
     """(path, bytes) of every `.codex` document of the configured source (local or GitLab)."""
-    if cfg.source.type == "local":
+    if cfg.require_source("synthesize").type == "local":
         return local_documents(cfg.source.path or ".")
     from . import writeback
 
@@ -609,10 +609,27 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         f"{len(problems)} document(s) unreadable), model revision {report.model_revision}"
     )
     if getattr(args, "write_back", False):
-        from . import writeback
-
-        writeback.write_back(cfg, output_dir, dry_run=False)
+        _write_back_approved(cfg, output_dir)
     return 0  # like collect: unreadable documents are reported (log + synthesize_report.json), not fatal
+
+
+def _write_back_approved(cfg: Config, output_dir: Path) -> None:
+    """Write back the synthesized takes; only the approved ones when `synthesis.require_approval`."""
+    from . import approvals, writeback
+
+    rows = read_synthesized(output_dir)
+    if approvals.required(cfg):
+        approvals_file = approvals.approvals_path(output_dir)
+        rows, waiting, rejected = approvals.split(rows, approvals_file)
+        print(
+            f"write-back: {len(rows)} approved take(s); {waiting} waiting for review, {rejected} rejected "
+            f"(synthesis.require_approval; review them with `tts-pipeline demo --config {cfg.config_path}`, "
+            f"verdicts in {approvals_file})"
+        )
+        if not rows:
+            return
+    takes = [writeback.SyntheticTake.from_row(row, output_dir) for row in rows]
+    writeback.write_back_takes(cfg, takes, dry_run=False)
 
 
 def _dry_run(
@@ -637,5 +654,19 @@ def _dry_run(
         from . import writeback
 
         takes = [writeback.SyntheticTake.planned(v, revision, name, settings.format) for v in verses]
+        from . import approvals
+
+        if approvals.required(cfg):
+            path = approvals.approvals_path(cfg.paths.synthesized)
+            verdicts = approvals.load(path)
+            takes = [
+                t
+                for t in takes
+                if verdicts.get(approvals.take_key(t.verse_id, t.model_revision), {}).get("verdict")
+                == "approved"
+            ]
+            print(
+                f"dry run: write-back needs approval; {len(takes)} of {len(verses)} take(s) approved in {path}"
+            )
         writeback.write_back_takes(cfg, takes, dry_run=True)
     return 0

@@ -13,7 +13,11 @@ not a training run.
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import logging
+import mimetypes
 import os
 import re
 import subprocess
@@ -32,6 +36,11 @@ DVC_ENV_TAGS = {
 }
 # userinfo runs to the *last* "@" before the path: a raw "@" in a password must not leak its tail
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s]*@", re.IGNORECASE)
+# src="..." / href="..." (either quote) whose value has no scheme, no leading "/" or "#"
+_RELATIVE_REF = re.compile(
+    r"""(?P<attr>\b(?:src|href|poster)=)(?P<q>["'])(?P<url>(?![a-z][a-z0-9+.-]*:|/|#)[^"'#?]+)(?P=q)""",
+    re.IGNORECASE,
+)
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|credential)", re.IGNORECASE)
 
 
@@ -95,6 +104,61 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = scrub(str(value))[:6000]  # also URLs inside lists
     return flat
+
+
+def self_contained_html(page: str | Path) -> str:
+    """The page with every relative `src`/`href` to a file beside it inlined as a data: URI.
+
+    MLflow shows an HTML artifact in a sandboxed frame where relative links lead nowhere: the
+    listening page's players were dead and its image broken. The copy logged to MLflow carries
+    its audio and images inside itself; the page on disk keeps its links (small, diffable).
+    Links that leave the page's folder or name no file stay as they are.
+    """
+    page = Path(page)
+    base = page.parent.resolve()
+
+    def inline(match: re.Match[str]) -> str:
+        target = (base / html.unescape(match["url"])).resolve()
+        if not target.is_file() or not target.is_relative_to(base):
+            return match[0]
+        mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if target.suffix.lower() == ".wav":
+            mime = "audio/wav"  # some platforms say audio/x-wav, which Safari won't play
+        data = base64.b64encode(target.read_bytes()).decode("ascii")
+        return f"{match['attr']}{match['q']}data:{mime};base64,{data}{match['q']}"
+
+    return _RELATIVE_REF.sub(inline, page.read_text(encoding="utf-8"))
+
+
+def changed_settings(stage: str, code: str, settings: dict[str, Any]) -> dict[str, str]:
+    """Settings of `stage` that differ from the committed frozen file `params/<code>/<stage>.json`.
+
+    Compared with the experiment's baseline commit (`DVC_EXP_BASELINE_REV`) under `dvc exp run`,
+    else HEAD: what this run changed. Empty outside git or when the file isn't committed.
+    """
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    try:
+        proc = subprocess.run(["git", "show", f"{rev}:params/{code}/{stage}.json"], cwd=project_root(),
+                              capture_output=True, text=True, timeout=10)  # fmt: skip
+        before = flatten_params(json.loads(proc.stdout)) if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        before = None
+    if before is None:
+        return {}
+    now = flatten_params(settings)
+    return {k: v for k, v in now.items() if before.get(k) != v}
+
+
+def run_name(stage: str, code: str, settings: dict[str, Any], limit: int = 250) -> str:
+    """`<DVC experiment or stage-code> (what changed)`, e.g. `lr5e-5 (learning_rate=5e-05)`.
+
+    So the MLflow run list reads like `dvc exp show`, not a column of identical `train-hsn`.
+    """
+    name = os.environ.get("DVC_EXP_NAME") or f"{stage}-{code}"
+    changes = changed_settings(stage, code, settings)
+    if changes:
+        name += " (" + ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in changes.items()) + ")"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:

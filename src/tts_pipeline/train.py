@@ -7,7 +7,7 @@ Reads `data/<code>/dataset` (a `DatasetDict` with train/validation, `speakers.js
 (`models/<code>/model`: save_pretrained + tokenizer + speakers.json + training_info.json),
 checkpoints (`models/<code>/checkpoints`, a persisted DVC output: each `checkpoint-<step>/`
 holds a loadable `model/` and the training `state/`, plus `index.json`), the metrics JSON and
-the `train_curve.tsv` plot beside it, and an MLflow run.
+the `train_curve.tsv` curve and its `train_curve.png` plot beside it, and an MLflow run.
 
 Resuming: by default (and so under `dvc repro`) training continues from the latest checkpoint
 when its configuration fingerprint (training settings that change the trajectory, the
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fsutil, modeling
-from .config import Config
+from . import fsutil, modeling, plots
+from .config import Config, stage_settings
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ RESUMABLE_ACROSS = {
 CURVE_COLUMNS = [
     "step", "epoch", "lr", "loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial",
     "feature_matching", "grad_norm_gen", "grad_norm_disc", "val_loss", "val_mel_l1", "val_kl",
-    "val_duration", "steps_per_s", "peak_memory_mb", "nonfinite",
-]  # fmt: skip
+    "val_duration", "nonfinite",
+]  # fmt: skip  # speed and memory vary run to run: MLflow has them, DVC outputs must not
 
 
 @dataclass
@@ -244,9 +244,17 @@ def final_metrics(state, steps_per_epoch: int) -> dict[str, Any]:
     metrics["best_val_loss"] = None if state.best_val_loss is None else round(state.best_val_loss, 6)
     metrics["best_step"] = state.best_step
     metrics["nonfinite_steps"] = state.total_nonfinite
-    metrics["train_hours"] = round(state.train_seconds / 3600, 5)
-    metrics["steps_per_s"] = round(state.step / state.train_seconds, 4) if state.train_seconds else None
     return metrics
+
+
+def timing_metrics(state) -> dict[str, float]:
+    """Wall-clock figures: for MLflow only, never in a DVC output (same inputs, same bytes)."""
+    if not state.train_seconds:
+        return {}
+    return {
+        "train_hours": round(state.train_seconds / 3600, 5),
+        "steps_per_s": round(state.step / state.train_seconds, 4),
+    }
 
 
 # --------------------------------------------------------------------------- the stage
@@ -256,7 +264,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
     """Load data and model, train (resuming when appropriate), save model, metrics and plots."""
     from accelerate.utils import set_seed
 
-    from .tracking import Tracker, git_revision
+    from .tracking import Tracker, git_revision, run_name
     from .vits.data import dataset_speakers, load_dataset_dict, prepare_split
     from .vits.trainer import Trainer, make_accelerator
 
@@ -330,7 +338,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
 
         run_id = tracker.start(
             experiment=f"tts-pipeline-{cfg.code}",
-            run_name=f"train-{cfg.code}",
+            run_name=run_name("train", cfg.code, stage_settings(cfg, "train")),
             params={
                 **cfg.to_dict(),
                 "effective": {"batch_size": trainer.state.batch_size, **trainer.summary},
@@ -377,8 +385,12 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
                 trainer.save_model(tmp, extra_info=info)
             fsutil.write_json(paths.metrics_file, metrics)
             write_curve(paths.curve_file, state.history)
+            plots.write_training_curves(
+                paths.curve_file.with_suffix(".png"), state.history, f"Training: {cfg.code}"
+            )
+            final = {**metrics, **timing_metrics(state)}
             tracker.log_metrics(
-                {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, state.step
+                {f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))}, state.step
             )
             tracker.log_dict(info, "training_info.json")
             tracker.end("FINISHED")

@@ -9,14 +9,19 @@ as the rest of the pipeline. It binds to 127.0.0.1 unless `--host` says otherwis
 
     GET  /                      the page
     GET  /api/info              speakers, model revision, synthesized verses (JSON)
-    POST /api/synthesize        {"text": "...", "speaker": "name or id"} -> audio/wav
+    POST /api/check             {"text": "..."} -> what the model reads, characters it drops or romanises
+    POST /api/synthesize        {"text", "speaker", "speaking_rate", "noise"} -> audio/wav
+    POST /api/approval          {"verse_id", "model_revision", "verdict": approved|rejected|null}
     GET  /synthesized/<file>    a synthesized take listed in synthesized/metadata.csv
+
+Approvals are saved beside the synthesized folder (`approvals.py`); `synthesize --write-back`
+writes only approved takes when `synthesis.require_approval` is on.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
+import dataclasses
 import io
 import json
 import logging
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 2000
 MAX_BODY_BYTES = 64 * 1024
+MAX_EXAMPLES = 8
+REQUEST_TIMEOUT_S = 60  # the page gives up waiting for one synthesis after this long
 CONTENT_TYPES = {".webm": "audio/webm", ".wav": "audio/wav", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
 
 
@@ -54,6 +61,9 @@ class DemoApp:
     revision: str = ""
     synthesized_dir: Path | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    examples: list[dict[str, str]] = field(default_factory=list)  # unrecorded verses: verse_id, text
+    approvals_file: Path | None = None
+    rerun: str = "tts-pipeline demo --config <language file>"
 
     def speakers(self) -> list[dict[str, Any]]:
         return [
@@ -73,7 +83,39 @@ class DemoApp:
             return []
         return [r for r in rows if (self.synthesized_dir / r["file_name"]).is_file()]
 
-    def speak(self, text: str, speaker: str | int | None) -> bytes:
+    def check(self, text: str) -> dict[str, Any]:
+        """What the model will read of `text`: the characters kept, dropped and romanised.
+
+        Same steps as synthesis (split, normalise, then the tokenizer's own preparation), so
+        the page can warn before anything is voiced.
+        """
+        from .synthesize import text_chunks
+        from .text import tokenizer_view
+
+        raw = " ".join(text.split())
+        kept, dropped, romanised = [], [], []
+        for chunk in text_chunks(text, self.settings.max_chars, self.normalize):
+            view = tokenizer_view(chunk, self.voice.tokenizer)
+            kept.append(view.kept)
+            dropped += view.dropped
+        normalized = " ".join(text_chunks(text, self.settings.max_chars, self.normalize))
+        # Letters the normalisation (uroman) replaced: in the text, gone from what the model reads.
+        for char in dict.fromkeys(raw.lower()):
+            if not char.isascii() and char.isalpha() and char not in normalized and char not in dropped:
+                romanised.append(char)
+        return {
+            "model_input": " ".join(k for k in kept if k),
+            "dropped": [c for c in dict.fromkeys(dropped) if not c.isspace()],
+            "romanised": romanised,
+        }
+
+    def speak(
+        self,
+        text: str,
+        speaker: str | int | None,
+        speaking_rate: float | None = None,
+        noise: float | None = None,
+    ) -> bytes:
         """WAV bytes of `text` (split and normalised exactly as `synthesize` does)."""
         import numpy as np
         import soundfile as sf
@@ -84,8 +126,19 @@ class DemoApp:
         if not chunks:
             raise ValueError("the text is empty after normalisation")
         speaker_id = self.voice.speaker_id(speaker)
+        settings = self.settings
+        if speaking_rate is not None:
+            settings = dataclasses.replace(settings, speaking_rate=speaking_rate)
         with self.lock:  # one forward pass at a time: torch on CPU already uses every core
-            samples = render(self.voice, chunks, speaker_id, self.settings)
+            model = self.voice.model
+            default_noise = getattr(model, "noise_scale", None)
+            if noise is not None and default_noise is not None:
+                model.noise_scale = noise
+            try:
+                samples = render(self.voice, chunks, speaker_id, settings)
+            finally:
+                if default_noise is not None:
+                    model.noise_scale = default_noise
         if samples.size == 0:
             raise ValueError("no character of the text is in the model's vocabulary")
         if not np.isfinite(samples).all():  # written as WAV it would be full-scale noise
@@ -93,6 +146,23 @@ class DemoApp:
         buffer = io.BytesIO()
         sf.write(buffer, samples.clip(-1.0, 1.0), self.voice.sampling_rate, subtype="PCM_16", format="WAV")
         return buffer.getvalue()
+
+    def verdicts(self) -> dict[str, dict[str, str]]:
+        from . import approvals
+
+        return approvals.load(self.approvals_file) if self.approvals_file else {}
+
+    def approve(self, verse_id: Any, model_revision: Any, verdict: Any) -> dict[str, Any]:
+        """Record a reviewer's verdict on a synthesized take listed in metadata.csv."""
+        from . import approvals
+
+        if self.approvals_file is None:
+            raise ValueError("no synthesized folder: approvals are kept beside it")
+        if not any(
+            r.get("verse_id") == verse_id and r.get("model_revision") == model_revision for r in self.verses()
+        ):
+            raise ValueError(f"no synthesized take of {verse_id!r} by model {model_revision!r}")
+        return approvals.record(self.approvals_file, str(verse_id), str(model_revision), verdict)
 
     def audio_file(self, name: str) -> Path | None:
         """A synthesized take by its file_name, only if metadata.csv lists it (no path tricks)."""
@@ -103,65 +173,28 @@ class DemoApp:
 
 
 def render_page(app: DemoApp) -> str:
-    """The HTML page (no external resources)."""
-    options = "\n".join(
-        f'<option value="{s["id"]}">{html.escape(s["name"])}</option>' for s in app.speakers()
+    """The HTML page (template `demo.html.j2`, no external resources)."""
+    from . import approvals
+    from .pages import render
+
+    verdicts = app.verdicts()
+    verses = [
+        dict(r, verdict=verdicts.get(approvals.row_key(r), {}).get("verdict", "")) for r in app.verses()
+    ]
+    model = app.voice.model
+    return render(
+        "demo.html.j2",
+        revision=app.revision,
+        speakers=app.speakers(),
+        default_speaker=app.voice.speaker_id(None),
+        examples=app.examples,
+        verses=verses,
+        max_chars=MAX_TEXT_CHARS,
+        speaking_rate=app.settings.speaking_rate,
+        noise=float(getattr(model, "noise_scale", 0.667) if model is not None else 0.667),
+        approvals_file=str(app.approvals_file or ""),
+        data={"timeout_ms": REQUEST_TIMEOUT_S * 1000, "rerun": app.rerun},
     )
-    default = app.voice.speaker_id(None)
-    rows = "\n".join(
-        "<tr><td>{verse}</td><td>{text}</td><td>{speaker}</td><td>{dur}</td>"
-        '<td><audio controls preload="none" src="/synthesized/{src}"></audio></td></tr>'.format(
-            verse=html.escape(r.get("verse_id", "")),
-            text=html.escape(r.get("transcription", "")),
-            speaker=html.escape(r.get("speaker", "")),
-            dur=html.escape(r.get("duration_s", "")),
-            src=html.escape(r["file_name"], quote=True),
-        )
-        for r in app.verses()
-    )
-    table = (
-        f"<table><tr><th>verse</th><th>text</th><th>speaker</th><th>s</th><th></th></tr>{rows}</table>"
-        if rows
-        else "<p>No synthesized verses yet: run <code>tts-pipeline synthesize</code>.</p>"
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tts-pipeline: try the voice</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }}
-textarea {{ width: 100%; font-size: 1.1rem; }}
-table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #ddd; padding: .3rem; text-align: left; }}
-#status {{ color: #555; }}
-</style></head>
-<body>
-<h1>Try the voice</h1>
-<p>Model revision <code>{html.escape(app.revision)}</code>.</p>
-<form id="f">
-<textarea id="text" rows="4" maxlength="{MAX_TEXT_CHARS}" placeholder="Type a sentence"></textarea>
-<p><label>Speaker <select id="speaker">{options}</select></label>
-<button type="submit">Speak</button> <span id="status"></span></p>
-</form>
-<audio id="player" controls></audio>
-<h2>Synthesized verses</h2>
-{table}
-<script>
-document.getElementById("speaker").value = "{default}";
-document.getElementById("f").addEventListener("submit", async (event) => {{
-  event.preventDefault();
-  const status = document.getElementById("status");
-  status.textContent = "synthesizing...";
-  const response = await fetch("/api/synthesize", {{
-    method: "POST", headers: {{"Content-Type": "application/json"}},
-    body: JSON.stringify({{text: document.getElementById("text").value,
-                          speaker: document.getElementById("speaker").value}})}});
-  if (!response.ok) {{ status.textContent = "error: " + (await response.text()); return; }}
-  const player = document.getElementById("player");
-  player.src = URL.createObjectURL(await response.blob());
-  player.play();
-  status.textContent = "";
-}});
-</script>
-</body></html>
-"""
 
 
 class DemoHandler(BaseHTTPRequestHandler):
@@ -192,6 +225,8 @@ class DemoHandler(BaseHTTPRequestHandler):
         path = unquote(urlparse(self.path).path)
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, render_page(self.app).encode("utf-8"), "text/html; charset=utf-8")
+        elif path == "/favicon.ico":  # browsers ask for it; a 404 would be a console error
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         elif path == "/api/info":
             info = {
                 "speakers": self.app.speakers(),
@@ -199,6 +234,8 @@ class DemoHandler(BaseHTTPRequestHandler):
                 "model_revision": self.app.revision,
                 "sampling_rate": self.app.voice.sampling_rate,
                 "verses": self.app.verses(),
+                "examples": self.app.examples,
+                "approvals": self.app.verdicts(),
             }
             self._send(HTTPStatus.OK, json.dumps(info).encode("utf-8"), "application/json")
         elif path.startswith("/synthesized/"):
@@ -214,40 +251,85 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        if urlparse(self.path).path != "/api/synthesize":
-            self._error(HTTPStatus.NOT_FOUND, "not found")
-            return
+    def _read_json(self) -> dict[str, Any] | None:
+        """The request body as a JSON object, or None after answering with the error."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if length < 0 or length > MAX_BODY_BYTES:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes")
-            return
+            return None
         try:
             request = json.loads(self.rfile.read(length) or b"{}")
-            text = request.get("text") if isinstance(request, dict) else None
-            speaker = request.get("speaker") if isinstance(request, dict) else None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            self._error(HTTPStatus.BAD_REQUEST, 'expected JSON: {"text": "...", "speaker": "name or id"}')
-            return
+            request = None
+        if not isinstance(request, dict):
+            self._error(HTTPStatus.BAD_REQUEST, 'expected a JSON object, e.g. {"text": "..."}')
+            return None
+        return request
+
+    def _text(self, request: dict[str, Any]) -> str | None:
+        text = request.get("text")
         if not isinstance(text, str) or not text.strip():
             self._error(HTTPStatus.BAD_REQUEST, "text is required")
-            return
+            return None
         if len(text) > MAX_TEXT_CHARS:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"text over {MAX_TEXT_CHARS} characters")
+            return None
+        return text
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        route = urlparse(self.path).path
+        if route not in ("/api/synthesize", "/api/check", "/api/approval"):
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        request = self._read_json()
+        if request is None:
             return
         try:
-            wav = self.app.speak(text, None if speaker in (None, "") else str(speaker))
+            if route == "/api/approval":
+                entry = self.app.approve(
+                    request.get("verse_id"), request.get("model_revision"), request.get("verdict")
+                )
+                self._send(HTTPStatus.OK, json.dumps(entry).encode("utf-8"), "application/json")
+                return
+            text = self._text(request)
+            if text is None:
+                return
+            if route == "/api/check":
+                self._send(
+                    HTTPStatus.OK, json.dumps(self.app.check(text)).encode("utf-8"), "application/json"
+                )
+                return
+            speaker = request.get("speaker")
+            wav = self.app.speak(
+                text,
+                None if speaker in (None, "") else str(speaker),
+                _number(request.get("speaking_rate"), "speaking_rate", 0.25, 4.0),
+                _number(request.get("noise"), "noise", 0.0, 2.0),
+            )
         except (PipelineError, ValueError) as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
             return
         except Exception:  # noqa: BLE001 - a failed request must not stop the server
-            log.exception("synthesis failed")
+            log.exception("request %s failed", route)
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "synthesis failed; see the server log")
             return
         self._send(HTTPStatus.OK, wav, "audio/wav")
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float | None:
+    """An optional number from the request, within [low, high] (a clear 400 otherwise)."""
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{name}: {number} is outside [{low}, {high}]")
+    return number
 
 
 def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 7860) -> ThreadingHTTPServer:
@@ -263,13 +345,36 @@ def build_app(
     synthesized_dir: str | Path | None,
     settings: SynthesisSettings,
     normalize: Callable[[str], str],
+    examples: list[dict[str, str]] | None = None,
 ) -> DemoApp:
+    from .approvals import approvals_path
     from .modeling import load_voice
     from .synthesize import model_revision
 
     revision = model_revision(model_dir)
     voice = load_voice(model_dir)
-    return DemoApp(voice, settings, normalize, revision, Path(synthesized_dir) if synthesized_dir else None)
+    folder = Path(synthesized_dir) if synthesized_dir else None
+    return DemoApp(
+        voice,
+        settings,
+        normalize,
+        revision,
+        folder,
+        examples=list(examples or []),
+        approvals_file=approvals_path(folder) if folder else None,
+    )
+
+
+def unrecorded_examples(cfg: Config, limit: int = MAX_EXAMPLES) -> list[dict[str, str]]:
+    """The first verses of the project nobody recorded: the sentences the voice is for."""
+    from .synthesize import missing_verses, source_documents
+
+    try:
+        verses, _ = missing_verses(source_documents(cfg))
+    except PipelineError as exc:
+        log.warning("no example sentences: %s", exc)
+        return []
+    return [{"verse_id": v.verse_id, "text": v.text} for v in verses if v.text.strip()][:limit]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -299,7 +404,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         args.synthesized_dir or cfg.paths.synthesized,
         SynthesisSettings.from_config(cfg.synthesis),
         text_normalizer(cfg.dataset),
+        unrecorded_examples(cfg),
     )
+    app.rerun = f"tts-pipeline demo --config {cfg.config_path}"
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding to %s: anyone who can reach this machine can use the page", args.host)
     try:
