@@ -707,7 +707,7 @@ def _open_merge_request(source: GitLabSource, branch: str, target: str, changes:
     except gitlab.exceptions.GitlabError as exc:
         raise PipelineError(
             f"{_refused(source, exc)}. Could not open the merge request; branch {branch} holds the "
-            f"complete commit: re-run to open it, or open it by hand from {branch} into {target}"
+            f"complete commit: re-run to open its merge request, or open it by hand from {branch} into {target}"
         ) from None
 
 
