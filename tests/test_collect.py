@@ -180,3 +180,22 @@ def test_followup_flags_parse(flag, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["collect", "--help"])
     assert "--prepare-training" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("documents", [{}, {"EMPTY.codex": '{"cells": [], "metadata": {}}'},
+                                       {"GEN.codex": '{"cells": [{"value": "<p>no take</p>", "metadata": {"id": "GEN 1:1"}}]}'}])  # fmt: skip
+def test_an_empty_local_project_is_refused_and_the_previous_output_kept(tmp_path, capsys, documents):
+    good = local_config(tmp_path, DEMO)
+    collect(good, tmp_path / "raw")
+    before = tree_bytes(tmp_path / "raw")
+    project = tmp_path / "empty-project"
+    (project / "files" / "target").mkdir(parents=True)
+    for name, text in documents.items():
+        (project / "files" / "target" / name).write_text(text, encoding="utf-8")
+    local_config(tmp_path, project)  # rewrites xx.yaml to point at the empty project
+    code = cli.main(["collect", "--config", str(tmp_path / "xx.yaml"), "--params", str(PARAMS)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert str(project) in err and ("no files/target/*.codex" in err or "nothing to collect" in err)
+    assert "left as it was" in err
+    assert tree_bytes(tmp_path / "raw") == before

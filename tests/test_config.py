@@ -300,3 +300,9 @@ def test_a_key_written_twice_names_the_key_and_both_lines(tmp_path: Path, params
     top = "source: {type: local, path: p}\ntraining: {seed: 1}\ntraining: {seed: 2}\n"
     with pytest.raises(ConfigError, match=r"key 'training' is written twice .*lines 2 and 3"):
         load_config(lang(tmp_path, top), params)
+
+
+def test_non_finite_numbers_inside_mappings_and_lists_are_refused(tmp_path: Path, params: Path) -> None:
+    body = "source: {type: local, path: p}\ntraining:\n  scratch_model: {hidden_size: 32, dropout: .nan}\n"
+    with pytest.raises(ConfigError, match=r"training\.scratch_model\.dropout: nan is not a finite number"):
+        load_config(lang(tmp_path, body), params)

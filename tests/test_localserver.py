@@ -51,20 +51,19 @@ def _busy_port():
 
 
 def test_speakers_review_on_a_busy_port_is_one_line_suggesting_port(tmp_path, capsys):
-    from helpers import REPO
+    import pytest
 
-    from tts_pipeline import cli
+    from tts_pipeline.errors import PipelineError
+    from tts_pipeline.speaker_review import make_review_app_server
+    from tts_pipeline.speakers import make_review_server
 
-    (tmp_path / "review.html").write_text("<html>ok</html>", encoding="utf-8")
     holder, port = _busy_port()
     with holder:
-        code = cli.main(["speakers", "review", "--config", str(REPO / "languages/demo.yaml"),
-                         "--params", str(REPO / "params.yaml"), "--output_dir", str(tmp_path),
-                         "--port", str(port), "--no-browser"])
-    err = capsys.readouterr().err.strip()
-    assert code == 1
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert f"127.0.0.1:{port}" in err and "already in use" in err and "--port" in err
+        for make in (lambda: make_review_app_server(None, port), lambda: make_review_server(tmp_path, port)):
+            with pytest.raises(PipelineError) as info:
+                make()
+            err = str(info.value)
+            assert "\n" not in err and f"127.0.0.1:{port}" in err and "already in use" in err and "--port" in err
 
 
 def test_demo_server_on_a_busy_port_is_a_pipeline_error_suggesting_port():

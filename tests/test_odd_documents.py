@@ -87,3 +87,21 @@ def test_write_back_names_and_skips_odd_documents() -> None:
     report, texts = writeback.plan_takes(documents, takes, now_ms=1)
     assert texts == {} and report.changes == []
     assert sorted(Path(why.split(":")[0]).name for _, why in report.skipped) == sorted(ODD)
+
+
+def test_a_document_that_cannot_be_read_is_named_and_skipped(project: Path, tmp_path: Path, monkeypatch) -> None:
+    # a file the user may not read (root reads anything, so the refusal is simulated)
+    luk = project / "files" / "target" / "LUK.codex"
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self == luk:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    verses, problems = synthesize.missing_verses(synthesize.local_documents(project))
+    assert {v.document for v in verses} == {"MRK"} and f"{luk}: cannot read the file" in problems
+    take = SyntheticTake("LUK", "LUK 1:7", "LUK 1:7", "hello", "rev", "Sheila")
+    report = writeback.write_back_local(project, [take], dry_run=True)
+    assert report.changes == [] and "LUK.codex: cannot read (Permission denied)" in report.skipped[0][1]

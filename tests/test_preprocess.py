@@ -543,3 +543,75 @@ def test_cli_flags_win_over_config(raw, tmp_path, capsys):
     assert "clips in" in printed and "kept" in printed
     assert (tmp_path / "pre" / "metadata.csv").is_file() and (tmp_path / "pre" / "rejected.csv").is_file()
     assert json.loads((tmp_path / "m.json").read_text())["clips_total"] == len(EXPECTED)
+
+
+_SLOW_RUN = """
+import sys, time
+from pathlib import Path
+from tts_pipeline import preprocess as pp
+real = pp.process_clip
+def slow(ctx, task):
+    time.sleep(1.0)
+    return real(ctx, task)
+pp.process_clip = slow
+raw, out, cache = map(Path, sys.argv[1:4])
+pp.preprocess_corpus(input_metadata=raw / "metadata.csv", output_dir=out, cache_dir=cache,
+                     params=pp.ProcessParams(), filters=pp.Filters(), workers=2, progress=False)
+"""
+
+
+def _live_children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` and that are not zombies (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_kill_9_takes_the_workers_along_and_the_next_run_cleans_up(raw, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(raw), str(out), str(cache)], env=env)
+    try:
+        assert _wait_for(lambda: len(_live_children(proc.pid)) >= 2, 120), "the pool never started"
+        workers = _live_children(proc.pid)
+        assert list(tmp_path.glob(f".out.tmp-{proc.pid}-*"))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # the kernel ends them at once: 30 s is only a ceiling for a loaded machine
+    assert _wait_for(lambda: not any(_alive(w) for w in workers), 30), "workers outlived their parent"
+    stale = list(tmp_path.glob(f".out.tmp-{proc.pid}-*"))
+    assert stale and not out.exists()  # what kill -9 leaves: a temp folder, no output
+    _run(raw, out, cache)
+    assert not stale[0].exists() and (out / "metadata.csv").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"

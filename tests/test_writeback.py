@@ -14,6 +14,7 @@ from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
 from tts_pipeline import cli, codex, synthesize, writeback
 from tts_pipeline.config import load_config
+from tts_pipeline.errors import PipelineError
 from tts_pipeline.synthesize import SynthesisSettings
 from tts_pipeline.writeback import SyntheticTake
 
@@ -287,3 +288,81 @@ def test_documents_are_rewritten_in_their_own_format() -> None:
     assert writeback.dump_like(compact, json.loads(compact)) == compact
     tabs = '{\n\t"cells": []\n}\n'
     assert writeback.dump_like(tabs, json.loads(tabs)) == tabs
+
+
+# --------------------------------------------------------------------------- GitLab says no (issue 15)
+
+
+def _gitlab_project(server: FakeGitLabWrites):
+    files = tree_from_directory(
+        DEMO_PROJECT,
+        lfs=lambda p: p.endswith(".webm"),
+        lfs_objects=server.lfs_objects,
+        rename=lambda p: p.replace(codex.ATTACHMENT_FILES_DIR, codex.ATTACHMENT_POINTERS_DIR),
+    )
+    return server.add_project("team/demo", files)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "said"),
+    [
+        ("POST", r"/repository/commits$", "write-back refused (HTTP 403)"),
+        ("POST", r"/info/lfs/objects/batch$", "LFS batch upload failed (HTTP 403)"),
+        ("PUT", r"/gitlab-lfs/objects/", "failed (HTTP 403)"),
+    ],
+)
+def test_a_refused_commit_or_upload_leaves_no_branch_and_the_next_run_completes(
+    model_dir: Path, synthesized: Path, tmp_path: Path, monkeypatch, method: str, path: str, said: str
+) -> None:
+    with FakeGitLabWrites() as server:
+        project = _gitlab_project(server)
+        branches = dict(project.branches)
+        config = _gitlab_config(tmp_path, server, model_dir, monkeypatch)
+        server.fail(method, path, 403)
+        with pytest.raises(PipelineError) as info:
+            writeback.write_back(load_config(config, PARAMS), synthesized)
+        err = str(info.value)
+        assert "\n" not in err  # the CLI prints it as one line
+        assert said in err and "team/demo" in err and "no branch was made" in err and "re-run" in err
+        assert server.token not in err
+        assert project.branches == branches and server.merge_requests == []
+        report = writeback.write_back(load_config(config, PARAMS), synthesized)  # the next run
+        assert len(report.changes) == 3 and report.branch in project.branches
+        assert len(server.merge_requests) == 1
+
+
+def test_a_branch_of_that_name_with_other_content_is_not_reused(
+    model_dir: Path, synthesized: Path, tmp_path: Path, monkeypatch
+) -> None:
+    with FakeGitLabWrites() as server:
+        project = _gitlab_project(server)
+        cfg = load_config(_gitlab_config(tmp_path, server, model_dir, monkeypatch), PARAMS)
+        branch = writeback.branch_name(_takes(synthesized))
+        somebody = project.commit({**project.files("main"), "notes.txt": b"somebody's work"}, branch=branch)
+        with pytest.raises(PipelineError, match=rf"team/demo.*branch {branch} already exists but does not hold"):
+            writeback.write_back(cfg, synthesized)
+        assert project.branches[branch] == somebody and server.merge_requests == []
+        del project.branches[branch]  # what the message says to do
+        report = writeback.write_back(cfg, synthesized)
+        assert len(report.changes) == 3 and len(server.merge_requests) == 1
+
+
+def test_a_failed_merge_request_is_opened_by_the_next_run(
+    model_dir: Path, synthesized: Path, tmp_path: Path, monkeypatch
+) -> None:
+    with FakeGitLabWrites() as server:
+        project = _gitlab_project(server)
+        cfg = load_config(_gitlab_config(tmp_path, server, model_dir, monkeypatch), PARAMS)
+        server.fail("POST", r"/merge_requests$", 403)
+        with pytest.raises(PipelineError, match=r"team/demo.*Could not open the merge request.*re-run"):
+            writeback.write_back(cfg, synthesized)
+        [branch] = [b for b in project.branches if b != "main"]
+        assert writeback.plan_takes(project_documents(project, branch), _takes(synthesized), 0)[0].changes == []
+        report = writeback.write_back(cfg, synthesized)
+        [mr] = server.merge_requests
+        assert report.merge_request == mr["web_url"] and mr["source_branch"] == branch
+        assert server.count("POST", r"/repository/commits", 201) == 1  # committed once
+
+
+def project_documents(project, branch: str) -> dict[str, bytes]:
+    return {k: v for k, v in project.files(branch).items() if k.startswith("files/target/")}

@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
@@ -145,6 +146,17 @@ def _import_stage(module_name: str, soft: bool = False):
         raise
 
 
+def _experiment_hint() -> str:
+    """Under `dvc exp run -S ...`: DVC has already written the rejected value into the working tree."""
+    if not os.environ.get("DVC_EXP_NAME"):
+        return ""
+    return (
+        "; `dvc exp run -S` left this value in params.yaml / languages/*.yaml (the frozen params/ files "
+        "are unchanged): `git diff params.yaml languages/` shows it, `git checkout -- params.yaml` "
+        "restores the committed file"
+    )
+
+
 def _stage_args(module_name: str, args: argparse.Namespace, overrides: dict[str, str]) -> argparse.Namespace:
     """The arguments a stage gets when run with only --config/--params (its own defaults)."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -228,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg: Config = load_config(args.config, args.params)
     except ConfigError as exc:
-        print(f"tts-pipeline: configuration error: {exc}", file=sys.stderr)
+        print(f"tts-pipeline: configuration error: {exc}{_experiment_hint()}", file=sys.stderr)
         return 2
     if args.command == "config":
         if args.config_command == "show":

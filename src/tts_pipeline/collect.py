@@ -613,9 +613,31 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         link = True
     skips = plan.skips + more
     report = build_report(info, plan, located, skips, text_source)
+    _refuse_empty(cfg, output_dir, plan, report)
     write_output(output_dir, located, report, link)
     _log_summary(output_dir, report, stats)
     return CollectResult(output_dir, len(located), report, stats)
+
+
+def _refuse_empty(cfg: Config, output_dir: Path, plan: ProjectPlan, report: dict[str, Any]) -> None:
+    """Stop before writing when nothing would be collected, for either source.
+
+    An empty project (no documents, or no recorded text cells) is almost always the wrong
+    folder or branch; an empty output would also replace a good earlier one.
+    """
+    where = redact_url(cfg.source.url) + f" {cfg.source.project}" if cfg.source.type == "gitlab" else cfg.source.path
+    kept = f"; {output_dir} is left as it was" if output_dir.exists() else ""
+    if not plan.documents:
+        raise PipelineError(f"{where}: no {codex.TARGET_DIR}/*.codex files; is this a Codex project?{kept}")
+    if report["cells"]["exported"] == 0:
+        failed = len(plan.failed_documents)
+        reasons = ", ".join(f"{k} {v}" for k, v in report["cells"]["skipped_by_reason"].items()) or "no text cells"
+        raise PipelineError(
+            f"{where}: nothing to collect: {len(plan.documents)} document(s)"
+            + (f" ({failed} unreadable)" if failed else "")
+            + f", {report['cells']['seen']} cell(s), none with a usable recording ({reasons}); "
+            f"check source.path / the branch{kept}"
+        )
 
 
 def _log_summary(output_dir: Path, report: dict[str, Any], stats: Stats) -> None:

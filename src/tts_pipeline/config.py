@@ -340,6 +340,15 @@ def _suggest(name: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _check_finite(value: Any, where: str) -> None:
+    """NaN/inf anywhere inside a mapping or list setting (scratch_model, ...) is an error naming it."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{where}.{key}: {item!r} is not a finite number; write an ordinary number")
+        _check_finite(item, f"{where}.{key}")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against type hint `tp`, converting the few safe cases (1e-4 strings)."""
     origin = typing.get_origin(tp)
@@ -397,10 +406,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _check_finite(value, where)
         return dict(value)
     if origin is list or tp is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        _check_finite(value, where)
         return list(value)
     if tp is Any:
         return value
@@ -708,7 +719,9 @@ def freeze_stage_settings(cfg: Config, output_dir: str | Path) -> list[Path]:
             settings["corrections"] = frozen_corrections(cfg)
         text = json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
+            from .fsutil import atomic_write_text  # a killed freeze leaves each file old or new, never half
+
+            atomic_write_text(path, text)
         written.append(path)
     return written
 

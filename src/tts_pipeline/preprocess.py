@@ -794,11 +794,44 @@ def preprocess_corpus(
     return summary
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the main process, which stops the pool and keeps the old output."""
+def _worker_init(parent_pid: int) -> None:
+    """Pool worker set-up: leave Ctrl-C to the main process, and die with it.
+
+    Ctrl-C: the main process stops the pool and keeps the old output. A `kill -9` of the main
+    process gives it no chance to stop its workers; without this they would run on for minutes.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when `parent_pid` ends, however it ends (SIGKILL included).
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Elsewhere
+    a daemon thread polls the parent id once a second.
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _warm_up(params: ProcessParams) -> None:
@@ -817,7 +850,7 @@ def _pool(workers: int) -> Any:
     (BrokenProcessPool) instead of hanging like multiprocessing.Pool would."""
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
 
 
 def _ordered_imap(pool: Any, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:

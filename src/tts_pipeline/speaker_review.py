@@ -635,7 +635,9 @@ class ReviewHandler(http.server.BaseHTTPRequestHandler):
 
 def make_review_app_server(app: ReviewServerApp, port: int = 0) -> http.server.ThreadingHTTPServer:
     """The review server on 127.0.0.1 (port 0 = any free port), not yet serving."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), ReviewHandler)
+    from .localserver import bind_server  # a busy port: one line suggesting --port
+
+    server = bind_server("127.0.0.1", port, ReviewHandler)
     server.daemon_threads = True
     server.app = app  # type: ignore[attr-defined]
     return server

@@ -157,7 +157,7 @@ class SynthesisReport:
 # --------------------------------------------------------------------------- which verses
 
 
-def missing_verses(documents: Iterable[tuple[str, bytes]]) -> tuple[list[VerseToVoice], list[str]]:
+def missing_verses(documents: Iterable[tuple[str, bytes | None]]) -> tuple[list[VerseToVoice], list[str]]:
     """The text cells without a usable recording, in document order, and the documents skipped.
 
     `documents` is (path, bytes) of each `.codex` file. The rules are collect's (`codex.py`);
@@ -168,6 +168,9 @@ def missing_verses(documents: Iterable[tuple[str, bytes]]) -> tuple[list[VerseTo
     cells: list[codex.Cell] = []
     problems: list[str] = []
     for path, data in documents:
+        if data is None:
+            problems.append(f"{path}: cannot read the file")
+            continue
         try:
             cells.extend(c for c in codex.parse_codex_bytes(data, path) if codex.needs_recording(c))
         except codex.CodexError as exc:
@@ -181,18 +184,19 @@ def missing_verses(documents: Iterable[tuple[str, bytes]]) -> tuple[list[VerseTo
     return verses, problems
 
 
-def local_documents(project_dir: str | Path) -> list[tuple[str, bytes]]:
-    """(path, bytes) of a local project's `.codex` documents."""
-    out = []
+def local_documents(project_dir: str | Path) -> list[tuple[str, bytes | None]]:
+    """(path, bytes) of a local project's `.codex` documents; None for one that cannot be read."""
+    out: list[tuple[str, bytes | None]] = []
     for path in codex.iter_project_documents(project_dir):
         try:
             out.append((str(path), path.read_bytes()))
-        except OSError as exc:
-            raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
+        except OSError as exc:  # named and skipped by missing_verses, like a broken document
+            log.error("%s: cannot read (%s); its verses are skipped", path, exc.strerror)
+            out.append((str(path), None))
     return out
 
 
-def source_documents(cfg: Config) -> list[tuple[str, bytes]]:
+def source_documents(cfg: Config) -> list[tuple[str, bytes | None]]:
     """(path, bytes) of every `.codex` document of the configured source (local or GitLab)."""
     if cfg.require_source("synthesize").type == "local":
         return local_documents(cfg.source.path or ".")

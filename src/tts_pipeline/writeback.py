@@ -330,8 +330,20 @@ def write_back_local(
     """Add `takes` to a local Codex project (see the module docstring for the rules)."""
     project_dir = Path(project_dir)
     paths = {f"{codex.TARGET_DIR}/{p.name}": p for p in codex.iter_project_documents(project_dir)}
-    documents = {rel: p.read_bytes() for rel, p in paths.items()}
-    report, new_texts = plan_takes(documents, takes, now_ms, project_language(project_dir))
+    documents: dict[str, bytes] = {}
+    unreadable: dict[str, str] = {}
+    for rel, path in paths.items():
+        try:
+            documents[rel] = path.read_bytes()
+        except OSError as exc:
+            unreadable[rel] = f"{path}: cannot read ({exc.strerror}); its takes are not written back"
+            log.error("%s", unreadable[rel])
+    readable = [t for t in takes if f"{codex.TARGET_DIR}/{t.document}.codex" not in unreadable]
+    report, new_texts = plan_takes(documents, readable, now_ms, project_language(project_dir))
+    for take in takes:
+        why = unreadable.get(f"{codex.TARGET_DIR}/{take.document}.codex")
+        if why:
+            report.skipped.append((take, why))
     if dry_run:
         return report
     missing = [c for c in report.changes if c.take.audio_path is None or not c.take.audio_path.is_file()]
@@ -378,8 +390,8 @@ def _local_targets(project_dir: Path, change: Change) -> list[str]:
 # --------------------------------------------------------------------------- GitLab
 
 
-def open_gitlab(cfg: Config, write: bool = True) -> GitLabSource:
-    """Connect to the configured GitLab project (the ref pinned to one commit).
+def open_gitlab(cfg: Config, write: bool = True, ref: str | None = None) -> GitLabSource:
+    """Connect to the configured GitLab project (the ref, or `ref` if given, pinned to one commit).
 
     Reading (`write=False`) works without a token on a public project, as collect does.
     """
@@ -394,7 +406,7 @@ def open_gitlab(cfg: Config, write: bool = True) -> GitLabSource:
     return GitLabSource(
         str(cfg.source.url),
         str(cfg.source.project),
-        cfg.source.ref,
+        ref or cfg.source.ref,
         token,
         token_env=cfg.source.token_env,
         timeout_s=cfg.collect.timeout_s,
@@ -591,6 +603,7 @@ def write_back_gitlab(
     report.branch = branch
     project = source.project
     if _branch_exists(source, branch):
+        _check_branch_holds(cfg, source, branch, report)
         mrs = project.mergerequests.list(source_branch=branch, get_all=False)
         if mrs:
             report.merge_request = getattr(mrs[0], "web_url", None)
@@ -612,14 +625,20 @@ def write_back_gitlab(
         actions.append({"action": "create", "file_path": change.pointer_path, "content": pointer})
     for path, text in new_texts.items():
         actions.append({"action": "update", "file_path": path, "content": text})
-    sent = lfs_upload(
-        source.lfs_base,
-        source._token or "",
-        blobs,
-        cfg.collect.timeout_s,
-        cfg.collect.max_retries,
-        source.backoff_s,
-    )
+    try:
+        sent = lfs_upload(
+            source.lfs_base,
+            source._token or "",
+            blobs,
+            cfg.collect.timeout_s,
+            cfg.collect.max_retries,
+            source.backoff_s,
+        )
+    except PipelineError as exc:
+        raise PipelineError(
+            f"{source.where}: write-back stopped while uploading the audio (Git LFS): {exc}. "
+            "Nothing was committed and no branch was made; fix that and re-run"
+        ) from None
     log.info("uploaded %d LFS object(s) to %s", sent, source.where)
     revision = ", ".join(sorted({c.take.model_revision for c in report.changes}))
     try:
@@ -632,10 +651,29 @@ def write_back_gitlab(
             }
         )
     except gitlab.exceptions.GitlabError as exc:
-        raise _refused(source, exc) from None
+        # one API call makes the branch and its commit together: refused, neither exists
+        raise PipelineError(
+            f"{_refused(source, exc)}. Nothing was committed and no branch was made; re-run when fixed"
+        ) from None
     mr = _open_merge_request(source, branch, target, report.changes)
     report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
     return report
+
+
+def _check_branch_holds(cfg: Config, source: GitLabSource, branch: str, report: WriteBackReport) -> None:
+    """An existing branch of our name must hold exactly these takes (an earlier run of ours).
+
+    Otherwise (somebody's work on a branch of that name, a different set of takes) it is not
+    ours to reuse or overwrite: stop and say how to proceed.
+    """
+    at_branch = open_gitlab(cfg, ref=branch)
+    planned, _ = plan_takes(read_gitlab_documents(at_branch), [c.take for c in report.changes], 0, cfg.code)
+    if planned.changes:
+        raise PipelineError(
+            f"{source.where}: branch {branch} already exists but does not hold these "
+            f"{len(report.changes)} synthesized take(s) (other content); nothing was pushed. Delete or "
+            "rename that branch in GitLab (Repository > Branches) and re-run"
+        )
 
 
 def _refused(source: GitLabSource, exc: Any) -> PipelineError:
@@ -668,7 +706,8 @@ def _open_merge_request(source: GitLabSource, branch: str, target: str, changes:
         )
     except gitlab.exceptions.GitlabError as exc:
         raise PipelineError(
-            f"{_refused(source, exc)}. Branch {branch} is pushed; re-run to open its merge request"
+            f"{_refused(source, exc)}. Could not open the merge request; branch {branch} holds the "
+            f"complete commit: re-run to open its merge request, or open it by hand from {branch} into {target}"
         ) from None
 
 

@@ -502,7 +502,7 @@ class Trainer:
             return None
         step = self.state.step
         final = self.checkpoint_dir / f"{modeling.CHECKPOINT_PREFIX}{step}"
-        with fsutil.atomic_directory(final) as tmp:
+        with fsutil.atomic_directory(final, "train-checkpoint", ("model", "state")) as tmp:
             self.save_model(tmp / MODEL_DIR)
             state_dir = tmp / STATE_DIR
             state_dir.mkdir()
