@@ -284,6 +284,21 @@ def outputs_source(repo: Repo, stage: Stage) -> str | None:
     return FROM_REMOTE if on_remote else FROM_RUN
 
 
+def _point_dvc_handlers_at_current_streams() -> None:
+    """Aim DVC's console handlers at today's stdout/stderr.
+
+    DVC binds its handlers to the streams of the moment its logging was first set up; when
+    those were replaced since (an embedding program, a test runner's capture), writing to the
+    old, closed stream would fail the stage.
+    """
+    import sys
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setStream(sys.stderr if handler.level >= logging.WARNING else sys.stdout)
+
+
 def explain_failure(name: str, exc: BaseException) -> str:
     """One line, in the user's terms, for a stage DVC could not reproduce (never a bare errno)."""
     from dvc.stage.exceptions import MissingDataSource, StageCmdFailedError
@@ -445,6 +460,7 @@ def run_pipeline(
     elif not dvc_logger.isEnabledFor(logging.INFO):
         dvc_logger.setLevel(logging.INFO)  # DVC's own handlers print its familiar repro output
     old_propagate, dvc_logger.propagate = dvc_logger.propagate, False  # ours would print it twice
+    _point_dvc_handlers_at_current_streams()
     try:
         with Repo(str(root)) as repo:
             try:
