@@ -36,6 +36,14 @@ HDBSCAN_PCA_DIMS = 32
 SPLIT_SAMPLE = 300
 #: k-means picks k on a random sample of this many clips when the corpus is larger.
 KMEANS_SELECT_SAMPLE = 2000
+#: `clustering_method` values. auto runs both and keeps the better-separated result.
+METHODS = ("auto", "hdbscan", "kmeans")
+#: Two clips whose embeddings have at least this cosine are one take (exported twice,
+#: re-encoded): grouped before clustering. Distinct clips of one LibriSpeech reader reach
+#: 0.97 (long clean clips of one chapter), so the default sits above that.
+DUPLICATE_COSINE = 0.99
+#: Rows of the similarity matrix computed at once when looking for near-duplicates.
+DUPLICATE_BLOCK = 2048
 
 
 @dataclass
@@ -49,6 +57,9 @@ class Clustering:
     silhouette: float | None = None
     noise: int = 0  # clips HDBSCAN called noise (assigned to the nearest cluster)
     notes: list[str] = field(default_factory=list)
+    requested: str = ""  # the clustering_method asked for ("auto" keeps the better of two)
+    reason: str = ""  # one line: why this method / speaker count
+    duplicates: list[list[int]] = field(default_factory=list)  # near-duplicate groups (clip indices)
 
     @property
     def n_clusters(self) -> int:
@@ -245,91 +256,216 @@ def _merge_to(X: np.ndarray, labels: np.ndarray, target: int) -> np.ndarray:
     return np.searchsorted(np.unique(labels), labels)
 
 
+def near_duplicate_groups(X: np.ndarray, threshold: float) -> list[list[int]]:
+    """Groups (of 2 or more clip indices, ascending) joined by cosine >= threshold, transitively.
+
+    Blockwise, so 10,000 clips never hold a 10,000 x 10,000 matrix.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(X)
+    rows, cols = [], []
+    for start in range(0, n, DUPLICATE_BLOCK):
+        sims = X[start : start + DUPLICATE_BLOCK] @ X.T
+        r, c = np.nonzero(sims >= threshold)
+        keep = start + r < c  # each pair once, no self pairs
+        rows.append(start + r[keep])
+        cols.append(c[keep])
+    r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, int), np.zeros(0, int))
+    if not len(r):
+        return []
+    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    sizes = np.bincount(component)
+    groups = [np.flatnonzero(component == g).tolist() for g in np.flatnonzero(sizes > 1)]
+    return sorted(groups)
+
+
+@dataclass
+class _Result:
+    labels: np.ndarray
+    silhouette: float | None
+    noise_mask: np.ndarray
+    notes: list[str]
+
+    @property
+    def k(self) -> int:
+        return int(self.labels.max()) + 1
+
+
+def _run_method(X: np.ndarray, method: str, lo: int, hi: int, size: int, seed: int) -> _Result:
+    """One method on distinct embeddings, honouring [lo, hi]."""
+    n = len(X)
+    notes: list[str] = []
+    noise_mask = np.zeros(n, dtype=bool)
+    silhouette: float | None = None
+    if method == "kmeans":
+        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
+        return _Result(labels, silhouette, noise_mask, notes)
+    from sklearn.cluster import HDBSCAN
+
+    space = X
+    if n > HDBSCAN_PCA_ABOVE:  # HDBSCAN's neighbour search is slow in 256-d: 10,000 clips 80 s -> 3 s
+        from sklearn.decomposition import PCA
+
+        space = PCA(HDBSCAN_PCA_DIMS, svd_solver="randomized", random_state=seed).fit_transform(X)
+        notes.append(f"hdbscan on {HDBSCAN_PCA_DIMS} principal components ({n} clips)")
+    raw = HDBSCAN(min_cluster_size=size, metric="euclidean", copy=True).fit_predict(space)
+    found = len(set(raw.tolist()) - {-1})
+    notes.append(f"hdbscan (min_cluster_size={size}): {found} cluster(s), {(raw < 0).sum()} noise clip(s)")
+    if found == 0:
+        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
+        notes.append("hdbscan found no cluster: k-means fallback")
+        return _Result(labels, silhouette, noise_mask, notes)
+    noise_mask = raw < 0
+    core = ~noise_mask
+    labels = np.searchsorted(np.unique(raw[core]), raw)
+    farthest, _ = _farthest_and_closest(X[core], labels[core], size)
+    if found > 1 and farthest >= SAME_VOICE_COSINE:
+        notes.append(f"hdbscan clusters all sound alike (centroid cosine >= {farthest:.2f}): merged")
+        labels[core] = 0
+    labels[core] = _split_mixed(X[core], labels[core], size, seed, notes)
+    found = int(labels[core].max()) + 1
+    if noise_mask.any():  # nearest centroid of the real clusters
+        C = centroids_of(X[core], labels[core], found)
+        labels = np.where(noise_mask, np.argmax(X @ C.T, axis=1), labels)
+    if found > hi:
+        labels = _merge_to(X, labels, hi)
+        notes.append(f"merged the closest clusters down to max_speakers={hi}")
+    elif found < lo:
+        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
+        notes.append(f"fewer clusters than min_speakers={lo}: k-means within the bounds")
+    silhouette = silhouette if silhouette is not None else _silhouette(X, labels, seed)
+    return _Result(labels, silhouette, noise_mask, notes)
+
+
+def _choose(X: np.ndarray, h: _Result, k: _Result, size: int) -> tuple[str, str]:
+    """(method kept, why) between the HDBSCAN and the k-means result on the same clips.
+
+    Same partition: HDBSCAN (its noise flags are kept). One speaker against several: the several
+    only if every pair of their voices differs (centroid cosine < SAME_VOICE_COSINE), as each
+    method itself decides "one speaker". Otherwise the higher cosine silhouette (the better
+    separated voices); a tie keeps HDBSCAN.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    def show(r: _Result) -> str:
+        return f"{r.k} speaker(s), silhouette " + ("n/a" if r.silhouette is None else f"{r.silhouette:.3f}")
+
+    both = f"hdbscan {show(h)}; k-means {show(k)}"
+    if adjusted_rand_score(h.labels, k.labels) == 1.0:
+        return "hdbscan", f"auto: hdbscan and k-means agree ({show(h)})"
+    if (h.k == 1) != (k.k == 1):
+        several, name = (k, "kmeans") if h.k == 1 else (h, "hdbscan")
+        _, closest = _farthest_and_closest(X, several.labels, size)
+        if closest < SAME_VOICE_COSINE:
+            return name, f"auto: {both}; kept {name}: all its voices differ (closest centroids {closest:.2f})"
+        return ("hdbscan" if h.k == 1 else "kmeans"), (
+            f"auto: {both}; kept one speaker: two of the other's voices sound alike "
+            f"(centroid cosine {closest:.2f} >= {SAME_VOICE_COSINE})"
+        )
+    hs = -np.inf if h.silhouette is None else h.silhouette
+    ks = -np.inf if k.silhouette is None else k.silhouette
+    name = "kmeans" if ks > hs + 1e-9 else "hdbscan"
+    return name, f"auto: {both}; kept {name} (better separated)"
+
+
 def cluster_embeddings(
     X: np.ndarray,
-    method: str = "hdbscan",
+    method: str = "auto",
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     min_cluster_size: int = 3,
     seed: int = 0,
+    duplicate_cosine: float | None = DUPLICATE_COSINE,
 ) -> Clustering:
     """Group L2-normalised embeddings by speaker, honouring min/max_speakers (None = automatic).
 
+    Near-duplicate clips (cosine >= duplicate_cosine; None = off) are one point while
+    clustering (a take exported three times is not a speaker of its own) and share its label.
     hdbscan: density clusters on the unit sphere (Euclidean there is monotone in cosine),
     clusters that hold several voices split (`_split_mixed`), noise clips assigned to the
     nearest centroid and flagged uncertain. If the count falls outside the bounds, the closest
     clusters are merged (too many) or k-means picks k within the bounds (too few).
     kmeans: k by silhouette within the bounds (`_kmeans_auto`).
-    Tiny or degenerate input (fewer than 3 clips, all identical) is one speaker, with a warning.
+    auto: both, the better-separated kept (`_choose`); the reason is in `reason` and `notes`.
+    Tiny or degenerate input (fewer than 3 distinct clips) is one speaker, with a warning.
     """
     from .embeddings import l2_normalise
 
+    if method not in METHODS:
+        raise PipelineError(
+            f"speaker_diarization.clustering_method: unknown method {method!r} ({' | '.join(METHODS)})"
+        )
     X = l2_normalise(X)
     n = len(X)
     notes: list[str] = []
-    distinct = len(np.unique(np.round(X, 5), axis=0)) if n else 0
-    if n < 3 or distinct < 2:
-        why = f"only {n} clip(s)" if n < 3 else "all clips have the same embedding"
+    groups = near_duplicate_groups(X, duplicate_cosine) if duplicate_cosine is not None and n > 1 else []
+    # representative of each clip: itself, or the first clip of its duplicate group
+    rep = np.arange(n)
+    for group in groups:
+        rep[group] = group[0]
+    unique, inverse = np.unique(rep, return_inverse=True)
+    R = l2_normalise(np.stack([X[rep == u].mean(axis=0) for u in unique])) if groups else X
+    if groups:
+        extra = sum(len(g) - 1 for g in groups)
+        notes.append(
+            f"{len(groups)} group(s) of near-duplicate clips (cosine >= {duplicate_cosine}): "
+            f"{extra} clip(s) clustered with their first copy"
+        )
+    m = len(R)
+    distinct = len(np.unique(np.round(R, 5), axis=0)) if m else 0
+    if m < 3 or distinct < 2:
+        why = f"only {m} distinct clip(s)" if m < 3 else "all clips have the same embedding"
         log.warning("speakers: %s: treating the corpus as one speaker", why)
         return Clustering(
-            np.zeros(n, dtype=int), np.ones(n), np.zeros(n, dtype=bool), method, notes=[why + ": one speaker"]
+            np.zeros(n, dtype=int),
+            np.ones(n),
+            np.zeros(n, dtype=bool),
+            method if method != "auto" else "hdbscan",
+            notes=[*notes, why + ": one speaker"],
+            requested=method,
+            reason=why + ": one speaker",
+            duplicates=groups,
         )
     lo = max(1, min_speakers or 1)
-    hi = max_speakers or (n if method == "hdbscan" else min(AUTO_MAX_SPEAKERS, n - 1))
-    hi = max(1, min(hi, n, distinct))
+    hi = max_speakers or (m if method == "hdbscan" else min(AUTO_MAX_SPEAKERS, m - 1))
+    hi = max(1, min(hi, m, distinct))
     lo = min(lo, hi)
-    noise_mask = np.zeros(n, dtype=bool)
-    silhouette: float | None = None
-    size = max(2, min(min_cluster_size, n // 2))
+    size = max(2, min(min_cluster_size, m // 2))
 
-    if method == "kmeans":
-        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
-    elif method == "hdbscan":
-        from sklearn.cluster import HDBSCAN
-
-        space = X
-        if n > HDBSCAN_PCA_ABOVE:  # HDBSCAN's neighbour search is slow in 256-d: 10,000 clips 80 s -> 3 s
-            from sklearn.decomposition import PCA
-
-            space = PCA(HDBSCAN_PCA_DIMS, svd_solver="randomized", random_state=seed).fit_transform(X)
-            notes.append(f"hdbscan on {HDBSCAN_PCA_DIMS} principal components ({n} clips)")
-        raw = HDBSCAN(min_cluster_size=size, metric="euclidean", copy=True).fit_predict(space)
-        found = len(set(raw.tolist()) - {-1})
-        notes.append(
-            f"hdbscan (min_cluster_size={size}): {found} cluster(s), {(raw < 0).sum()} noise clip(s)"
-        )
-        if found == 0:
-            labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
-            notes.append("hdbscan found no cluster: k-means fallback")
-        else:
-            noise_mask = raw < 0
-            core = ~noise_mask
-            labels = np.searchsorted(np.unique(raw[core]), raw)
-            farthest, _ = _farthest_and_closest(X[core], labels[core], size)
-            if found > 1 and farthest >= SAME_VOICE_COSINE:
-                notes.append(f"hdbscan clusters all sound alike (centroid cosine >= {farthest:.2f}): merged")
-                labels[core] = 0
-            labels[core] = _split_mixed(X[core], labels[core], size, seed, notes)
-            found = int(labels[core].max()) + 1
-            if noise_mask.any():  # nearest centroid of the real clusters
-                C = centroids_of(X[core], labels[core], found)
-                labels = np.where(noise_mask, np.argmax(X @ C.T, axis=1), labels)
-            if found > hi:
-                labels = _merge_to(X, labels, hi)
-                notes.append(f"merged the closest clusters down to max_speakers={hi}")
-            elif found < lo:
-                labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
-                notes.append(f"fewer clusters than min_speakers={lo}: k-means within the bounds")
-            silhouette = silhouette if silhouette is not None else _silhouette(X, labels, seed)
+    if method == "auto":
+        hdb = _run_method(R, "hdbscan", lo, max(1, min(max_speakers or m, m, distinct)), size, seed)
+        km = _run_method(R, "kmeans", lo, hi, size, seed)
+        chosen, reason = _choose(R, hdb, km, size)
+        result = hdb if chosen == "hdbscan" else km
+        notes += [f"{name}: {note}" for name, r in (("hdbscan", hdb), ("k-means", km)) for note in r.notes]
+        notes.append(reason)
     else:
-        raise PipelineError(
-            f"speaker_diarization.clustering_method: unknown method {method!r} (hdbscan | kmeans)"
+        chosen = method
+        result = _run_method(R, method, lo, hi, size, seed)
+        notes += result.notes
+        reason = f"clustering_method {method}: " + (
+            result.notes[-1] if result.notes else f"{result.k} speaker(s)"
         )
 
-    labels = _relabel_by_size(np.asarray(labels, dtype=int))
+    labels = _relabel_by_size(np.asarray(result.labels, dtype=int))[inverse]
+    noise_mask = result.noise_mask[inverse]
     k = int(labels.max()) + 1
     confidence, _ = centroid_confidence(X, labels, k)
     uncertain = noise_mask | (confidence < UNCERTAIN_BELOW)
     for note in notes:
         log.info("speakers: %s", note)
-    return Clustering(labels, confidence, uncertain, method, silhouette, int(noise_mask.sum()), notes)
+    return Clustering(
+        labels,
+        confidence,
+        uncertain,
+        chosen,
+        result.silhouette,
+        int(noise_mask.sum()),
+        notes,
+        requested=method,
+        reason=reason,
+        duplicates=groups,
+    )

@@ -2,7 +2,8 @@
 
 Each preprocessed clip is one verse read by one person, so "diarization" here means grouping
 clips by voice: embed every clip (`embeddings.py`, cached per clip by content hash + backend),
-cluster the L2-normalised embeddings (HDBSCAN or k-means, cosine geometry), apply the human
+cluster the L2-normalised embeddings (`speaker_clustering.py`: near-duplicate takes grouped,
+then HDBSCAN and/or k-means, cosine geometry), apply the human
 corrections file, and write `speaker_ids.json`, `embeddings.npy` (+ `embeddings_index.json`),
 `cluster_samples/speaker_N_sample.wav` and `review.html` (see docs/ARCHITECTURE.md).
 
@@ -53,6 +54,7 @@ from .errors import PipelineError
 from .localserver import serve_until_interrupted
 from .speaker_clustering import (  # re-exported: the stage's public clustering API
     CONFIDENCE_TEMPERATURE,
+    DUPLICATE_COSINE,
     UNCERTAIN_BELOW,
     Clustering,
     centroid_confidence,
@@ -457,8 +459,11 @@ def apply_corrections(
 # --------------------------------------------------------------------------- outputs
 
 
-def speaker_ids_document(assignment: Assignment, clips: Sequence[Clip]) -> dict[str, Any]:
-    """The `speaker_ids.json` contract (docs/ARCHITECTURE.md)."""
+def speaker_ids_document(
+    assignment: Assignment, clips: Sequence[Clip], duplicates: Sequence[Sequence[int]] = ()
+) -> dict[str, Any]:
+    """The `speaker_ids.json` contract (docs/ARCHITECTURE.md); `near_duplicates` lists the
+    groups of clips that are one take (see `speaker_clustering.near_duplicate_groups`)."""
     durations = np.array([c.duration_s for c in clips], dtype=float)
     doc_clips = {
         name: {
@@ -476,7 +481,8 @@ def speaker_ids_document(assignment: Assignment, clips: Sequence[Clip]) -> dict[
         }
         for sid, name in enumerate(assignment.names)
     }
-    return {"clips": doc_clips, "speakers": speakers}
+    groups = [[assignment.file_names[i] for i in group] for group in duplicates]
+    return {"clips": doc_clips, "speakers": speakers, "near_duplicates": groups}
 
 
 def ranked_members(X: np.ndarray, assignment: Assignment, sid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -517,15 +523,18 @@ def cluster_speakers(
     clips: Sequence[Clip],
     embeddings: np.ndarray,
     *,
-    method: str = "hdbscan",
+    method: str = "auto",
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     min_cluster_size: int = 3,
     corrections: Corrections | None = None,
     seed: int = 0,
+    duplicate_cosine: float | None = DUPLICATE_COSINE,
 ) -> tuple[Clustering, Assignment]:
     """Cluster, then apply the corrections: the whole decision, without any file output."""
-    clustering = cluster_embeddings(embeddings, method, min_speakers, max_speakers, min_cluster_size, seed)
+    clustering = cluster_embeddings(
+        embeddings, method, min_speakers, max_speakers, min_cluster_size, seed, duplicate_cosine
+    )
     assignment = apply_corrections(
         [c.file_name for c in clips], embeddings, clustering, corrections or Corrections()
     )
@@ -550,6 +559,10 @@ def summarise(
         "silhouette": None if clustering.silhouette is None else round(clustering.silhouette, 4),
         "hours": round(sum(c.duration_s for c in clips) / 3600, 4),
         "method": clustering.method,
+        "method_requested": clustering.requested or clustering.method,
+        "method_reason": clustering.reason,
+        "near_duplicate_groups": len(clustering.duplicates),
+        "near_duplicate_clips": sum(len(g) for g in clustering.duplicates),
         "backend": backend,
     }
 
@@ -573,7 +586,7 @@ def write_outputs(
     with atomic_directory(output_dir) as tmp:
         np.save(tmp / EMBEDDINGS_FILE, embeddings.astype(np.float32))
         write_json(tmp / INDEX_FILE, [c.file_name for c in clips])
-        write_json(tmp / SPEAKER_IDS_FILE, speaker_ids_document(assignment, clips))
+        write_json(tmp / SPEAKER_IDS_FILE, speaker_ids_document(assignment, clips, clustering.duplicates))
         (tmp / SAMPLES_DIR).mkdir()
         for sid in range(assignment.n_speakers):
             representative, _ = ranked_members(embeddings, assignment, sid)
@@ -601,10 +614,11 @@ def run_speakers(
     *,
     backend: str = "resemblyzer",
     model: str | None = None,
-    method: str = "hdbscan",
+    method: str = "auto",
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     min_cluster_size: int = 3,
+    duplicate_cosine: float | None = DUPLICATE_COSINE,
     review_clips: int = 5,
     corrections_file: Path | None = None,
     cache_root: Path | None = None,
@@ -631,6 +645,7 @@ def run_speakers(
         max_speakers=max_speakers,
         min_cluster_size=min_cluster_size,
         corrections=corrections,
+        duplicate_cosine=duplicate_cosine,
     )
     metrics = summarise(clustering, assignment, clips, backend)
     write_outputs(
@@ -721,6 +736,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int | None:
         min_speakers=sd.min_speakers,
         max_speakers=sd.max_speakers,
         min_cluster_size=sd.min_cluster_size,
+        duplicate_cosine=sd.duplicate_cosine,
         review_clips=sd.review_clips_per_speaker,
         corrections_file=corrections_file,
         cache_root=Path(cfg.paths.cache) / "speakers",
