@@ -10,7 +10,8 @@ each, 4-35 s, Opus), decoded to 16 kHz. Three variants, all deterministic (seede
 Embeddings come from the stage's own path (`embed_many`, resemblyzer); each variant is
 clustered by every method on three subsets: "tune" (clips 0000-0004 of each reader, the only
 ones constants were chosen on), "held-out" (clips 0005-0009) and "all" 60. ARI = adjusted Rand
-index against the reader labels; "k" = speakers found (truth: 6). `--seeds 3` draws three
+index against the reader labels; "k" = speakers found (truth: 6). Each reader's 10 clips alone
+(a one-speaker corpus) must come out as one speaker: the count of readers that do is printed. `--seeds 3` draws three
 different cuts/noises per variant. Also printed: embedding cost per clip (ms, wall) per variant.
 
     python benchmarks/speaker_robustness.py [--seeds 1] [--snr 15] [--noise pink|white] [--json out.json]
@@ -56,6 +57,7 @@ def main() -> None:
     embedder = get_embedder("resemblyzer")
     embed_many(embedder, wavs[:2], RATE)  # warm-up
     default = SpeakerSection().clustering_method
+    readers = sorted(set(truth))
     methods = [*METHODS]
     print(f"{len(files)} clips, {len(set(truth))} readers; default method {default!r}; "
           f"noise {args.noise} at {args.snr:g} dB SNR")  # fmt: skip
@@ -83,6 +85,16 @@ def main() -> None:
                         worst[variant] = min(worst[variant], ari if ok else 0.0)
                 print(f"{seed:4d} {variant:8} {subset:9} " + " ".join(f"{c:>16}" for c in cells))
                 report["runs"].append(row)
+            alone = {  # one-reader corpora (10 clips each) must stay one speaker
+                method: sum(cluster_embeddings(X[truth == r], method).n_clusters == 1 for r in readers)
+                for method in methods
+            }
+            print(
+                f"     {variant}: one reader alone -> one speaker for "
+                + ", ".join(f"{m} {alone[m]}/{len(readers)}" for m in methods)
+            )
+            report["runs"].append({"seed": seed, "variant": variant, "one_reader_is_one_speaker": alone})
+
             print(f"     {variant}: embedding {per_clip_ms:.0f} ms/clip (mean clip {seconds:.1f} s)")
             report["runs"].append(
                 {"seed": seed, "variant": variant, "embed_ms_per_clip": round(per_clip_ms, 1)}

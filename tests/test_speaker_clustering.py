@@ -20,7 +20,7 @@ from sklearn.metrics import adjusted_rand_score
 from tts_pipeline import speaker_clustering as sc
 from tts_pipeline import speakers as sp
 from tts_pipeline.audio import decode_audio, write_wav
-from tts_pipeline.config import SpeakerSection
+from tts_pipeline.config import ConfigError, SpeakerSection, load_config
 from tts_pipeline.errors import PipelineError
 
 DATA = Path(__file__).parent / "data" / "librispeech-6spk"
@@ -120,6 +120,32 @@ def test_explicit_method_is_forced(noisy_run, method):
     result = sp.cluster_embeddings(noisy_run[0].embeddings, method)
     assert result.method == method and result.requested == method
     assert result.reason.startswith(f"clustering_method {method}")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("clustering_method: spectral", "clustering_method"), ("duplicate_cosine: 1.5", "duplicate_cosine")],
+)
+def test_bad_settings_name_the_key(tmp_path, body, message):
+    path = tmp_path / "xx.yaml"
+    path.write_text(
+        f"language: {{code: xx}}\nsource: {{type: local, path: p}}\nspeaker_diarization: {{{body}}}\n"
+    )
+    with pytest.raises(ConfigError, match=f"speaker_diarization.{message}"):
+        load_config(path, Path(__file__).resolve().parents[1] / "params.yaml")
+
+
+def test_duplicate_grouping_can_be_turned_off(tmp_path):
+    path = tmp_path / "xx.yaml"
+    path.write_text(
+        "language: {code: xx}\nsource: {type: local, path: p}\nspeaker_diarization: {duplicate_cosine: null}\n"
+    )
+    cfg = load_config(path, Path(__file__).resolve().parents[1] / "params.yaml")
+    assert cfg.speaker_diarization.duplicate_cosine is None
+    assert (
+        sp.cluster_embeddings(np.repeat(np.eye(4), 3, axis=0), "kmeans", duplicate_cosine=None).duplicates
+        == []
+    )
 
 
 def test_unknown_method_names_the_key():

@@ -407,7 +407,12 @@ def cluster_embeddings(
     for group in groups:
         rep[group] = group[0]
     unique, inverse = np.unique(rep, return_inverse=True)
-    R = l2_normalise(np.stack([X[rep == u].mean(axis=0) for u in unique])) if groups else X
+    if groups:  # one point per take: the mean of its copies
+        sums = np.zeros((len(unique), X.shape[1]), dtype=np.float64)
+        np.add.at(sums, inverse, X)
+        R = l2_normalise(sums)
+    else:
+        R = X
     if groups:
         extra = sum(len(g) - 1 for g in groups)
         notes.append(
