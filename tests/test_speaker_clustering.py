@@ -162,3 +162,14 @@ def test_near_duplicate_groups_are_transitive_and_blockwise(monkeypatch):
     monkeypatch.setattr(sc, "DUPLICATE_BLOCK", 3)  # pairs across blocks are found too
     assert sc.near_duplicate_groups(X, 0.99) == [[1, 5, 6], [3, 7]]
     assert sc.near_duplicate_groups(X[:5], 0.99) == []
+
+
+def test_auto_keeps_hdbscan_beyond_the_k_means_range():
+    """30 well-separated voices: k-means only searches up to AUTO_MAX_SPEAKERS (20)."""
+    rng = np.random.default_rng(0)
+    centres = np.abs(rng.standard_normal((30, 256)))  # resemblyzer-like: same voice cosine ~0.8
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    X = np.repeat(centres, 6, axis=0) + 0.03 * rng.standard_normal((180, 256))
+    result = sp.cluster_embeddings(X, "auto")
+    assert result.n_clusters == 30 and result.method == "hdbscan"
+    assert "more than k-means tries" in result.reason
