@@ -2,8 +2,9 @@
 
 Real speech: the held-out LibriSpeech clips (0005-0009 of each of the 6 readers, which no
 constant was tuned on) cut to 1.5-4 s and mixed with pink noise at 15 dB SNR
-(tests/noisy_clips.py, seeded). On this set plain HDBSCAN finds 5 speakers (ARI 0.72); the
-default (auto) must find the 6.
+(tests/noisy_clips.py, seeded), plus two takes exported three times. On these takes HDBSCAN
+alone finds 5 speakers (ARI 0.794); the default (auto) must
+find the 6.
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def test_default_is_auto():
 def test_default_holds_on_short_noisy_clips(noisy_corpus, noisy_run):
     _, truth = noisy_corpus
     result, _ = noisy_run
-    assert result.assignment.n_speakers == 6
+    assert result.assignment.n_speakers == 6  # the stage, copies included
     assert adjusted_rand_score(_truth(result, truth), result.assignment.labels) >= 0.95
+    # the takes alone (HDBSCAN alone: 5 speakers, ARI 0.794 here)
+    takes = [i for i, c in enumerate(result.clips) if "-copy" not in c.file_name]
+    alone = sp.cluster_embeddings(result.embeddings[takes])
+    assert alone.n_clusters == 6
+    assert adjusted_rand_score([_truth(result, truth)[i] for i in takes], alone.labels) >= 0.95
 
 
 def test_exact_duplicates_are_one_take_not_a_speaker(noisy_run):
@@ -92,13 +98,20 @@ def test_exact_duplicates_are_one_take_not_a_speaker(noisy_run):
         assert forced.labels[group[0]] in set(forced.labels[others].tolist())
 
 
-def test_without_grouping_duplicates_split_off(noisy_run):
-    """The failure the grouping prevents: the copies of a take are a dense cluster of
-    min_cluster_size (3) clips for HDBSCAN, a 'speaker' of their own."""
-    X = noisy_run[0].embeddings
-    plain = sp.cluster_embeddings(X, "hdbscan", duplicate_cosine=None)
-    grouped = sp.cluster_embeddings(X, "hdbscan")
-    assert plain.n_clusters > grouped.n_clusters
+def test_every_take_exported_three_times_is_still_six_speakers(noisy_run):
+    """Each clip three times: without grouping HDBSCAN makes every take a micro-cluster of
+    min_cluster_size (3) copies; with it, every method gives what it gives on the takes alone."""
+    result, _ = noisy_run
+    takes = [i for i, c in enumerate(result.clips) if "-copy" not in c.file_name]
+    X = result.embeddings[takes]
+    tripled = np.vstack([X, X, X])
+    assert sp.cluster_embeddings(tripled, "hdbscan", duplicate_cosine=None).n_clusters > 6
+    for method in ("auto", "hdbscan", "kmeans"):
+        grouped, alone = sp.cluster_embeddings(tripled, method), sp.cluster_embeddings(X, method)
+        assert len(grouped.duplicates) == len(takes)
+        assert adjusted_rand_score(alone.labels, grouped.labels[: len(takes)]) == 1.0
+        assert (grouped.labels[: len(takes)] == grouped.labels[len(takes) : 2 * len(takes)]).all()
+    assert sp.cluster_embeddings(tripled).n_clusters == 6
 
 
 def test_reasons_and_duplicates_reach_metrics_outputs_and_review_page(noisy_run):
