@@ -78,7 +78,7 @@ def _subset(embedded, keep):
 # --------------------------------------------------------------------------- accuracy
 
 
-@pytest.mark.parametrize("method", ["hdbscan", "kmeans"])
+@pytest.mark.parametrize("method", ["auto", "hdbscan", "kmeans"])
 @pytest.mark.parametrize("part", ["held_out", "all"])
 def test_automatic_speaker_count_and_ari(embedded, method, part):
     clips, X = _subset(embedded, lambda f: part == "all" or clip_index(f) >= 5)
@@ -90,7 +90,7 @@ def test_automatic_speaker_count_and_ari(embedded, method, part):
     assert ((clustering.confidence >= 0) & (clustering.confidence <= 1)).all()
 
 
-@pytest.mark.parametrize("method", ["hdbscan", "kmeans"])
+@pytest.mark.parametrize("method", ["auto", "hdbscan", "kmeans"])
 def test_one_reader_is_one_speaker(embedded, method):
     _, X = _subset(embedded, lambda f: reader(f) == "2033")
     assert sp.cluster_embeddings(X, method=method).n_clusters == 1

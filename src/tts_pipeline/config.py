@@ -112,7 +112,8 @@ class PreprocessSection:
 class SpeakerSection:
     backend: Literal["resemblyzer", "pyannote", "speechbrain"] = "resemblyzer"
     model: str | None = None
-    clustering_method: Literal["hdbscan", "kmeans"] = "hdbscan"
+    clustering_method: Literal["auto", "hdbscan", "kmeans"] = "auto"
+    duplicate_cosine: float | None = _range(0.5, 1, default=0.99)  # near-duplicate takes; null = off
     min_speakers: int | None = _range(1, 1000, default=None)
     max_speakers: int | None = _range(1, 1000, default=None)
     min_cluster_size: int = _range(2, 100000, default=3)

@@ -2,7 +2,8 @@
 
 Each preprocessed clip is one verse read by one person, so "diarization" here means grouping
 clips by voice: embed every clip (`embeddings.py`, cached per clip by content hash + backend),
-cluster the L2-normalised embeddings (HDBSCAN or k-means, cosine geometry), apply the human
+cluster the L2-normalised embeddings (`speaker_clustering.py`: near-duplicate takes grouped,
+then HDBSCAN and/or k-means, cosine geometry), apply the human
 corrections file, and write `speaker_ids.json`, `embeddings.npy` (+ `embeddings_index.json`),
 `cluster_samples/speaker_N_sample.wav` and `review.html` (see docs/ARCHITECTURE.md).
 
@@ -42,7 +43,6 @@ import argparse
 import functools
 import http.server
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,14 @@ import numpy as np
 
 from .errors import PipelineError
 from .localserver import serve_until_interrupted
+from .speaker_clustering import (  # re-exported: the stage's public clustering API
+    CONFIDENCE_TEMPERATURE,
+    DUPLICATE_COSINE,
+    UNCERTAIN_BELOW,
+    Clustering,
+    centroid_confidence,
+    cluster_embeddings,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -68,26 +76,7 @@ SAMPLES_DIR = "cluster_samples"
 SPEAKERS_LEGACY = (SPEAKER_IDS_FILE, EMBEDDINGS_FILE)
 #: Bump when the embedding computation changes, so cached vectors are recomputed.
 EMBEDDING_VERSION = 2
-#: k-means with no max_speakers tries at most this many speakers (set max_speakers for more).
-AUTO_MAX_SPEAKERS = 20
-#: Two groups of clips whose mean embeddings have a cosine of at least this are one voice.
-#: Chosen on the tuning half of the LibriSpeech test set (clips 0000-0004 of each reader): one
-#: reader's clips split in two gave centroid cosines 0.88-0.95, two readers 0.49-0.72.
-#: Decides "one speaker" (when min_speakers allows it) and whether a cluster is a voice mix.
-SAME_VOICE_COSINE = 0.8
-#: Softmax temperature turning cosine similarities to the speaker centroids into a confidence.
-CONFIDENCE_TEMPERATURE = 0.05
-#: A clip whose confidence is below this (another speaker is nearly as close: a similarity
-#: margin under ~0.07) is flagged uncertain. Clean tuning-half clips had margins >= 0.21.
-UNCERTAIN_BELOW = 0.8
 EMBED_BATCH = 16
-#: Above this many clips HDBSCAN runs on the first HDBSCAN_PCA_DIMS principal components.
-HDBSCAN_PCA_ABOVE = 2000
-HDBSCAN_PCA_DIMS = 32
-#: Clusters larger than this are checked for a voice mix on a random sample of this size.
-SPLIT_SAMPLE = 300
-#: k-means picks k on a random sample of this many clips when the corpus is larger.
-KMEANS_SELECT_SAMPLE = 2000
 
 
 # --------------------------------------------------------------------------- records
@@ -101,23 +90,6 @@ class Clip:
     path: Path
     duration_s: float
     text: str = ""  # the transcription (shown on the review page)
-
-
-@dataclass
-class Clustering:
-    """Automatic clustering of N embeddings (before corrections)."""
-
-    labels: np.ndarray  # (N,) int, 0..k-1, every clip assigned (noise resolved)
-    confidence: np.ndarray  # (N,) float in [0, 1]
-    uncertain: np.ndarray  # (N,) bool
-    method: str
-    silhouette: float | None = None
-    noise: int = 0  # clips HDBSCAN called noise (assigned to the nearest cluster)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.labels.max()) + 1 if len(self.labels) else 0
 
 
 @dataclass
@@ -279,289 +251,6 @@ def embed_clips(
     if not clips:
         return np.zeros((0, embedder.dim), dtype=np.float32)
     return l2_normalise(np.stack(out))  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- clustering
-
-
-def centroids_of(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """L2-normalised mean embedding of each cluster 0..k-1."""
-    from .embeddings import l2_normalise
-
-    return l2_normalise(np.stack([X[labels == c].mean(axis=0) for c in range(k)]))
-
-
-def centroid_confidence(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence, similarity to own centroid) per clip.
-
-    Confidence is the softmax (temperature CONFIDENCE_TEMPERATURE) of the cosine similarities to
-    all centroids, read at the clip's own: 0.5 means another speaker is just as close.
-    """
-    C = centroids_of(X, labels, k)
-    sims = X @ C.T
-    own = sims[np.arange(len(X)), labels]
-    if k == 1:
-        return np.ones(len(X)), own
-    logits = (sims - sims.max(axis=1, keepdims=True)) / CONFIDENCE_TEMPERATURE
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)
-    return probs[np.arange(len(X)), labels], own
-
-
-def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
-    """Renumber clusters largest first (ties: the cluster whose first clip comes first)."""
-    ids = [c for c in np.unique(labels) if c >= 0]
-    order = sorted(ids, key=lambda c: (-int((labels == c).sum()), int(np.argmax(labels == c))))
-    mapping = {old: new for new, old in enumerate(order)}
-    return np.array([mapping.get(int(c), -1) for c in labels], dtype=int)
-
-
-def _silhouette(X: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
-    from sklearn.metrics import silhouette_score
-
-    k = len(np.unique(labels))
-    if k < 2 or k >= len(X):
-        return None
-    sample = min(len(X), 2000)
-    return float(silhouette_score(X, labels, metric="cosine", sample_size=sample, random_state=seed))
-
-
-def _kmeans(X: np.ndarray, k: int, seed: int, init: np.ndarray | None = None) -> np.ndarray:
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-
-    n_init = 1 if init is not None else (10 if len(X) <= 2000 else 3)
-    # One thread for small inputs: thread start-up costs 10x the work on a busy 2-core machine.
-    with warnings.catch_warnings(), threadpool_limits(1 if len(X) < 5000 else None):
-        warnings.simplefilter("ignore")  # ConvergenceWarning on near-duplicate points
-        model = KMeans(
-            n_clusters=k, init="k-means++" if init is None else init, n_init=n_init, random_state=seed
-        )
-        return model.fit_predict(X)
-
-
-def _farthest_and_closest(X: np.ndarray, labels: np.ndarray, min_size: int = 1) -> tuple[float, float]:
-    """Lowest and highest cosine between two centroids of clusters with at least `min_size`
-    clips (1.0, 1.0 when fewer than two such clusters: an outlier clip is not a speaker)."""
-    k = int(labels.max()) + 1
-    big = [c for c in range(k) if (labels == c).sum() >= min_size]
-    if len(big) < 2:
-        return 1.0, 1.0
-    C = centroids_of(X, labels, k)[big]
-    sims = (C @ C.T)[np.triu_indices(len(big), 1)]
-    return float(sims.min()), float(sims.max())
-
-
-class _KSearch:
-    """k-means candidates for k = 2, 3, ...: k-means++ (10 restarts) and k-means seeded by
-    average-linkage (cosine) clusters, the better by silhouette. The linkage seed keeps small
-    readers as clusters of their own when one reader has most of the clips."""
-
-    def __init__(self, X: np.ndarray, seed: int) -> None:
-        from scipy.cluster.hierarchy import linkage
-
-        self.X, self.seed = X, seed
-        self.tree = linkage(X.astype(np.float64), method="average", metric="cosine")
-
-    def labels(self, k: int) -> tuple[np.ndarray, float | None]:
-        from scipy.cluster.hierarchy import fcluster
-
-        candidates = [_kmeans(self.X, k, self.seed)]
-        tree_labels = fcluster(self.tree, k, criterion="maxclust") - 1
-        found = int(tree_labels.max()) + 1
-        if found == k:
-            candidates.append(_kmeans(self.X, k, self.seed, init=centroids_of(self.X, tree_labels, k)))
-        scored = [(_silhouette(self.X, c, self.seed), i) for i, c in enumerate(candidates)]
-        score, best = max(scored, key=lambda t: (-np.inf if t[0] is None else t[0], -t[1]))
-        return candidates[best], score
-
-
-def _kmeans_auto(
-    X: np.ndarray, lo: int, hi: int, seed: int, notes: list[str], min_size: int = 2
-) -> tuple[np.ndarray, float | None]:
-    """k-means with k chosen by cosine silhouette within [lo, hi].
-
-    k = 1 (one speaker) when lo allows it and even the two most different clusters of the best
-    split sound alike (centroid cosine >= SAME_VOICE_COSINE; clusters under `min_size` clips
-    are outliers, not speakers). On a large corpus k is chosen on
-    a fixed random sample, then k-means runs once on all clips from the sample's centroids.
-    """
-    if hi <= 1:
-        return np.zeros(len(X), dtype=int), None
-    probe = (
-        np.sort(np.random.default_rng(seed).choice(len(X), KMEANS_SELECT_SAMPLE, replace=False))
-        if len(X) > KMEANS_SELECT_SAMPLE
-        else None
-    )
-    Xs = X if probe is None else X[probe]
-    search = _KSearch(Xs, seed)
-    best: tuple[float, int, np.ndarray] | None = None
-    ks = [hi] if lo == hi else range(max(lo, 2), min(hi, len(Xs) - 1) + 1)
-    for k in ks:
-        labels, score = search.labels(k)
-        log.debug("kmeans k=%d silhouette=%s", k, score)
-        value = -np.inf if score is None else score
-        if best is None or value > best[0] + 1e-9:
-            best = (value, k, labels)
-    if best is None:  # too few clips to compare k values
-        k = max(lo, 1)
-        labels = _kmeans(X, k, seed) if k > 1 else np.zeros(len(X), dtype=int)
-        return labels, _silhouette(X, labels, seed)
-    score, k, labels = best
-    if probe is not None:
-        labels = _kmeans(X, k, seed, init=centroids_of(Xs, labels, k))
-    farthest, _ = _farthest_and_closest(X, labels, min_size)
-    if lo <= 1 and farthest >= SAME_VOICE_COSINE:
-        notes.append(f"best split (k={k}) has centroids alike (cosine >= {farthest:.2f}): one speaker")
-        return np.zeros(len(X), dtype=int), None
-    notes.append(f"k-means: k={k} chosen by silhouette {score:.3f} in [{max(lo, 2)}, {hi}]")
-    return labels, (None if not np.isfinite(score) else float(score))
-
-
-def _split_mixed(X: np.ndarray, labels: np.ndarray, min_size: int, seed: int, notes: list[str]) -> np.ndarray:
-    """Split clusters that hold several voices.
-
-    HDBSCAN chains two readers together through a few in-between clips (single linkage), so
-    each cluster is checked: among k-means splits (k = 2..10, parts of at least `min_size`)
-    whose parts all sound different (every centroid pair below SAME_VOICE_COSINE), the best
-    by silhouette is taken, and the parts are checked again.
-    """
-    labels = np.asarray(labels, dtype=int).copy()
-    queue = sorted(set(labels.tolist()))
-    rng = np.random.default_rng(seed)
-    while queue:
-        cluster = queue.pop(0)
-        members = np.flatnonzero(labels == cluster)
-        # Large clusters are judged on a fixed random sample (a voice mix shows in 300 clips too).
-        probe = (
-            np.sort(rng.choice(members, SPLIT_SAMPLE, replace=False))
-            if len(members) > SPLIT_SAMPLE
-            else members
-        )
-        best: tuple[float, np.ndarray] | None = None
-        for k in range(2, min(len(probe) // min_size, 10) + 1):
-            sub = _kmeans(X[probe], k, seed)
-            if np.bincount(sub, minlength=k).min() < min_size:
-                continue
-            if _farthest_and_closest(X[probe], sub)[1] >= SAME_VOICE_COSINE:
-                continue
-            score = _silhouette(X[probe], sub, seed)
-            if score is not None and (best is None or score > best[0] + 1e-9):
-                best = (score, sub)
-        if best is None:
-            continue
-        score, sub = best
-        if len(probe) < len(members):  # everyone to the nearest part of the sample
-            sub = np.argmax(X[members] @ centroids_of(X[probe], sub, int(sub.max()) + 1).T, axis=1)
-        first_new = int(labels.max()) + 1
-        new_ids = [cluster] + list(range(first_new, first_new + int(sub.max())))
-        labels[members] = np.asarray(new_ids)[sub]
-        notes.append(f"split a cluster of {len(members)} clips into {len(new_ids)} (silhouette {score:.2f})")
-        queue.extend(new_ids)
-    return labels
-
-
-def _merge_to(X: np.ndarray, labels: np.ndarray, target: int) -> np.ndarray:
-    """Merge the two clusters with the most similar centroids until `target` remain."""
-    labels = labels.copy()
-    while len(np.unique(labels)) > target:
-        ids = np.unique(labels)
-        C = centroids_of(X, np.searchsorted(ids, labels), len(ids))
-        sims = C @ C.T
-        np.fill_diagonal(sims, -np.inf)
-        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
-        labels[labels == ids[max(a, b)]] = ids[min(a, b)]
-    return np.searchsorted(np.unique(labels), labels)
-
-
-def cluster_embeddings(
-    X: np.ndarray,
-    method: str = "hdbscan",
-    min_speakers: int | None = None,
-    max_speakers: int | None = None,
-    min_cluster_size: int = 3,
-    seed: int = 0,
-) -> Clustering:
-    """Group L2-normalised embeddings by speaker, honouring min/max_speakers (None = automatic).
-
-    hdbscan: density clusters on the unit sphere (Euclidean there is monotone in cosine),
-    clusters that hold several voices split (`_split_mixed`), noise clips assigned to the
-    nearest centroid and flagged uncertain. If the count falls outside the bounds, the closest
-    clusters are merged (too many) or k-means picks k within the bounds (too few).
-    kmeans: k by silhouette within the bounds (`_kmeans_auto`).
-    Tiny or degenerate input (fewer than 3 clips, all identical) is one speaker, with a warning.
-    """
-    from .embeddings import l2_normalise
-
-    X = l2_normalise(X)
-    n = len(X)
-    notes: list[str] = []
-    distinct = len(np.unique(np.round(X, 5), axis=0)) if n else 0
-    if n < 3 or distinct < 2:
-        why = f"only {n} clip(s)" if n < 3 else "all clips have the same embedding"
-        log.warning("speakers: %s: treating the corpus as one speaker", why)
-        return Clustering(
-            np.zeros(n, dtype=int), np.ones(n), np.zeros(n, dtype=bool), method, notes=[why + ": one speaker"]
-        )
-    lo = max(1, min_speakers or 1)
-    hi = max_speakers or (n if method == "hdbscan" else min(AUTO_MAX_SPEAKERS, n - 1))
-    hi = max(1, min(hi, n, distinct))
-    lo = min(lo, hi)
-    noise_mask = np.zeros(n, dtype=bool)
-    silhouette: float | None = None
-    size = max(2, min(min_cluster_size, n // 2))
-
-    if method == "kmeans":
-        labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
-    elif method == "hdbscan":
-        from sklearn.cluster import HDBSCAN
-
-        space = X
-        if n > HDBSCAN_PCA_ABOVE:  # HDBSCAN's neighbour search is slow in 256-d: 10,000 clips 80 s -> 3 s
-            from sklearn.decomposition import PCA
-
-            space = PCA(HDBSCAN_PCA_DIMS, svd_solver="randomized", random_state=seed).fit_transform(X)
-            notes.append(f"hdbscan on {HDBSCAN_PCA_DIMS} principal components ({n} clips)")
-        raw = HDBSCAN(min_cluster_size=size, metric="euclidean", copy=True).fit_predict(space)
-        found = len(set(raw.tolist()) - {-1})
-        notes.append(
-            f"hdbscan (min_cluster_size={size}): {found} cluster(s), {(raw < 0).sum()} noise clip(s)"
-        )
-        if found == 0:
-            labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
-            notes.append("hdbscan found no cluster: k-means fallback")
-        else:
-            noise_mask = raw < 0
-            core = ~noise_mask
-            labels = np.searchsorted(np.unique(raw[core]), raw)
-            farthest, _ = _farthest_and_closest(X[core], labels[core], size)
-            if found > 1 and farthest >= SAME_VOICE_COSINE:
-                notes.append(f"hdbscan clusters all sound alike (centroid cosine >= {farthest:.2f}): merged")
-                labels[core] = 0
-            labels[core] = _split_mixed(X[core], labels[core], size, seed, notes)
-            found = int(labels[core].max()) + 1
-            if noise_mask.any():  # nearest centroid of the real clusters
-                C = centroids_of(X[core], labels[core], found)
-                labels = np.where(noise_mask, np.argmax(X @ C.T, axis=1), labels)
-            if found > hi:
-                labels = _merge_to(X, labels, hi)
-                notes.append(f"merged the closest clusters down to max_speakers={hi}")
-            elif found < lo:
-                labels, silhouette = _kmeans_auto(X, lo, hi, seed, notes, size)
-                notes.append(f"fewer clusters than min_speakers={lo}: k-means within the bounds")
-            silhouette = silhouette if silhouette is not None else _silhouette(X, labels, seed)
-    else:
-        raise PipelineError(
-            f"speaker_diarization.clustering_method: unknown method {method!r} (hdbscan | kmeans)"
-        )
-
-    labels = _relabel_by_size(np.asarray(labels, dtype=int))
-    k = int(labels.max()) + 1
-    confidence, _ = centroid_confidence(X, labels, k)
-    uncertain = noise_mask | (confidence < UNCERTAIN_BELOW)
-    for note in notes:
-        log.info("speakers: %s", note)
-    return Clustering(labels, confidence, uncertain, method, silhouette, int(noise_mask.sum()), notes)
 
 
 # --------------------------------------------------------------------------- corrections
@@ -812,8 +501,11 @@ def apply_corrections(
 # --------------------------------------------------------------------------- outputs
 
 
-def speaker_ids_document(assignment: Assignment, clips: Sequence[Clip]) -> dict[str, Any]:
-    """The `speaker_ids.json` contract (docs/ARCHITECTURE.md)."""
+def speaker_ids_document(
+    assignment: Assignment, clips: Sequence[Clip], duplicates: Sequence[Sequence[int]] = ()
+) -> dict[str, Any]:
+    """The `speaker_ids.json` contract (docs/ARCHITECTURE.md); `near_duplicates` lists the
+    groups of clips that are one take (see `speaker_clustering.near_duplicate_groups`)."""
     durations = np.array([c.duration_s for c in clips], dtype=float)
     doc_clips = {
         name: {
@@ -831,7 +523,8 @@ def speaker_ids_document(assignment: Assignment, clips: Sequence[Clip]) -> dict[
         }
         for sid, name in enumerate(assignment.names)
     }
-    return {"clips": doc_clips, "speakers": speakers}
+    groups = [[assignment.file_names[i] for i in group] for group in duplicates]
+    return {"clips": doc_clips, "speakers": speakers, "near_duplicates": groups}
 
 
 def ranked_members(X: np.ndarray, assignment: Assignment, sid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -872,15 +565,18 @@ def cluster_speakers(
     clips: Sequence[Clip],
     embeddings: np.ndarray,
     *,
-    method: str = "hdbscan",
+    method: str = "auto",
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     min_cluster_size: int = 3,
     corrections: Corrections | None = None,
     seed: int = 0,
+    duplicate_cosine: float | None = DUPLICATE_COSINE,
 ) -> tuple[Clustering, Assignment]:
     """Cluster, then apply the corrections: the whole decision, without any file output."""
-    clustering = cluster_embeddings(embeddings, method, min_speakers, max_speakers, min_cluster_size, seed)
+    clustering = cluster_embeddings(
+        embeddings, method, min_speakers, max_speakers, min_cluster_size, seed, duplicate_cosine
+    )
     assignment = apply_corrections(
         [c.file_name for c in clips], embeddings, clustering, corrections or Corrections()
     )
@@ -905,6 +601,10 @@ def summarise(
         "silhouette": None if clustering.silhouette is None else round(clustering.silhouette, 4),
         "hours": round(sum(c.duration_s for c in clips) / 3600, 4),
         "method": clustering.method,
+        "method_requested": clustering.requested or clustering.method,
+        "method_reason": clustering.reason,
+        "near_duplicate_groups": len(clustering.duplicates),
+        "near_duplicate_clips": sum(len(g) for g in clustering.duplicates),
         "backend": backend,
     }
 
@@ -928,7 +628,7 @@ def write_outputs(
     with atomic_directory(output_dir, "speakers", SPEAKERS_LEGACY) as tmp:
         np.save(tmp / EMBEDDINGS_FILE, embeddings.astype(np.float32))
         write_json(tmp / INDEX_FILE, [c.file_name for c in clips])
-        write_json(tmp / SPEAKER_IDS_FILE, speaker_ids_document(assignment, clips))
+        write_json(tmp / SPEAKER_IDS_FILE, speaker_ids_document(assignment, clips, clustering.duplicates))
         (tmp / SAMPLES_DIR).mkdir()
         for sid in range(assignment.n_speakers):
             representative, _ = ranked_members(embeddings, assignment, sid)
@@ -956,10 +656,11 @@ def run_speakers(
     *,
     backend: str = "resemblyzer",
     model: str | None = None,
-    method: str = "hdbscan",
+    method: str = "auto",
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     min_cluster_size: int = 3,
+    duplicate_cosine: float | None = DUPLICATE_COSINE,
     review_clips: int = 5,
     corrections_file: Path | None = None,
     cache_root: Path | None = None,
@@ -987,6 +688,7 @@ def run_speakers(
         max_speakers=max_speakers,
         min_cluster_size=min_cluster_size,
         corrections=corrections,
+        duplicate_cosine=duplicate_cosine,
     )
     metrics = summarise(clustering, assignment, clips, backend)
     write_outputs(
@@ -1107,6 +809,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int | None:
         min_speakers=sd.min_speakers,
         max_speakers=sd.max_speakers,
         min_cluster_size=sd.min_cluster_size,
+        duplicate_cosine=sd.duplicate_cosine,
         review_clips=sd.review_clips_per_speaker,
         corrections_file=corrections_file,
         cache_root=Path(cfg.paths.cache) / "speakers",
