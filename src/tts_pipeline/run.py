@@ -20,9 +20,11 @@ them, and the upstream stages whose outputs that recomputation needs are planned
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -291,12 +293,12 @@ def _point_dvc_handlers_at_current_streams() -> None:
     those were replaced since (an embedding program, a test runner's capture), writing to the
     old, closed stream would fail the stage.
     """
-    import sys
-
     for name in ("dvc", "dvc_objects", "dvc_data"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.setStream(sys.stderr if handler.level >= logging.WARNING else sys.stdout)
+                # not setStream(): it flushes the old stream, which may be closed
+                with handler.lock or contextlib.nullcontext():
+                    handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
 
 
 def explain_failure(name: str, exc: BaseException) -> str:
