@@ -309,7 +309,7 @@ def test_single_speaker_dataset_without_speaker_columns_trains(tmp_path):
     assert json.loads(paths.metrics_file.read_text())["step"] == 2
     argv[argv.index("--no-resume")] = "--resume"
     assert cli.main(argv) == 0  # finished run: resumes at step 2, nothing to train, same model
-    assert json.loads((paths.output_dir / "training_info.json").read_text())["resumed_from"] == 2
+    assert json.loads((paths.output_dir.parent / "training_run.json").read_text())["resumed_from"] == 2
 
 
 def test_fine_tunes_a_single_speaker_base_model_on_two_speakers(tmp_path, two_speakers):

@@ -52,7 +52,13 @@ from .. import fsutil, modeling
 from ..errors import PipelineError
 from . import losses
 from .data import Example, collate, epoch_batches
-from .discriminator import DiscriminatorConfig, VitsDiscriminator, load_discriminator_checkpoint
+from .discriminator import (
+    DiscriminatorConfig,
+    VitsDiscriminator,
+    base_model_discriminator,
+    find_discriminator_checkpoint,
+    load_discriminator_checkpoint,
+)
 from .generator import Batch, GeneratorOutput, training_forward
 from .models import export_generator, model_summary, prepare_for_training
 from .spectrogram import SpectrogramConfig
@@ -249,8 +255,7 @@ class Trainer:
                 settings.discriminator_width,
             )  # fmt: skip
         )
-        if settings.discriminator_checkpoint:
-            load_discriminator_checkpoint(self.discriminator, settings.discriminator_checkpoint)
+        self.discriminator_source = self._load_discriminator(settings)
         self.summary = model_summary(model, self.discriminator)
 
         def adamw(module):
@@ -287,6 +292,25 @@ class Trainer:
         self._finite_since_log: dict[str, int] = defaultdict(int)
         self._steps_since_log = 0
         self._time_since_log = 0.0
+
+    def _load_discriminator(self, settings) -> str:
+        """Pretrained discriminator weights when there are any; returns where they came from
+        ("random" when none: written to the log, training_info.json and the model card)."""
+        source = settings.discriminator_checkpoint
+        path = find_discriminator_checkpoint(source) if source else base_model_discriminator(settings.base_model)
+        if path is not None:
+            load_discriminator_checkpoint(self.discriminator, path)
+            log.info("discriminator: pretrained weights from %s", source or path)
+            return str(source or settings.base_model)
+        if settings.base_model:
+            log.warning(
+                "the discriminator starts RANDOM against the pretrained generator %s: its early adversarial "
+                "and feature-matching gradients are noise and can roughen the base voice. Set "
+                "training.discriminator_checkpoint to the base model's training checkpoint (a local folder or "
+                "hub id of a finetune-hf-vits '-train' model, or a VITS D_*.pth) to start from a trained one.",
+                settings.base_model,
+            )
+        return "random"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -390,8 +414,8 @@ class Trainer:
                     bad_d = True
                 sums["loss_disc"] += float(loss_d.detach()) / n
                 # balance: mean LSGAN scores (real -> 1, generated -> 0 for a winning discriminator)
-                sums["disc_score_real"] += float(sum(x.float().mean() for x in scores_r) / len(scores_r)) / n
-                sums["disc_score_fake"] += float(sum(x.float().mean() for x in scores_g) / len(scores_g)) / n
+                sums["disc_score_real"] += float(sum(x.detach().float().mean() for x in scores_r) / len(scores_r)) / n
+                sums["disc_score_fake"] += float(sum(x.detach().float().mean() for x in scores_g) / len(scores_g)) / n
                 if last:
                     disc_clip = s.max_grad_norm if s.max_grad_norm_discriminator is None else s.max_grad_norm_discriminator
                     sums["grad_norm_disc"], skipped_d = self._optimizer_step(
