@@ -267,6 +267,27 @@ def test_saved_model_reloads_bit_identically_and_speaks(tmp_path, two_speakers):
     assert header[:3] == ["step", "epoch", "lr"] and "mel_l1" in header
 
 
+def test_model_directory_is_byte_identical_run_after_run(tmp_path, two_speakers):
+    """The model directory is a DVC output: same inputs + settings + code -> same bytes (no
+    timings, run ids, git revision or paths inside; those go to training_run.json beside it)."""
+    from tts_pipeline.train import train
+
+    cfg = make_config(tmp_path, max_steps=2)
+    first, second = paths_for(tmp_path, two_speakers, "a"), paths_for(tmp_path, two_speakers, "b")
+    train(cfg, first)
+    train(cfg, second)
+    files = sorted(p.relative_to(first.output_dir) for p in first.output_dir.rglob("*") if p.is_file())
+    assert {"training_info.json", "README.md", "model.safetensors"} <= {str(f) for f in files}
+    for rel in files:
+        assert (first.output_dir / rel).read_bytes() == (second.output_dir / rel).read_bytes(), rel
+    info = json.loads((first.output_dir / "training_info.json").read_text())
+    assert not {"git_revision", "mlflow_run_id", "wall_seconds_this_run", "dataset"} & set(info)
+    assert info["discriminator"] == "random"
+    assert "random" in (first.output_dir / "README.md").read_text()
+    run = json.loads((first.output_dir.parent / "training_run.json").read_text())
+    assert {"git_revision", "mlflow_run_id", "wall_seconds_this_run"} <= set(run)
+
+
 def test_configured_learning_rate_reaches_the_optimizer(tmp_path, two_speakers):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["training"]["learning_rate"] = "5e-5"  # as `dvc exp run -S training.learning_rate=5e-5` writes it
