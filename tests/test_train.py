@@ -160,6 +160,21 @@ def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
     assert any(not torch.equal(v, before_acc[k]) for k, v in trainer.model.state_dict().items())
 
 
+def test_balance_is_logged_and_discriminator_weight_and_clipping_apply(tmp_path, two_speakers):
+    """Discriminator loss weight (A1: 3) scales its gradient; the balance figures are logged."""
+    from tts_pipeline.vits.data import collate
+
+    batch = [collate([e]) for e in make_trainer(make_config(tmp_path), two_speakers, tmp_path).train_examples[:1]]
+    norms = {}
+    for weight in (1.0, 3.0):
+        cfg = make_config(tmp_path, weight_discriminator=weight, max_grad_norm=1e9)
+        metrics = make_trainer(cfg, two_speakers, tmp_path).train_step(batch)
+        norms[weight] = metrics["grad_norm_disc"]
+        for key in ("disc_score_real", "disc_score_fake", "grad_norm_gen", "grad_norm_disc", "loss_disc"):
+            assert math.isfinite(metrics[key]), key
+    assert norms[3.0] == pytest.approx(3 * norms[1.0], rel=1e-4)
+
+
 def test_overfits_one_short_utterance(tmp_path, two_speakers):
     from tts_pipeline.vits.data import collate
 
