@@ -160,7 +160,8 @@ def load_examples(rows: list[dict], directory: Path, tokenizer, hop: int):
     return examples
 
 
-def run_ours(corpus: Path, train_rows, val_rows, seed: int, steps: int, work: Path, override: dict) -> dict:
+def run_ours(corpus: Path, train_rows, val_rows, seed: int, steps: int, work: Path, override: dict,
+             model_override: dict | None = None) -> dict:
     from accelerate.utils import set_seed
 
     from tts_pipeline import modeling
@@ -179,6 +180,7 @@ def run_ours(corpus: Path, train_rows, val_rows, seed: int, steps: int, work: Pa
     tokenizer = modeling.make_tokenizer(modeling.build_vocab(texts), work / "tokenizer")
     overrides = {k: v for k, v in cfg.items() if k not in ("num_speakers", "speaker_embedding_size", "sampling_rate")}
     overrides["speaker_embedding_size"] = 16
+    overrides.update(model_override or {})
     set_seed(seed)
     model = modeling.build_scratch_model(overrides, tokenizer.get_vocab(), 6, SR)
     hop = int(math.prod(model.config.upsample_rates))
@@ -268,6 +270,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[123, 456])
     ap.add_argument("--only", choices=["ours", "a1"], default=None)
     ap.add_argument("--override", default="{}", help="JSON overrides of our training settings (ablations)")
+    ap.add_argument("--model-override", default="{}",
+                    help='JSON overrides of our tiny VitsConfig, e.g. \'{"hidden_dropout": 0}\' (ablations)')
     ap.add_argument("--a1-python", default="/work/a1venv/bin/python")
     ap.add_argument("--a1-src", default="/work/a1venv/finetune-hf-vits")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "voice-quality"))
@@ -293,7 +297,7 @@ def main() -> None:
                 r = run_a1(corpus, seed, args.steps, work / f"a1_s{seed}", args.a1_python, args.a1_src)
             else:
                 r = run_ours(corpus, train_rows, val_rows, seed, args.steps, work / f"ours_s{seed}",
-                             json.loads(args.override))  # fmt: skip
+                             json.loads(args.override), json.loads(args.model_override))  # fmt: skip
             r["val"] = evaluate(r["model_dir"], r["tokenizer_dir"], corpus, val_rows, seed)
             row = {"system": system, "seed": seed, **{k: r[g][k] for g, k in COLUMNS}}
             results.append(row)
