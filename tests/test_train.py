@@ -160,6 +160,21 @@ def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
     assert any(not torch.equal(v, before_acc[k]) for k, v in trainer.model.state_dict().items())
 
 
+def test_balance_is_logged_and_discriminator_weight_and_clipping_apply(tmp_path, two_speakers):
+    """Discriminator loss weight (A1: 3) scales its gradient; the balance figures are logged."""
+    from tts_pipeline.vits.data import collate
+
+    batch = [collate([e]) for e in make_trainer(make_config(tmp_path), two_speakers, tmp_path).train_examples[:1]]
+    norms = {}
+    for weight in (1.0, 3.0):
+        cfg = make_config(tmp_path, weight_discriminator=weight, max_grad_norm=1e9)
+        metrics = make_trainer(cfg, two_speakers, tmp_path).train_step(batch)
+        norms[weight] = metrics["grad_norm_disc"]
+        for key in ("disc_score_real", "disc_score_fake", "grad_norm_gen", "grad_norm_disc", "loss_disc"):
+            assert math.isfinite(metrics[key]), key
+    assert norms[3.0] == pytest.approx(3 * norms[1.0], rel=1e-4)
+
+
 def test_overfits_one_short_utterance(tmp_path, two_speakers):
     from tts_pipeline.vits.data import collate
 
@@ -267,6 +282,27 @@ def test_saved_model_reloads_bit_identically_and_speaks(tmp_path, two_speakers):
     assert header[:3] == ["step", "epoch", "lr"] and "mel_l1" in header
 
 
+def test_model_directory_is_byte_identical_run_after_run(tmp_path, two_speakers):
+    """The model directory is a DVC output: same inputs + settings + code -> same bytes (no
+    timings, run ids, git revision or paths inside; those go to training_run.json beside it)."""
+    from tts_pipeline.train import train
+
+    cfg = make_config(tmp_path, max_steps=2)
+    first, second = paths_for(tmp_path, two_speakers, "a"), paths_for(tmp_path, two_speakers, "b")
+    train(cfg, first)
+    train(cfg, second)
+    files = sorted(p.relative_to(first.output_dir) for p in first.output_dir.rglob("*") if p.is_file())
+    assert {"training_info.json", "README.md", "model.safetensors"} <= {str(f) for f in files}
+    for rel in files:
+        assert (first.output_dir / rel).read_bytes() == (second.output_dir / rel).read_bytes(), rel
+    info = json.loads((first.output_dir / "training_info.json").read_text())
+    assert not {"git_revision", "mlflow_run_id", "wall_seconds_this_run", "dataset"} & set(info)
+    assert info["discriminator"] == "random"
+    assert "random" in (first.output_dir / "README.md").read_text()
+    run = json.loads((first.output_dir.parent / "training_run.json").read_text())
+    assert {"git_revision", "mlflow_run_id", "wall_seconds_this_run"} <= set(run)
+
+
 def test_configured_learning_rate_reaches_the_optimizer(tmp_path, two_speakers):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["training"]["learning_rate"] = "5e-5"  # as `dvc exp run -S training.learning_rate=5e-5` writes it
@@ -309,7 +345,7 @@ def test_single_speaker_dataset_without_speaker_columns_trains(tmp_path):
     assert json.loads(paths.metrics_file.read_text())["step"] == 2
     argv[argv.index("--no-resume")] = "--resume"
     assert cli.main(argv) == 0  # finished run: resumes at step 2, nothing to train, same model
-    assert json.loads((paths.output_dir / "training_info.json").read_text())["resumed_from"] == 2
+    assert json.loads((paths.output_dir.parent / "training_run.json").read_text())["resumed_from"] == 2
 
 
 def test_fine_tunes_a_single_speaker_base_model_on_two_speakers(tmp_path, two_speakers):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from vits_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -203,3 +205,117 @@ def test_automatic_batch_size_arithmetic():
     assert batch_size_for_memory(2**30, 15.0, mms_params, 8192) == 1  # never 0
     assert batch_size_for_memory(2**40, 1.0, 1, 256) == 64  # capped
     assert auto_batch_size(torch.device("cpu"), 15.0, mms_params) == 4
+
+
+# ------------------------------------------------------------------ issue 14: init, layout, discriminator
+
+
+def _demo_model(num_speakers: int = 1):
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    scratch = yaml.safe_load((repo / "languages" / "demo.yaml").read_text())["training"]["scratch_model"]
+    return modeling.build_scratch_model(scratch, {c: i for i, c in enumerate("_abcdefghij ")}, num_speakers)
+
+
+def test_fresh_demo_model_output_on_random_latents_does_not_saturate():
+    """transformers 5 initialises the upsamplers 2.5x too wide: tanh saturated 9-22 % of samples."""
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        model = _demo_model()
+        prepare_for_training(model)
+        z = torch.randn(4, model.config.flow_size, 64)
+        with torch.no_grad():
+            wave = model.decoder(z)
+        at_full_scale = float((wave.abs() > 0.999).float().mean())
+        assert at_full_scale < 0.001, (seed, at_full_scale)
+        # the first upsampler has PyTorch's default init: std 1/sqrt(3 * fan_in)
+        weight = export_generator(model).decoder.upsampler[0].weight
+        fan_in = weight.shape[1] * weight.shape[2]
+        assert float(weight.detach().std()) == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
+
+
+def test_training_layout_has_mms_weight_norm_and_exports_loadable_weights(tmp_path):
+    from transformers import VitsModel
+
+    from tts_pipeline.vits.models import weight_norm_modules
+
+    torch.manual_seed(0)
+    model = _demo_model()
+    model.config.layerdrop = 0.1
+    prepare_for_training(model)
+    assert model.text_encoder.encoder.layerdrop == 0.1  # as the checkpoint says
+    modules = weight_norm_modules(model)
+    assert "flow.flows.0.conv_pre" in modules and "flow.flows.0.conv_post" in modules
+    assert all(torch.nn.utils.parametrize.is_parametrized(m) for m in modules.values())
+    assert not torch.nn.utils.parametrize.is_parametrized(model.decoder.conv_pre)  # VITS: plain
+    exported = export_generator(model)
+    exported.save_pretrained(str(tmp_path))
+    reloaded = VitsModel.from_pretrained(str(tmp_path)).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a = model(input_ids=ids).waveform
+        torch.manual_seed(3)
+        b = reloaded(input_ids=ids).waveform
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_length_buckets_change_members_from_epoch_to_epoch():
+    from tts_pipeline.vits.data import epoch_batches
+
+    lengths = [16000 + 100 * i for i in range(40)]
+    first = {frozenset(b) for b in epoch_batches(lengths, 4, seed=1, epoch=0)}
+    second = {frozenset(b) for b in epoch_batches(lengths, 4, seed=1, epoch=1)}
+    assert first != second
+    assert epoch_batches(lengths, 4, seed=1, epoch=1) == epoch_batches(lengths, 4, seed=1, epoch=1)
+    for batch in epoch_batches(lengths, 4, seed=1, epoch=1):  # still bucketed by length
+        spread = max(lengths[i] for i in batch) / min(lengths[i] for i in batch)
+        assert spread < 1.25
+
+
+def _hf_train_checkpoint(directory: Path, source: VitsDiscriminator) -> None:
+    """A finetune-hf-vits '-train' folder: model.safetensors with the generator and discriminator."""
+    from safetensors.torch import save_file
+
+    folded = {"text_encoder.embed_tokens.weight": torch.zeros(3, 2)}
+    for name, module in source.named_modules():
+        if hasattr(module, "parametrizations"):
+            folded[f"discriminator.{name.replace('conv_post', 'final_conv')}.weight"] = module.weight.detach().clone()
+            folded[f"discriminator.{name.replace('conv_post', 'final_conv')}.bias"] = module.bias.detach().clone()
+    directory.mkdir(parents=True)
+    save_file(folded, str(directory / "model.safetensors"))
+
+
+def test_discriminator_found_in_each_supported_layout(tmp_path, monkeypatch):
+    from tts_pipeline.errors import PipelineError
+    from tts_pipeline.vits.discriminator import base_model_discriminator, find_discriminator_checkpoint
+
+    source = VitsDiscriminator(DiscriminatorConfig(width=1 / 16))
+    x = torch.randn(1, 1, 1024)
+    with torch.no_grad():
+        expected = source(x, x)[0]
+    # a finetune-hf-vits -train folder, as a discriminator_checkpoint and as the base model itself
+    _hf_train_checkpoint(tmp_path / "mms-train", source)
+    assert find_discriminator_checkpoint(tmp_path / "mms-train") == tmp_path / "mms-train" / "model.safetensors"
+    assert base_model_discriminator(str(tmp_path / "mms-train")) == tmp_path / "mms-train" / "model.safetensors"
+    # a folder of original VITS/MMS D_<step>.pth files: the newest
+    (tmp_path / "vits").mkdir()
+    torch.save({"model": source.state_dict()}, tmp_path / "vits" / "D_900.pth")
+    torch.save({"model": {}}, tmp_path / "vits" / "D_100.pth")
+    assert find_discriminator_checkpoint(tmp_path / "vits") == tmp_path / "vits" / "D_900.pth"
+    for path in (tmp_path / "mms-train", tmp_path / "vits"):
+        target = VitsDiscriminator(DiscriminatorConfig(width=1 / 16))
+        load_discriminator_checkpoint(target, find_discriminator_checkpoint(path))
+        with torch.no_grad():
+            got = target(x, x)[0]
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, got, strict=True))
+    # a plain generator folder has no discriminator; a hub id offline is a one-line error
+    (tmp_path / "plain").mkdir()
+    assert base_model_discriminator(str(tmp_path / "plain")) is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PipelineError, match="cannot download"):
+        find_discriminator_checkpoint("nobody/no-such-model-train")
+    with pytest.raises(PipelineError, match="no discriminator checkpoint"):
+        find_discriminator_checkpoint(tmp_path / "plain")

@@ -152,7 +152,9 @@ class TrainingSection:
     lr_decay: float = _range(0, 1, default=0.999875)
     batch_size: int | None = _range(1, 4096, default=None)
     gradient_accumulation_steps: int = _range(1, 4096, default=4)
-    max_grad_norm: float = _range(0, None, default=10.0)
+    max_grad_norm: float = _range(0, None, default=1.0)
+    #: gradient clipping of the discriminator (null = max_grad_norm)
+    max_grad_norm_discriminator: float | None = _range(0, None, default=None)
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     save_steps: int = _range(1, None, default=25)
     save_total_limit: int = _range(1, None, default=3)
@@ -166,6 +168,9 @@ class TrainingSection:
     weight_duration: float = _range(0, None, default=1.0)
     weight_generator: float = _range(0, None, default=1.0)
     weight_feature_matching: float = _range(0, None, default=1.0)
+    weight_discriminator: float = _range(0, None, default=3.0)
+    #: optimiser steps over which the adversarial + feature-matching weights ramp 0 -> 1
+    adversarial_warmup_steps: int = _range(0, None, default=0)
     seed: int = 42
     num_workers: int = _range(0, 64, default=2)
     max_nonfinite_steps: int = _range(1, None, default=20)

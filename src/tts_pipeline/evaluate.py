@@ -685,6 +685,7 @@ def render_page(report: EvaluationReport) -> str:
 # --------------------------------------------------------------------------- MLflow
 
 TRAINING_INFO = "training_info.json"
+TRAINING_RUN = "training_run.json"  # train.RUN_INFO_FILE (no stage imports another)
 
 
 def _flat_metrics(doc: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -700,16 +701,16 @@ def _flat_metrics(doc: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def training_run(model_dir: str | Path) -> tuple[str | None, int]:
     """(MLflow run id, final step) the train stage recorded in the model's training_info.json."""
-    path = Path(model_dir) / TRAINING_INFO
-    if not path.is_file():
-        return None, 0
-    try:
-        from .fsutil import read_json
+    from .fsutil import read_json
 
-        info = read_json(path)
-    except ValueError as exc:
-        log.warning("%s", exc)
-        return None, 0
+    info: dict[str, Any] = {}
+    # training_info.json (inside the model: steps), training_run.json (beside it: the run id)
+    for path in (Path(model_dir) / TRAINING_INFO, Path(model_dir).parent / TRAINING_RUN):
+        if path.is_file():
+            try:
+                info.update(read_json(path))
+            except ValueError as exc:
+                log.warning("%s", exc)
     return (info.get("mlflow_run_id") or None), int(info.get("steps") or 0)
 
 

@@ -75,10 +75,25 @@ def build_scratch_model(
         num_speakers=max(1, num_speakers),
         sampling_rate=sampling_rate,
         pad_token_id=0,
-        layerdrop=0.0,
-        **settings,
+        **{"layerdrop": 0.0, **settings},
     )
-    return VitsModel(config)
+    model = VitsModel(config)
+    init_upsamplers(model)
+    return model
+
+
+def init_upsamplers(model: VitsModel) -> None:
+    """Give the decoder's transposed convolutions PyTorch's default initialisation.
+
+    transformers 5 initialises them like the other convolutions (Kaiming-normal over the
+    *output* channels x kernel: std 0.0625 for the demo's first upsampler), 2.5 x what
+    finetune-hf-vits (A1, transformers 4.x's VitsPreTrainedModel, which leaves ConvTranspose1d
+    alone) and HiFi-GAN start from; the decoder's tanh output then saturates on a random latent
+    and the discriminator wins at once. `reset_parameters` = Kaiming-uniform(a=sqrt(5)), std
+    1/sqrt(3 * fan_in), as in A1. Draws from the global RNG (seeded by the caller).
+    """
+    for layer in model.decoder.upsampler:
+        layer.reset_parameters()
 
 
 def remove_decoder_weight_norm(model: VitsModel) -> None:

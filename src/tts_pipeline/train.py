@@ -214,6 +214,27 @@ def choose_resume(checkpoint_dir: Path, config_hash: str, resume: bool | None) -
     return None
 
 
+def model_card(code: str, info: dict[str, Any]) -> str:
+    """README.md of the model directory: what it is and how it was trained (no dates, no paths)."""
+    disc = info.get("discriminator")
+    disc_line = (
+        "**random** (no pretrained discriminator was given: the adversarial and feature-matching losses "
+        "start as noise; see training.discriminator_checkpoint)"
+        if disc == "random" else f"pretrained, from `{disc}`"
+    )
+    return "\n".join([
+        f"# {code}: VITS voice",
+        "",
+        f"- base model: `{info.get('base_model') or 'none (trained from scratch)'}`",
+        f"- discriminator at the start of training: {disc_line}",
+        f"- speakers: {info.get('speakers')}; steps: {info.get('steps')} ({info.get('epochs')} epochs); "
+        f"batch {info.get('batch_size')} x {info.get('gradient_accumulation_steps')}; "
+        f"precision {info.get('mixed_precision')}",
+        "- load with `transformers.VitsModel.from_pretrained(<this folder>)`; speakers.json maps speaker ids to names",
+        "",
+    ])  # fmt: skip
+
+
 def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
     """The `dvc plots` TSV: one row per logged step, empty cells where a value is absent."""
 
@@ -231,6 +252,13 @@ def _number(value: Any) -> float | None:
     """Rounded float, or None for NaN/inf (which are not valid JSON for `dvc metrics`)."""
     value = float(value)
     return round(value, 6) if math.isfinite(value) else None
+
+
+#: the run's volatile facts (MLflow run id, git revision, timings), beside the model directory
+RUN_INFO_FILE = "training_run.json"
+#: metrics that depend on the machine and the run, not on inputs/settings/code: kept out of the
+#: model directory (they stay in metrics/<code>/train.json and MLflow)
+VOLATILE_METRICS = ("train_hours", "steps_per_s")
 
 
 def final_metrics(state, steps_per_epoch: int) -> dict[str, Any]:
@@ -358,13 +386,23 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
         accelerator.wait_for_everyone()
 
         metrics = final_metrics(state, trainer.steps_per_epoch())
+        # training_info.json is inside the model directory (a DVC output): only what the inputs,
+        # settings and code determine. Timings, run ids, the git revision and paths go to MLflow.
+        run_info = {
+            "resumed_from": resumed_from,
+            "dataset": str(paths.dataset),
+            "git_revision": git_revision(),
+            "mlflow_run_id": state.mlflow_run_id,
+            "wall_seconds_this_run": round(time.time() - started, 1),
+            "train_hours": metrics.get("train_hours"),
+            "steps_per_s": metrics.get("steps_per_s"),
+        }
         info = {
             "base_model": s.base_model,
+            "discriminator": trainer.discriminator_source,
             "steps": state.step,
             "epochs": state.epoch,
-            "resumed_from": resumed_from,
             "config_hash": config_hash,
-            "dataset": str(paths.dataset),
             "dataset_fingerprints": fingerprints,
             "train_split": train_report.to_dict(),
             "validation_split": val_report.to_dict() if val_report else None,
@@ -374,15 +412,13 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
             "mixed_precision": accelerator.mixed_precision,
             "device": str(accelerator.device),
             "sampling_rate": rate,
-            "git_revision": git_revision(),
-            "mlflow_run_id": state.mlflow_run_id,
-            "wall_seconds_this_run": round(time.time() - started, 1),
-            "metrics": metrics,
+            "metrics": {k: v for k, v in metrics.items() if k not in VOLATILE_METRICS},
             **trainer.summary,
         }
         if accelerator.is_main_process:
             with fsutil.atomic_directory(paths.output_dir, "train", MODEL_LEGACY) as tmp:
                 trainer.save_model(tmp, extra_info=info)
+                (tmp / "README.md").write_text(model_card(cfg.code, info), encoding="utf-8")
             fsutil.write_json(paths.metrics_file, metrics)
             write_curve(paths.curve_file, state.history)
             plots.write_training_curves(
@@ -393,7 +429,10 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
                 {f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))}, state.step
             )
             tracker.log_dict(info, "training_info.json")
+            tracker.log_dict(run_info, "training_run.json")
+            # next to the model directory, not inside it: evaluate finds the MLflow run here
+            fsutil.write_json(paths.output_dir.parent / RUN_INFO_FILE, run_info)
             tracker.end("FINISHED")
     log.info("model saved to %s", paths.output_dir)
     return TrainResult(steps=state.step, epochs=state.epoch, model_dir=paths.output_dir, metrics=metrics,
-                       resumed_from=resumed_from, info=info)  # fmt: skip
+                       resumed_from=resumed_from, info={**info, **run_info})  # fmt: skip

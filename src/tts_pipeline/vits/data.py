@@ -211,15 +211,19 @@ def epoch_batches(
     """The batches (lists of example indices) of one epoch; deterministic in (seed, epoch).
 
     Shuffle, sort by length inside windows of 32 batches, cut into batches, shuffle the batches.
+    The sort key is the length times a random factor in [0.9, 1.1] drawn per epoch, so batches
+    stay length-bucketed (members within ~20 % of each other's length) but their members change
+    from epoch to epoch even when the whole dataset fits in one window.
     With several processes (`accelerate launch`) each takes every `num_shards`-th batch, and all
     get the same number of batches.
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
+    jitter = rng.uniform(0.9, 1.1, size=len(lengths))
     window = batch_size * 32
     batches: list[list[int]] = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window].tolist(), key=lambda i: lengths[i])
+        chunk = sorted(order[start : start + window].tolist(), key=lambda i: lengths[i] * jitter[i])
         batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
     batches = [batches[i] for i in rng.permutation(len(batches))]
     if num_shards > 1:

@@ -203,3 +203,57 @@ def load_discriminator_checkpoint(discriminator: VitsDiscriminator, path: str | 
     if result.unexpected_keys:
         log.warning("%s: %d unexpected keys ignored, e.g. %s", path, len(result.unexpected_keys),
                     result.unexpected_keys[0])  # fmt: skip
+
+
+#: files a model directory may hold its discriminator in, in order of preference
+_CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _has_discriminator(path: Path) -> bool:
+    """Whether a finetune-hf-vits style model file holds `discriminator.*` weights."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return any(k.startswith("discriminator.") for k in f.keys())  # noqa: SIM118 - safe_open is not iterable
+    return False
+
+
+def find_discriminator_checkpoint(source: str | Path) -> Path:
+    """A discriminator file from `source`: a file; a directory (a `-train` checkpoint as
+    finetune-hf-vits saves it, or a folder of VITS `D_<step>.pth`, the newest taken); or a hub
+    id (its model.safetensors, downloaded; offline: from the local cache only)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in _CHECKPOINT_FILES:
+            if (path / name).is_file():
+                return path / name
+        vits = sorted(path.glob("D_*.pth"), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0))
+        if vits:
+            return vits[-1]
+        raise PipelineError(f"{path}: no discriminator checkpoint in this folder (expected model.safetensors, "
+                            "pytorch_model.bin or D_<step>.pth)")  # fmt: skip
+    if str(source).startswith((".", "/")) or str(source).count("/") != 1:
+        raise PipelineError(f"{source}: training.discriminator_checkpoint not found")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(source), "model.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - offline, missing repo, no such file: one line for the user
+        raise PipelineError(f"training.discriminator_checkpoint {source!r}: cannot download its model.safetensors "
+                            f"({type(exc).__name__}); give a local file or folder, or null for a random "
+                            "discriminator") from None  # fmt: skip
+
+
+def base_model_discriminator(base_model: str | None) -> Path | None:
+    """The base model's own discriminator when it is a local training checkpoint that has one
+    (a finetune-hf-vits `-train` folder); None otherwise (hub ids are not probed)."""
+    if not base_model or not Path(base_model).is_dir():
+        return None
+    for name in _CHECKPOINT_FILES[:1]:
+        candidate = Path(base_model) / name
+        if candidate.is_file() and _has_discriminator(candidate):
+            return candidate
+    return None

@@ -23,12 +23,27 @@ log = logging.getLogger(__name__)
 DEFAULT_SPEAKER_EMBEDDING = 256  # VITS's multi-speaker (VCTK) width
 
 
+def weight_norm_modules(model) -> dict[str, torch.nn.Module]:
+    """The modules MMS/VITS train with weight norm that a saved `VitsModel` stores without it:
+    the HiFi-GAN decoder's upsamplers and residual blocks (not conv_pre/conv_post), and each flow coupling layer's `conv_pre`/`conv_post`
+    (as finetune-hf-vits does; the WaveNets already carry their own weight norm)."""
+    found = {f"decoder.{name}": m for name, m in model.decoder.named_modules()
+             if name.startswith(("upsampler.", "resblocks.")) and isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))}  # fmt: skip
+    for i, flow in enumerate(model.flow.flows):
+        for name in ("conv_pre", "conv_post"):
+            found[f"flow.flows.{i}.{name}"] = getattr(flow, name)
+    return found
+
+
 def prepare_for_training(model) -> None:
-    """No layerdrop (it would skip encoder layers at random), weight norm on the decoder."""
-    model.config.layerdrop = 0.0
-    model.text_encoder.encoder.layerdrop = 0.0
+    """MMS's training layout: weight norm where MMS trains with it (see `weight_norm_modules`),
+    layerdrop as the model's config says (0 for the demo's scratch model, 0.1 for MMS)."""
+    model.text_encoder.encoder.layerdrop = float(model.config.layerdrop)
     if not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.decoder.modules()):
         model.decoder.apply_weight_norm()
+    for module in weight_norm_modules(model).values():
+        if not torch.nn.utils.parametrize.is_parametrized(module):
+            torch.nn.utils.parametrizations.weight_norm(module)
     model.train()
 
 
@@ -105,7 +120,7 @@ def model_summary(model, discriminator) -> dict[str, Any]:
 
 
 def export_generator(model):
-    """A copy of the training model with the decoder's weight norm folded into plain weights.
+    """A copy of the training model with the weight norm `prepare_for_training` added folded into plain weights.
 
     Why not `deepcopy` + `remove_parametrizations`: a deep copy shares the dynamically created
     `Parametrized*` classes, and removing the parametrisation from the copy deletes the `weight`
@@ -116,10 +131,10 @@ def export_generator(model):
     from transformers import VitsModel
 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for name, module in model.decoder.named_modules():
+    for name, module in weight_norm_modules(model).items():
         if not torch.nn.utils.parametrize.is_parametrized(module):
             continue
-        prefix = f"decoder.{name}." if name else "decoder."
+        prefix = f"{name}."
         for tensor_name in list(module.parametrizations.keys()):
             for key in [k for k in state if k.startswith(f"{prefix}parametrizations.{tensor_name}.")]:
                 del state[key]

@@ -52,7 +52,13 @@ from .. import fsutil, modeling
 from ..errors import PipelineError
 from . import losses
 from .data import Example, collate, epoch_batches
-from .discriminator import DiscriminatorConfig, VitsDiscriminator, load_discriminator_checkpoint
+from .discriminator import (
+    DiscriminatorConfig,
+    VitsDiscriminator,
+    base_model_discriminator,
+    find_discriminator_checkpoint,
+    load_discriminator_checkpoint,
+)
 from .generator import Batch, GeneratorOutput, training_forward
 from .models import export_generator, model_summary, prepare_for_training
 from .spectrogram import SpectrogramConfig
@@ -249,8 +255,7 @@ class Trainer:
                 settings.discriminator_width,
             )  # fmt: skip
         )
-        if settings.discriminator_checkpoint:
-            load_discriminator_checkpoint(self.discriminator, settings.discriminator_checkpoint)
+        self.discriminator_source = self._load_discriminator(settings)
         self.summary = model_summary(model, self.discriminator)
 
         def adamw(module):
@@ -287,6 +292,25 @@ class Trainer:
         self._finite_since_log: dict[str, int] = defaultdict(int)
         self._steps_since_log = 0
         self._time_since_log = 0.0
+
+    def _load_discriminator(self, settings) -> str:
+        """Pretrained discriminator weights when there are any; returns where they came from
+        ("random" when none: written to the log, training_info.json and the model card)."""
+        source = settings.discriminator_checkpoint
+        path = find_discriminator_checkpoint(source) if source else base_model_discriminator(settings.base_model)
+        if path is not None:
+            load_discriminator_checkpoint(self.discriminator, path)
+            log.info("discriminator: pretrained weights from %s", source or path)
+            return str(source or settings.base_model)
+        if settings.base_model:
+            log.warning(
+                "the discriminator starts RANDOM against the pretrained generator %s: its early adversarial "
+                "and feature-matching gradients are noise and can roughen the base voice. Set "
+                "training.discriminator_checkpoint to the base model's training checkpoint (a local folder or "
+                "hub id of a finetune-hf-vits '-train' model, or a VITS D_*.pth) to start from a trained one.",
+                settings.base_model,
+            )
+        return "random"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -327,7 +351,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _optimizer_step(
-        self, module, optimizer, scaler: torch.amp.GradScaler, bad_loss: bool
+        self, module, optimizer, scaler: torch.amp.GradScaler, bad_loss: bool, max_norm: float
     ) -> tuple[float, bool]:
         """Unscale, clip, step and update one optimiser with its own scaler: (grad norm, skipped as non-finite).
 
@@ -342,7 +366,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             return float("nan"), bad_loss
         scaler.unscale_(optimizer)
-        norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm or float("inf")))
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")))
         if scaler.is_enabled():
             scale = scaler.get_scale()
             scaler.step(optimizer)  # skipped when unscale_ found inf/NaN gradients
@@ -353,6 +377,12 @@ class Trainer:
             return norm, True
         optimizer.step()
         return norm, False
+
+    def adversarial_ramp(self) -> float:
+        """Weight factor of the adversarial + feature-matching losses: 0 -> 1 over
+        `adversarial_warmup_steps` (a random discriminator's early gradients are noise)."""
+        warm = self.s.adversarial_warmup_steps
+        return 1.0 if not warm else min(1.0, (self.state.step + 1) / warm)
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
         """One optimiser step over `micro_batches`; returns the (averaged) losses and norms."""
@@ -379,13 +409,17 @@ class Trainer:
                     scores_r, scores_g, _, _ = self.disc(out.target, out.generated.detach())
                     loss_d = losses.discriminator_loss(scores_r, scores_g)
                 if _finite(loss_d):
-                    self.scaler_d.scale(loss_d / n).backward()
+                    self.scaler_d.scale(loss_d * s.weight_discriminator / n).backward()
                 else:
                     bad_d = True
                 sums["loss_disc"] += float(loss_d.detach()) / n
+                # balance: mean LSGAN scores (real -> 1, generated -> 0 for a winning discriminator)
+                sums["disc_score_real"] += float(sum(x.detach().float().mean() for x in scores_r) / len(scores_r)) / n
+                sums["disc_score_fake"] += float(sum(x.detach().float().mean() for x in scores_g) / len(scores_g)) / n
                 if last:
+                    disc_clip = s.max_grad_norm if s.max_grad_norm_discriminator is None else s.max_grad_norm_discriminator
                     sums["grad_norm_disc"], skipped_d = self._optimizer_step(
-                        self.disc, self.opt_d, self.scaler_d, bad_d
+                        self.disc, self.opt_d, self.scaler_d, bad_d, disc_clip
                     )
                 # generator: through the (updated) discriminator, which gets no gradient itself
                 bare_disc.requires_grad_(False)
@@ -395,8 +429,9 @@ class Trainer:
                         loss_adv = losses.generator_adversarial_loss(scores_g)
                         loss_fm = losses.feature_matching_loss(fmaps_r, fmaps_g)
                     mel = out.mel_l1
+                    ramp = self.adversarial_ramp()
                     loss_g = (s.weight_mel * mel + s.weight_kl * out.kl.float() + s.weight_duration * out.duration.float()
-                              + s.weight_generator * loss_adv + s.weight_feature_matching * loss_fm)  # fmt: skip
+                              + ramp * (s.weight_generator * loss_adv + s.weight_feature_matching * loss_fm))  # fmt: skip
                     if _finite(loss_g):
                         self.scaler_g.scale(loss_g / n).backward()
                     else:
@@ -408,7 +443,7 @@ class Trainer:
                     sums[key] += float(value.detach()) / n
                 if last:
                     sums["grad_norm_gen"], skipped_g = self._optimizer_step(
-                        self.gen, self.opt_g, self.scaler_g, bad_g
+                        self.gen, self.opt_g, self.scaler_g, bad_g, s.max_grad_norm
                     )
         with warnings.catch_warnings():  # a skipped (non-finite) step still advances the schedule
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
