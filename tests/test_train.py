@@ -302,6 +302,18 @@ def test_model_directory_is_byte_identical_run_after_run(tmp_path, two_speakers)
     run = json.loads((first.output_dir.parent / "training_run.json").read_text())
     assert {"git_revision", "mlflow_run_id", "wall_seconds_this_run"} <= set(run)
 
+    # the checkpoints (a persisted DVC output) too, but for the run facts that .dvcignore hides
+    from tts_pipeline.vits.trainer import TRAINER_RUN_FACTS
+
+    ckpts = sorted(p.relative_to(first.checkpoint_dir) for p in first.checkpoint_dir.rglob("*") if p.is_file())
+    assert any(p.name == "trainer_state.json" for p in ckpts)
+    for rel in ckpts:
+        if rel.name != TRAINER_RUN_FACTS:
+            assert (first.checkpoint_dir / rel).read_bytes() == (second.checkpoint_dir / rel).read_bytes(), rel
+    facts = json.loads(next(first.checkpoint_dir.rglob(TRAINER_RUN_FACTS)).read_text())
+    assert {"mlflow_run_id", "train_seconds"} <= set(facts)
+    assert "*.volatile.json" in (Path(__file__).parents[1] / ".dvcignore").read_text()
+
 
 def test_configured_learning_rate_reaches_the_optimizer(tmp_path, two_speakers):
     params = yaml.safe_load((REPO / "params.yaml").read_text())

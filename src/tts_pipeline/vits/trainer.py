@@ -69,6 +69,14 @@ STATE_DIR = "state"
 FULL_CLIP = 1 << 30  # segment length that the training forward clamps to the shortest clip
 MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.json"
+#: Beside TRAINER_STATE: the run's volatile facts (MLflow run id, seconds, speed, memory). The
+#: `*.volatile.json` pattern is in `.dvcignore`, so the checkpoints' DVC hash stays a pure
+#: function of inputs, settings and code, while a resume on the same machine still continues
+#: the same MLflow run.
+TRAINER_RUN_FACTS = "trainer_run.volatile.json"
+#: TrainerState fields and history columns that vary from run to run for the same inputs.
+VOLATILE_STATE = ("mlflow_run_id", "train_seconds")
+VOLATILE_HISTORY = ("steps_per_s", "peak_memory_mb")
 
 #: Activation memory of one batch item for the MMS-size model in fp32, measured with
 #: `benchmarks/train.py --mms_memory` (bytes autograd saves for backward in one full step):
@@ -167,6 +175,28 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+
+
+def split_volatile(state: TrainerState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state as (what inputs/settings/code determine, what varies run to run)."""
+    stable = {k: v for k, v in state.__dict__.items() if k not in VOLATILE_STATE}
+    stable["history"] = [{k: v for k, v in row.items() if k not in VOLATILE_HISTORY} for row in state.history]
+    volatile: dict[str, Any] = {k: getattr(state, k) for k in VOLATILE_STATE}
+    volatile["history"] = [
+        {"step": row.get("step"), **{k: row[k] for k in VOLATILE_HISTORY if k in row}} for row in state.history
+    ]
+    return stable, volatile
+
+
+def merge_volatile(stable: dict[str, Any], volatile: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `split_volatile` (history timings matched by step)."""
+    merged = {**stable, **{k: volatile[k] for k in VOLATILE_STATE if k in volatile}}
+    timings = {row.get("step"): row for row in volatile.get("history", [])}
+    merged["history"] = [
+        {**row, **{k: v for k, v in timings.get(row.get("step"), {}).items() if k != "step"}}
+        for row in stable.get("history", [])
+    ]
+    return merged
 
 
 def _rng_state() -> dict[str, Any]:
@@ -549,7 +579,9 @@ class Trainer:
                         "scaler_discriminator": self.scaler_d.state_dict()},
                        state_dir / "optimizers.pt")  # fmt: skip
             torch.save(_rng_state(), state_dir / "rng.pt")
-            fsutil.write_json(state_dir / TRAINER_STATE, self.state.__dict__)
+            stable, volatile = split_volatile(self.state)
+            fsutil.write_json(state_dir / TRAINER_STATE, stable)
+            fsutil.write_json(state_dir / TRAINER_RUN_FACTS, volatile)
         self._update_index(step, val_loss)
         return final
 
@@ -592,6 +624,8 @@ class Trainer:
             if saved_scaler:  # empty when saved without loss scaling; a disabled scaler ignores it
                 scaler.load_state_dict(saved_scaler)
         saved = fsutil.read_json(state_dir / TRAINER_STATE)
+        if (state_dir / TRAINER_RUN_FACTS).is_file():  # absent after `dvc pull`: a new MLflow run
+            saved = merge_volatile(saved, fsutil.read_json(state_dir / TRAINER_RUN_FACTS))
         config_hash = self.state.config_hash
         self.state = TrainerState(**saved)
         self.state.config_hash = config_hash or self.state.config_hash
