@@ -123,7 +123,8 @@ def claim_output_dir(final: str | Path, stage: str, legacy: tuple[str, ...] = ()
     )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -145,7 +146,7 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
     for kind in ("tmp", "old"):
         for stale in final.parent.glob(f".{final.name}.{kind}-*"):
             pid_text = stale.name[len(f".{final.name}.{kind}-") :].split("-", 1)[0]
-            if not (stale.is_dir() and pid_text.isdigit()) or _pid_alive(int(pid_text)):
+            if not (stale.is_dir() and pid_text.isdigit()) or pid_alive(int(pid_text)):
                 continue
             if marker_stage(stale) is None:
                 continue

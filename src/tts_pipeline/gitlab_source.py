@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import requests
 
 from .errors import PipelineError
+from .fsutil import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -542,7 +543,7 @@ def remove_stale_parts(root: str | Path) -> int:
     for part in root.rglob(".*.part"):
         match = re.search(r"\.(\d+)\.[^.]+\.part$", part.name)
         pid = int(match.group(1)) if match else None
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
             continue
         if pid == os.getpid():
             continue
@@ -551,12 +552,3 @@ def remove_stale_parts(root: str | Path) -> int:
             removed += 1
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -14,6 +14,19 @@ from typing import Any
 from .errors import PipelineError
 
 
+class PageHandler(http.server.BaseHTTPRequestHandler):
+    """Request handler base of the local pages: one way to send a response, never cached."""
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
 def bind_server(
     host: str, port: int, handler: Any, server_class: type[http.server.ThreadingHTTPServer] = http.server.ThreadingHTTPServer
 ) -> http.server.ThreadingHTTPServer:

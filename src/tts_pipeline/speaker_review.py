@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .localserver import PageHandler, bind_server
+
 if TYPE_CHECKING:  # pragma: no cover
     from .speakers import Assignment, Clip, Clustering, Corrections
 
@@ -567,7 +569,7 @@ class ReviewServerApp:
         return path if path.is_file() else None
 
 
-class ReviewHandler(http.server.BaseHTTPRequestHandler):
+class ReviewHandler(PageHandler):
     """GET the page, `audio/<clip>` and `api/state`; POST `api/edit`."""
 
     server_version = "tts-pipeline-review"
@@ -578,15 +580,6 @@ class ReviewHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("review server: " + format, *args)
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def _json(self, status: int, value: Any) -> None:
         self._send(status, json.dumps(value).encode("utf-8"), "application/json")
@@ -635,7 +628,6 @@ class ReviewHandler(http.server.BaseHTTPRequestHandler):
 
 def make_review_app_server(app: ReviewServerApp, port: int = 0) -> http.server.ThreadingHTTPServer:
     """The review server on 127.0.0.1 (port 0 = any free port), not yet serving."""
-    from .localserver import bind_server  # a busy port: one line suggesting --port
 
     server = bind_server("127.0.0.1", port, ReviewHandler)
     server.daemon_threads = True

@@ -29,13 +29,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .errors import PipelineError
-from .localserver import bind_server, serve_until_interrupted
+from .localserver import PageHandler, bind_server, serve_until_interrupted
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -197,7 +197,7 @@ def render_page(app: DemoApp) -> str:
     )
 
 
-class DemoHandler(BaseHTTPRequestHandler):
+class DemoHandler(PageHandler):
     """Routes the few URLs of the page; `server.app` is the DemoApp."""
 
     server_version = "tts-pipeline-demo"
@@ -208,15 +208,6 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.address_string(), *args)
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def _error(self, status: int, message: str) -> None:
         self._send(status, message.encode("utf-8"), "text/plain; charset=utf-8")
