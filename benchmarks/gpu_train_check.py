@@ -35,7 +35,18 @@ def main() -> None:
     ap.add_argument("--mel_basis", default=None)
     ap.add_argument("--write_mel_basis", default=None)
     ap.add_argument("--cpu_smoke", action="store_true", help="tiny model on the CPU: checks this script only")
+    ap.add_argument("--determinism", action="store_true",
+                    help="instead: train the same model twice from the same seed per precision and "
+                         "report whether the weights are bit-identical (what the README says of GPUs)")  # fmt: skip
+    ap.add_argument("--deterministic_algorithms", action="store_true",
+                    help="torch.use_deterministic_algorithms(True) and deterministic cuDNN for --determinism")
     args = ap.parse_args()
+    if args.deterministic_algorithms:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
     from tts_pipeline.vits import spectrogram
 
@@ -81,6 +92,31 @@ def main() -> None:
 
     examples = [clip(i) for i in range(24)]
     results = {}
+    if args.determinism:
+        for precision in args.precisions:
+            runs = []
+            for _ in range(2):
+                with tempfile.TemporaryDirectory() as tmp:
+                    set_seed(0)
+                    model = modeling.build_scratch_model(scratch, vocab, 1, sr)
+                    settings = TrainingSection(base_model=None, max_steps=args.steps, batch_size=args.batch_size or 2,
+                                               gradient_accumulation_steps=1, mixed_precision=precision,
+                                               num_workers=0, save_steps=10**9, eval_steps=10**9, logging_steps=1,
+                                               mlflow=False, warmup_steps=0)  # fmt: skip
+                    tokenizer = modeling.make_tokenizer(vocab, Path(tmp) / "tok")
+                    set_seed(0)
+                    trainer = Trainer(settings, model, tokenizer, {0: {"name": "s"}}, examples, [],
+                                      Path(tmp) / "ck", accelerator=make_accelerator(precision))  # fmt: skip
+                    trainer.fit()
+                    runs.append({k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()})
+                    del trainer, model
+            a, b = runs
+            diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+            results[precision] = {"bit_identical": all(torch.equal(a[k], b[k]) for k in a),
+                                  "max_abs_weight_difference": diff, "steps": args.steps}  # fmt: skip
+            print(json.dumps({precision: results[precision]}), flush=True)
+        print("GPU-DETERMINISM " + json.dumps(results))
+        return
     for precision in args.precisions:
         with tempfile.TemporaryDirectory() as tmp:
             set_seed(0)
