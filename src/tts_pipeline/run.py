@@ -301,6 +301,17 @@ def _point_dvc_handlers_at_current_streams() -> None:
                     handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
 
 
+def _stage_failed(
+    summary: RunSummary, name: str, seconds: float, reason: str, rest: Sequence[Stage], message: str
+) -> PipelineError:
+    """Record a failed stage and the ones it leaves unrun; the error to raise carries the summary."""
+    summary.results.append(StageResult(name, FAILED, seconds, reason=reason))
+    summary.results.extend(StageResult(stage.addressing, SKIPPED) for stage in rest)
+    err = PipelineError(message)
+    err.summary = summary  # type: ignore[attr-defined]
+    return err
+
+
 def explain_failure(name: str, exc: BaseException) -> str:
     """One line, in the user's terms, for a stage DVC could not reproduce (never a bare errno)."""
     from dvc.stage.exceptions import MissingDataSource, StageCmdFailedError
@@ -538,17 +549,12 @@ def run_pipeline(
                         allow_missing=missing_ok,
                     )
                 except DvcException as exc:
-                    seconds = time.perf_counter() - started
                     cause = explain_failure(name, exc)
-                    summary.results.append(StageResult(name, FAILED, seconds, reason=cause))
-                    for rest in steps[i:]:
-                        summary.results.append(StageResult(rest.addressing, SKIPPED))
-                    err = PipelineError(
+                    raise _stage_failed(
+                        summary, name, time.perf_counter() - started, cause, steps[i:],
                         f"stage '{name}' failed: {cause}; outputs of the stages before it are kept "
-                        f"(see the log above), fix the problem and re-run the same command"
-                    )
-                    err.summary = summary  # type: ignore[attr-defined]
-                    raise err from exc
+                        f"(see the log above), fix the problem and re-run the same command",
+                    ) from exc  # fmt: skip
                 seconds = time.perf_counter() - started
                 has_outs, missing = _outs_present(repo, name)
                 if done:
@@ -558,15 +564,11 @@ def run_pipeline(
                 else:
                     status = NOT_HERE
                 if status == NOT_HERE and (source is not None or name in target_names):
-                    summary.results.append(StageResult(name, FAILED, seconds, reason="outputs missing"))
-                    for rest in steps[i:]:
-                        summary.results.append(StageResult(rest.addressing, SKIPPED))
-                    err = PipelineError(
+                    raise _stage_failed(
+                        summary, name, seconds, "outputs missing", steps[i:],
                         f"stage '{name}': DVC calls it up to date but {', '.join(missing)} is not here; "
-                        f"`dvc pull {name}` (if the remote has it) or re-run with --force to recompute it"
-                    )
-                    err.summary = summary  # type: ignore[attr-defined]
-                    raise err
+                        f"`dvc pull {name}` (if the remote has it) or re-run with --force to recompute it",
+                    )  # fmt: skip
                 summary.results.append(StageResult(name, status, seconds))
                 print(f"==> [{i}/{total}] {name}: {status} ({seconds:.1f}s)", flush=True)
     finally:
