@@ -73,8 +73,9 @@ def main() -> None:
 
     from tts_pipeline import modeling
     from tts_pipeline.config import TrainingSection
+    from tts_pipeline.vits.batch_probe import batch_size_for_memory
     from tts_pipeline.vits.data import Example
-    from tts_pipeline.vits.trainer import Trainer, batch_size_for_memory, make_accelerator
+    from tts_pipeline.vits.trainer import Trainer, make_accelerator
 
     print(f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'}, torch {torch.__version__}", flush=True)
     rng = np.random.default_rng(0)

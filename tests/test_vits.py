@@ -195,7 +195,7 @@ def test_export_is_bit_identical_after_reload_and_leaves_training_model_intact(t
 
 
 def test_automatic_batch_size_arithmetic():
-    from tts_pipeline.vits.trainer import auto_batch_size, batch_size_for_memory
+    from tts_pipeline.vits.batch_probe import auto_batch_size, batch_size_for_memory
 
     mms_params = 83_000_000  # generator + full discriminator
     on_12gb = batch_size_for_memory(12 * 2**30, 15.0, mms_params, 8192)

@@ -156,6 +156,8 @@ class TrainingSection:
     #: gradient clipping of the discriminator (null = max_grad_norm)
     max_grad_norm_discriminator: float | None = _range(0, None, default=None)
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    #: recompute the generator's activations in the backward pass: less memory (cards under 12 GB), slower steps
+    gradient_checkpointing: bool = False
     save_steps: int = _range(1, None, default=25)
     save_total_limit: int = _range(1, None, default=3)
     logging_steps: int = _range(1, None, default=10)

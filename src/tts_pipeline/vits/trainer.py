@@ -51,6 +51,8 @@ import torch
 from .. import fsutil, modeling
 from ..errors import PipelineError
 from . import losses
+from .batch_probe import auto_batch_size, probe_batch_size
+from .checkpointing import enable_gradient_checkpointing
 from .data import Example, collate, epoch_batches
 from .discriminator import (
     DiscriminatorConfig,
@@ -78,51 +80,9 @@ TRAINER_RUN_FACTS = "trainer_run.volatile.json"
 VOLATILE_STATE = ("mlflow_run_id", "train_seconds")
 VOLATILE_HISTORY = ("steps_per_s", "peak_memory_mb")
 
-#: Activation memory of one batch item for the MMS-size model in fp32, measured with
-#: `benchmarks/train.py --mms_memory` (bytes autograd saves for backward in one full step):
-#: 991 MB for a 2 s clip, 1085 MB for 8 s, so ~16 MB per second of audio (text encoder,
-#: posterior encoder, flow, duration predictor run on the whole clip) plus ~960 MB for the
-#: decoder + discriminator on the 8192-sample segment (~120 KB per segment sample).
-ACTIVATION_BYTES_PER_AUDIO_SECOND = 16 * 2**20
-ACTIVATION_BYTES_PER_SEGMENT_SAMPLE = 120 * 2**10
-ACTIVATION_MARGIN = 1.5  # allocator fragmentation, cuDNN workspaces, transient buffers
-CUDA_RESERVED_BYTES = int(1.5 * 2**30)  # CUDA context and libraries
-CPU_DEFAULT_BATCH_SIZE = 4
 #: Below this fp16 loss scale (fp16's smallest normal number) an overflow is no longer the
 #: scale's fault but a real NaN/inf gradient: it counts towards `max_nonfinite_steps`.
 MIN_LOSS_SCALE = 2.0**-14
-MAX_AUTO_BATCH_SIZE = 64
-
-
-def auto_batch_size(
-    device: torch.device, max_item_seconds: float, num_parameters: int, segment_size: int = 8192
-) -> int:
-    """Batch size when `training.batch_size` is null.
-
-    CUDA: `(free memory - 1.5 GiB reserved - 16 bytes per parameter) / per-item activations`,
-    clamped to [1, 64]. 16 bytes per parameter = fp32 weight, gradient and AdamW's two moments,
-    generator + discriminator. Per item = 1.5 x (120 KB x segment_size + 16 MB x the longest
-    clip's seconds), measured on the MMS-size model in fp32 (see the constants above; fp16/bf16
-    activations are smaller, which only adds headroom). A 12 GB card with the MMS model,
-    15 s clips and segment 8192 gets 5. CPU: a small fixed default (4): CPU training is for
-    tests and the demo, where step time, not memory, is the limit.
-    """
-    if device.type != "cuda":
-        return CPU_DEFAULT_BATCH_SIZE
-    free, _total = torch.cuda.mem_get_info(device)
-    return batch_size_for_memory(free, max_item_seconds, num_parameters, segment_size)
-
-
-def batch_size_for_memory(
-    free_bytes: int, max_item_seconds: float, num_parameters: int, segment_size: int
-) -> int:
-    """The arithmetic of `auto_batch_size`, separate so that it can be tested without a GPU."""
-    budget = free_bytes - CUDA_RESERVED_BYTES - 16 * num_parameters
-    per_item = ACTIVATION_MARGIN * (
-        ACTIVATION_BYTES_PER_SEGMENT_SAMPLE * segment_size
-        + ACTIVATION_BYTES_PER_AUDIO_SECOND * max_item_seconds
-    )
-    return int(min(MAX_AUTO_BATCH_SIZE, max(1, budget // per_item)))
 
 
 def make_accelerator(mixed_precision: str, num_processes_hint: int = 1):
@@ -273,6 +233,8 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
 
         prepare_for_training(model)
+        if settings.gradient_checkpointing:  # for cards under ~12 GB (see vits/checkpointing.py)
+            enable_gradient_checkpointing(model)
         self.spec_config = SpectrogramConfig.from_model_config(
             model.config, n_mels=settings.mel_bins, fmin=settings.mel_fmin, fmax=settings.mel_fmax
         )
@@ -318,6 +280,8 @@ class Trainer:
 
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
+        if not settings.batch_size and self.device.type == "cuda":  # measured (needs the schedulers)
+            self.state.batch_size = probe_batch_size(self, start=self.state.batch_size)
         self._since_log: dict[str, float] = defaultdict(float)
         self._finite_since_log: dict[str, int] = defaultdict(int)
         self._steps_since_log = 0
