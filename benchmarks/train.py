@@ -9,8 +9,8 @@ search, discriminator step then generator step) against two baselines:
   discriminator (the price of the GAN part).
 
 Plus the alignment search alone on a 16 x 800 x 200 problem, and optionally (`--mms_memory`)
-the activation memory per second of audio of the MMS-size model, the basis of the automatic
-CUDA batch size (`vits/trainer.py: CUDA_BYTES_PER_AUDIO_SECOND`). Memory: the activations
+the activation memory per second of audio of the MMS-size model, the basis of the estimate
+the CUDA batch-size probe starts from (`vits/batch_probe.py: ACTIVATION_BYTES_PER_AUDIO_SECOND`). Memory: the activations
 autograd keeps for backward in one step (counted per storage with `saved_tensors_hooks`:
 independent of allocator caching), the process's peak resident set, and on CUDA
 `torch.cuda.max_memory_allocated`.
