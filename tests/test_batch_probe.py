@@ -196,7 +196,7 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(tmp_path, tw
     ckpt = make_trainer(cfg, two_speakers, tmp_path / "b")
     modules = checkpointed_modules(ckpt.model)
     assert modules and all(is_checkpointed(m) for m in modules)
-    assert all(layer.gradient_checkpointing for layer in ckpt.model.text_encoder.encoder.layers)
+    assert all(is_checkpointed(layer) for layer in ckpt.model.text_encoder.encoder.layers)
     assert not any(is_checkpointed(m) for m in checkpointed_modules(plain.model))
     assert list(ckpt.model.state_dict()) == list(plain.model.state_dict()), "weight names unchanged"
 
