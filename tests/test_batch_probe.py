@@ -226,3 +226,21 @@ def test_checkpointed_model_deep_copies_to_an_independent_model(tmp_path, two_sp
     clone = copy.deepcopy(model)
     for original, copied in zip(checkpointed_modules(model), checkpointed_modules(clone), strict=True):
         assert copied.forward.__self__ is copied and original.forward.__self__ is original
+
+
+def test_several_processes_keep_the_estimate_without_probing(caplog):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tts_pipeline.vits.data import Example
+
+    example = Example(input_ids=[1, 2, 3], audio=np.zeros(16000, dtype=np.int16), speaker_id=0, text="abc")
+    trainer = SimpleNamespace(
+        device=torch.device("cpu"), train_examples=[example], accelerator=SimpleNamespace(num_processes=2)
+    )
+    memory = FakeMemory()
+    with caplog.at_level(logging.INFO, logger="tts_pipeline.vits.batch_probe"):
+        assert probe_batch_size(trainer, start=5, memory=memory) == 5
+    assert memory.steps == []
+    assert "automatic batch size: 5, estimated" in caplog.text

@@ -19,7 +19,9 @@ An out-of-memory error at a candidate counts as "does not fit" (`torch.cuda.empt
 then a smaller one). The probe leaves no trace on training: weights, optimiser state (the
 moments it allocates are dropped), schedulers, loss scalers, gradients and every RNG (python,
 numpy, torch, CUDA) are restored, so a run with the probe trains exactly as one with that
-batch size set. With several processes each probes its own card and all take the smallest.
+batch size set. With several processes (`accelerate launch`) the estimate is used instead:
+probe steps there would meet the other processes' collectives, and an out-of-memory error in
+one process would leave the others waiting.
 The log lists the peak of every candidate, the free memory, the margin and the choice.
 
 On CPU the batch size is a small fixed default (4): CPU training is for tests and the demo,
@@ -280,6 +282,15 @@ def probe_batch_size(trainer, start: int, memory=None) -> int:
     if not trainer.train_examples:
         return start
     acc = trainer.accelerator
+    if acc.num_processes > 1:
+        # each probe step would meet the other processes' collectives (DDP, the skip flags) a
+        # different number of times, and an out-of-memory in one of them would hang the others
+        log.info(
+            "automatic batch size: %d, estimated (the probe measures single-process training only: run one "
+            "process once and set training.batch_size to the batch it chooses)",
+            start,
+        )
+        return start
     example = worst_case_example(trainer.train_examples)
     seconds = example.num_samples / trainer.spec_config.sampling_rate
     with _all_rng_restored(device):
@@ -294,8 +305,7 @@ def probe_batch_size(trainer, start: int, memory=None) -> int:
                 batch = collate([example] * batch_size)
 
                 def step() -> None:
-                    with acc.no_sync(trainer.gen), acc.no_sync(trainer.disc):
-                        trainer.train_step([batch])
+                    trainer.train_step([batch])
 
                 try:
                     return memory.peak_of(step, batch_size)
@@ -308,8 +318,6 @@ def probe_batch_size(trainer, start: int, memory=None) -> int:
             restorer.restore()
             _release(device)
     chosen = result.batch_size
-    if acc.num_processes > 1:
-        chosen = int(acc.gather(torch.tensor([chosen], device=device)).min())
     peaks = ", ".join(
         f"{b}: {'out of memory' if p is None else f'{p / GIB:.2f} GiB'}"
         for b, p in sorted(result.peaks.items())
