@@ -53,7 +53,7 @@ def main() -> None:
                 t1 = time.perf_counter()
                 aq.peak_db(samples), aq.clipping_ratio(samples)
                 t2 = time.perf_counter()
-                x = preprocess.resample(samples, rate, sr)
+                x = audio.resample(samples, rate, sr)
                 t3 = time.perf_counter()
                 x = x - np.float32(np.mean(x, dtype=np.float64))
                 frame = max(1, round(aq.FRAME_S * sr))
@@ -71,7 +71,7 @@ def main() -> None:
                         x, sr, loudness, params.target_lufs, params.peak_ceiling_db
                     )
                 t6 = time.perf_counter()
-                preprocess.write_pcm16_wav(out, x, sr)
+                audio.write_wav(out, x, sr)
                 t7 = time.perf_counter()
                 audio_s += samples.size / rate
                 for name, a, b in (

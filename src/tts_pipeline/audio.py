@@ -1,13 +1,17 @@
-"""Audio I/O shared by the stages: decode anything the recording app makes, write WAV and WebM/Opus.
+"""Audio basics shared by the stages: decode, resample, WAV bytes in and out, WebM/Opus out.
 
 PyAV (FFmpeg) decodes WebM/Opus, Ogg, MP3, M4A/AAC, WAV and FLAC and resamples in one pass;
-soundfile cannot read WebM. Writing 16-bit WAV uses soundfile; WebM/Opus uses PyAV.
+soundfile cannot read WebM. A decoded clip is resampled with soxr (`resample`). 16-bit WAV is
+written by the standard library (`wav_bytes`, `write_wav`: no fsync per file, unlike libsndfile)
+and read with soundfile (`read_wav`, `decode_wav_bytes`); WebM/Opus is written with PyAV.
+The silence trimmer shared by preprocess and evaluation is `audio_quality.trim_bounds`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,11 +83,40 @@ def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
-    """Write mono 16-bit PCM WAV (values clipped to [-1, 1])."""
-    import soundfile as sf
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """High-quality resampling of mono float32 audio (soxr 'HQ', librosa's default)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate == target or samples.size == 0:
+        return samples
+    import soxr
 
-    sf.write(str(path), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono 16-bit PCM WAV file bytes (values clipped to [-1, 1], scaled by 32767 and rounded)."""
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(int(sample_rate))
+        handle.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write mono 16-bit PCM WAV (`wav_bytes`).
+
+    Not through soundfile: libsndfile fsyncs every file it closes, which costs more than all the
+    signal processing of a clip on a busy disk; callers that need durability rename atomically.
+    """
+    Path(path).write_bytes(wav_bytes(samples, sample_rate))
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    """(frames, channels) float32 -> mono float32 (the channel mean)."""
+    return np.ascontiguousarray(data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32))
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -91,7 +124,23 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1), rate
+    return _mono(data), int(rate)
+
+
+def decode_wav_bytes(data: bytes | None, where: str) -> tuple[np.ndarray, int]:
+    """Decode WAV/FLAC bytes (e.g. a dataset row's embedded audio) to mono float32 and its rate.
+
+    Raises AudioError naming `where` for missing or undecodable bytes.
+    """
+    import soundfile as sf
+
+    if not data:
+        raise AudioError(f"{where}: no audio bytes")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{where}: cannot decode the audio: {exc}") from None
+    return _mono(samples), int(rate)
 
 
 def encode_webm_opus(
@@ -169,8 +218,7 @@ def _read_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndarray, 
         return None
     if not data.size:
         raise AudioError(f"{path}: contains no audio samples")
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono), int(rate)
+    return _mono(data), int(rate)
 
 
 def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from . import audio_quality as aq
-from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer
+from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer, resample, write_wav
 from .config import Config
 from .errors import PipelineError
 from .fsutil import (
@@ -267,15 +267,6 @@ class PreprocessSummary:
 # --------------------------------------------------------------------------- one clip
 
 
-def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """High-quality resampling (soxr 'HQ', librosa's default)."""
-    if rate == target:
-        return samples
-    import soxr
-
-    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
-
-
 def process_audio(
     samples: np.ndarray, rate: int, params: ProcessParams
 ) -> tuple[np.ndarray | None, ClipMeasures]:
@@ -435,28 +426,11 @@ def _write_cache(
     if audio is not None:
         tmp = wav_path.with_name(f".{wav_path.name}.{os.getpid()}.part")
         try:
-            write_pcm16_wav(tmp, audio, rate)
+            write_wav(tmp, audio, rate)
             os.replace(tmp, wav_path)
         finally:
             tmp.unlink(missing_ok=True)
     atomic_write_text(entry_path, json.dumps(entry, sort_keys=True))
-
-
-def write_pcm16_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    """Mono 16-bit PCM WAV with the standard library.
-
-    Why not soundfile: libsndfile fsyncs every file it closes, which costs more than all the
-    signal processing of a clip on a busy disk; the cache entry is made durable enough by
-    the rename, and a lost entry is simply recomputed.
-    """
-    import wave
-
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
