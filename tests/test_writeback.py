@@ -13,9 +13,10 @@ from helpers import DEMO_PROJECT, PARAMS, tree_bytes
 from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
 from tts_pipeline import cli, codex, synthesize, writeback
-from tts_pipeline.config import load_config
+from tts_pipeline.config import SynthesisSection, load_config
 from tts_pipeline.errors import PipelineError
-from tts_pipeline.synthesize import SynthesisSettings
+from tts_pipeline.metadata import read_synthesized
+from tts_pipeline.verses import local_documents, missing_verses, source_documents
 from tts_pipeline.writeback import SyntheticTake
 
 NEW_IDS = {"LUK 1:7", "MRK 1:9", "MRK 1:10"}
@@ -30,8 +31,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synthesized(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo project's missing verses, voiced once for the whole module."""
     out = tmp_path_factory.mktemp("synth") / "synthesized"
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
-    fast = SynthesisSettings(speaking_rate=4.0)  # an untrained model drawls: keep the clips short
+    verses, _ = missing_verses(local_documents(DEMO_PROJECT))
+    fast = SynthesisSection(speaking_rate=4.0)  # an untrained model drawls: keep the clips short
     synthesize.synthesize_verses(verses, model_dir, out, fast, None, progress=False)
     return out
 
@@ -45,7 +46,7 @@ def _cells(project: Path) -> dict[str, dict]:
 
 
 def _takes(synthesized: Path) -> list[SyntheticTake]:
-    rows = synthesize.read_synthesized(synthesized)
+    rows = read_synthesized(synthesized)
     return [SyntheticTake.from_row(r, synthesized) for r in rows]
 
 
@@ -83,7 +84,7 @@ def test_write_back_adds_exactly_the_synthetic_takes(synthesized: Path, tmp_path
         old = before_cells[change.take.cell_id]["metadata"].get("attachments", {})
         assert {k: v for k, v in cell["metadata"]["attachments"].items() if k in old} == old
     # collect's rules still see no human recording there; synthesize still lists them
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(project))
+    verses, _ = missing_verses(local_documents(project))
     assert {v.verse_id for v in verses} == NEW_IDS
 
     # second run: nothing added, nothing changed
@@ -226,7 +227,7 @@ def test_gitlab_write_back_opens_a_merge_request(
         cfg = load_config(_gitlab_config(tmp_path, server, model_dir, monkeypatch), PARAMS)
         assert cfg.source.type == "gitlab"
 
-        verses, problems = synthesize.missing_verses(synthesize.source_documents(cfg))
+        verses, problems = missing_verses(source_documents(cfg))
         assert problems == [] and {v.verse_id for v in verses} == NEW_IDS
         out = synthesized  # the same verses as the local demo project
 

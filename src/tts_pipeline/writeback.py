@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 from . import codex
 from .errors import PipelineError
 from .fsutil import atomic_write_bytes, atomic_write_text
+from .metadata import read_synthesized
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
     from .gitlab_source import GitLabSource
-    from .synthesize import VerseToVoice
+    from .voice import VerseToVoice
 
 log = logging.getLogger(__name__)
 
@@ -726,8 +727,6 @@ def write_back_takes(cfg: Config, takes: list[SyntheticTake], dry_run: bool = Fa
 
 def write_back(cfg: Config, synthesized_dir: str | Path, dry_run: bool = False) -> WriteBackReport:
     """Write-back of everything in a synthesized/ output directory."""
-    from .synthesize import read_synthesized
-
     synthesized_dir = Path(synthesized_dir)
     takes = [SyntheticTake.from_row(row, synthesized_dir) for row in read_synthesized(synthesized_dir)]
     return write_back_takes(cfg, takes, dry_run=dry_run)
