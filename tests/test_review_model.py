@@ -111,7 +111,8 @@ def test_mlflow_failure_warning_does_not_print_the_password(unreachable_store_wi
 def test_evaluate_mlflow_failure_warning_does_not_print_the_password(
     unreachable_store_with_password, caplog, tmp_path
 ):
-    from tts_pipeline.evaluate import EvaluationReport, log_to_mlflow
+    from tts_pipeline.evaluate import log_to_mlflow
+    from tts_pipeline.evaluation_report import EvaluationReport
     from tts_pipeline.speech_metrics import Summary
 
     report = EvaluationReport(code="tt", model_dir=str(tmp_path), sentences=[], summary=Summary({}))

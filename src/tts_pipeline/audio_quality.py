@@ -27,6 +27,8 @@ RELATIVE_GATE_LU = -10.0
 CLIP_LEVEL = 0.99
 #: Power floor (-100 dB) so digital silence gives finite frame levels.
 POWER_FLOOR = 1e-10
+#: The frame level of digital silence (the floor, in dB).
+SILENCE_DB = 10.0 * math.log10(POWER_FLOOR)
 #: Frame length for trimming and the SNR estimate.
 FRAME_S = 0.010
 #: Look-ahead / release of the peak limiter.
@@ -87,7 +89,7 @@ def trim_bounds_from_levels(
     levels: np.ndarray, n: int, frame: int, rate: int, threshold_db: float, margin_s: float
 ) -> tuple[int, int]:
     """`trim_bounds` on precomputed frame levels (shared with the SNR estimate)."""
-    if levels.size == 0 or levels.max() <= 10.0 * math.log10(POWER_FLOOR):
+    if levels.size == 0 or levels.max() <= SILENCE_DB:
         return 0, n
     reference = float(np.percentile(levels, 95.0))
     loud = np.flatnonzero(levels >= reference + threshold_db)

@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 #: Bump when the cached audio would differ for the same inputs (changes the cache keys).
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: WAV takes are written by audio.wav_bytes (stdlib, scale 32767)
 METADATA_COLUMNS = [
     "file_name",
     "transcription",
