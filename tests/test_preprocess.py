@@ -21,7 +21,7 @@ from helpers import tree_sha256
 
 from tts_pipeline import audio_quality as aq
 from tts_pipeline import preprocess as pp
-from tts_pipeline.audio import decode_audio, encode_webm_opus
+from tts_pipeline.audio import decode_audio, encode_webm_opus, resample
 from tts_pipeline.errors import PipelineError
 
 DATA = Path(__file__).parent / "data"
@@ -286,7 +286,7 @@ def test_decode_native_reads_every_format(tmp_path):
         make(tmp_path / name)
         decoded, decoded_rate = pp.decode_audio_native(tmp_path / name)
         assert decoded.dtype == np.float32 and decoded.ndim == 1
-        x = pp.resample(decoded, decoded_rate, SR)
+        x = resample(decoded, decoded_rate, SR)
         reference = decode_audio(tmp_path / name, SR)  # the shared swr-based decoder
         assert abs(x.size - reference.size) <= 2, name
         n = min(x.size, reference.size)

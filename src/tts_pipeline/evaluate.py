@@ -53,6 +53,7 @@ from .evaluation_report import (
 from .fsutil import atomic_directory, atomic_write_bytes, claim_output_dir, read_json, write_json
 from .speech_metrics import MetricThresholds, SampleMetrics, measure_sample, summarize_by_speaker
 from .text import tokenizer_view
+from .tracking import run_tags, scrub, self_contained_html, tracking_uri, use_experiment
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import SpeakerEmbedder
@@ -422,8 +423,6 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
     """
     try:
         import mlflow
-
-        from .tracking import run_tags, scrub, self_contained_html, tracking_uri, use_experiment
     except ImportError:
         return None
     recorded, step = training_run(report.model_dir)

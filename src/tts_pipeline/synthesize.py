@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm import tqdm
 
 from . import approvals, modeling, writeback
 from .fsutil import (
@@ -155,8 +156,6 @@ def synthesize_verses(
     `loaded` is the already loaded model of `model_dir` (else it is loaded on the first cache miss).
     `problems` (unreadable documents) go into `synthesize_report.json` next to metadata.csv.
     """
-    from tqdm import tqdm
-
     model_dir = Path(model_dir)
     output_dir = Path(output_dir)
     normalize = normalize or text_normalizer(None)
