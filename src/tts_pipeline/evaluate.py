@@ -125,13 +125,10 @@ def _safe_stem(name: str, fallback: str) -> str:
     return stem or fallback
 
 
-def load_validation(
-    dataset_path: str | Path, max_samples: int, split: str = "validation"
-) -> list[ValidationItem]:
-    """The chosen validation rows with their audio decoded (soundfile; no torchcodec needed)."""
+def _validation_split(dataset_path: Path, split: str) -> Any:
+    """The saved dataset's `split`, checked for the columns evaluation needs (errors name the fix)."""
     import datasets
 
-    dataset_path = Path(dataset_path)
     if not dataset_path.exists():
         raise PipelineError(f"{dataset_path}: dataset not found; run the dataset stage first")
     try:
@@ -147,6 +144,17 @@ def load_validation(
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise PipelineError(f"{dataset_path}: the '{split}' split lacks column(s) {', '.join(missing)}")
+    return table
+
+
+def load_validation(
+    dataset_path: str | Path, max_samples: int, split: str = "validation"
+) -> list[ValidationItem]:
+    """The chosen validation rows with their audio decoded (soundfile; no torchcodec needed)."""
+    import datasets
+
+    dataset_path = Path(dataset_path)
+    table = _validation_split(dataset_path, split)
     if len(table) == 0:  # training copes without one; failing here would stop `run` before synthesize
         log.warning(
             "%s: the '%s' split is empty, nothing to evaluate (the report has no sentences); "
@@ -330,50 +338,10 @@ def evaluate(
         synth = synthesize_and_measure(
             voice, items, samples / "synth", real_embeddings, embedder, options.thresholds, "model"
         )
-        base = None
-        if base_voice is not None:
-            try:
-                base = synthesize_and_measure(
-                    base_voice,
-                    items,
-                    samples / "base",
-                    real_embeddings,
-                    embedder,
-                    options.thresholds,
-                    "base model",
-                )
-            except Exception as exc:  # the comparison is a bonus: never lose the evaluation to it
-                log.warning(
-                    "base model %r could not speak the sentences, no comparison (%s)", options.base_model, exc
-                )
-                shutil.rmtree(samples / "base", ignore_errors=True)
-                base_voice = None
-        sentences = [
-            SentenceResult(
-                item=item,
-                real_wav=f"{SAMPLES_DIR}/real/{item.stem}.wav",
-                synth_wav=f"{SAMPLES_DIR}/synth/{synth[i][0]}",
-                metrics=synth[i][1],
-                base_wav=f"{SAMPLES_DIR}/base/{base[i][0]}" if base else None,
-                base_metrics=base[i][1] if base else None,
-            )
-            for i, item in enumerate(items)
-        ]
-        report = EvaluationReport(
-            code=options.code,
-            model_dir=str(model_dir),
-            sentences=sentences,
-            summary=summarize_by_speaker([(s.item.speaker, s.metrics) for s in sentences]),
-            base_model=options.base_model if base_voice is not None else None,
-            base_summary=(
-                summarize_by_speaker([(s.item.speaker, s.base_metrics) for s in sentences if s.base_metrics])
-                if base
-                else None
-            ),
-            output_dir=output_dir,
-        )
+        base = _measure_base(base_voice, items, samples / "base", real_embeddings, embedder, options)
+        report = build_report(items, synth, base, options, model_dir, output_dir)
         (tmp / PAGE_NAME).write_text(render_page(report), encoding="utf-8")
-        write_sentences_csv(tmp / SENTENCES_CSV, sentences)
+        write_sentences_csv(tmp / SENTENCES_CSV, report.sentences)
         write_summary_plot(tmp / SUMMARY_PLOT, report)
     if metrics_file is not None:
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +349,64 @@ def evaluate(
     if plot_file is not None:
         atomic_write_bytes(plot_file, (output_dir / SUMMARY_PLOT).read_bytes())
     return report
+
+
+def _measure_base(
+    base_voice: modeling.LoadedVoice | None,
+    items: Sequence[ValidationItem],
+    folder: Path,
+    real_embeddings: Sequence[np.ndarray | None],
+    embedder: SpeakerEmbedder | None,
+    options: EvaluateOptions,
+) -> list[tuple[str, SampleMetrics]] | None:
+    """The base model's outputs and measures; None when there is no base model or it cannot speak."""
+    if base_voice is None:
+        return None
+    try:
+        return synthesize_and_measure(
+            base_voice, items, folder, real_embeddings, embedder, options.thresholds, "base model"
+        )
+    except Exception as exc:  # the comparison is a bonus: never lose the evaluation to it
+        log.warning(
+            "base model %r could not speak the sentences, no comparison (%s)", options.base_model, exc
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def build_report(
+    items: Sequence[ValidationItem],
+    synth: list[tuple[str, SampleMetrics]],
+    base: list[tuple[str, SampleMetrics]] | None,
+    options: EvaluateOptions,
+    model_dir: str | Path,
+    output_dir: Path,
+) -> EvaluationReport:
+    """The sentences with their files and measures, summarised per speaker (and for the base model)."""
+    sentences = [
+        SentenceResult(
+            item=item,
+            real_wav=f"{SAMPLES_DIR}/real/{item.stem}.wav",
+            synth_wav=f"{SAMPLES_DIR}/synth/{synth[i][0]}",
+            metrics=synth[i][1],
+            base_wav=f"{SAMPLES_DIR}/base/{base[i][0]}" if base else None,
+            base_metrics=base[i][1] if base else None,
+        )
+        for i, item in enumerate(items)
+    ]
+    return EvaluationReport(
+        code=options.code,
+        model_dir=str(model_dir),
+        sentences=sentences,
+        summary=summarize_by_speaker([(s.item.speaker, s.metrics) for s in sentences]),
+        base_model=options.base_model if base is not None else None,
+        base_summary=(
+            summarize_by_speaker([(s.item.speaker, s.base_metrics) for s in sentences if s.base_metrics])
+            if base
+            else None
+        ),
+        output_dir=output_dir,
+    )
 
 
 # --------------------------------------------------------------------------- MLflow

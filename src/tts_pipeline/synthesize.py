@@ -207,23 +207,30 @@ def synthesize_verses(
                     cached=hit is not None,
                 )
             )
-        write_metadata(tmp / "metadata.csv", [v.row() for v in report.verses], METADATA_COLUMNS)
-        write_json(
-            tmp / "synthesize_report.json",
-            {
-                "model_revision": revision,
-                "speaker": {"id": speaker_id, "name": speaker_name},
-                "voiced": len(report.verses),
-                "not_voiced": [
-                    {"verse_id": v.verse_id, "document": v.document, "reason": reason}
-                    for v, reason in report.failed
-                ],
-                "unreadable_documents": list(problems),
-            },
-        )
+        _write_report(tmp, report, speaker_id, speaker_name, problems)
     for verse, reason in report.failed:
         log.warning("%s (%s): not voiced: %s", verse.verse_id, verse.document, reason)
     return report
+
+
+def _write_report(
+    folder: Path, report: SynthesisReport, speaker_id: int, speaker_name: str, problems: Iterable[str]
+) -> None:
+    """metadata.csv (the voiced verses) and synthesize_report.json (what was not voiced and why)."""
+    write_metadata(folder / "metadata.csv", [v.row() for v in report.verses], METADATA_COLUMNS)
+    write_json(
+        folder / "synthesize_report.json",
+        {
+            "model_revision": report.model_revision,
+            "speaker": {"id": speaker_id, "name": speaker_name},
+            "voiced": len(report.verses),
+            "not_voiced": [
+                {"verse_id": v.verse_id, "document": v.document, "reason": reason}
+                for v, reason in report.failed
+            ],
+            "unreadable_documents": list(problems),
+        },
+    )
 
 
 def _cache_paths(cache: Path, key: str, fmt: str) -> tuple[Path, Path]:
