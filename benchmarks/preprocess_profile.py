@@ -56,10 +56,10 @@ def main() -> None:
                 x = audio.resample(samples, rate, sr)
                 t3 = time.perf_counter()
                 x = x - np.float32(np.mean(x, dtype=np.float64))
-                frame = max(1, round(aq.FRAME_S * sr))
-                levels = aq.frame_power_db(x, frame)
+                frame = max(1, round(audio.FRAME_S * sr))
+                levels = audio.frame_power_db(x, frame)
                 aq.snr_from_levels(levels)
-                start, end = aq.trim_bounds_from_levels(
+                start, end = audio.trim_bounds_from_levels(
                     levels, x.size, frame, sr, params.trim_threshold_db, params.trim_margin_s
                 )
                 x = x[start:end]

@@ -136,11 +136,11 @@ def test_speaker_similarity_same_speaker_higher_than_different(embedder) -> None
 
 def test_evaluation_trims_speech_the_way_preprocess_does(speech: np.ndarray) -> None:
     """duration_ratio measures the speech preprocess would keep: same trimmer, same settings."""
-    from tts_pipeline import audio_quality as aq
+    from tts_pipeline.audio import trim_bounds
     from tts_pipeline.config import AudioSection, EvaluationSection
 
     padded = np.concatenate([np.zeros(SR, np.float32), speech, np.zeros(2 * SR, np.float32)])
-    start, end = aq.trim_bounds(padded, SR, -40.0, 0.1)
+    start, end = trim_bounds(padded, SR, -40.0, 0.1)
     assert np.array_equal(trim_silence(padded, SR, -40.0, 0.1), padded[start:end])
     defaults = MetricThresholds()
     assert (defaults.trim_threshold_db, defaults.trim_margin_s) == (

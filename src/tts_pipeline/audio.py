@@ -4,13 +4,15 @@ PyAV (FFmpeg) decodes WebM/Opus, Ogg, MP3, M4A/AAC, WAV and FLAC and resamples i
 soundfile cannot read WebM. A decoded clip is resampled with soxr (`resample`). 16-bit WAV is
 written by the standard library (`wav_bytes`, `write_wav`: no fsync per file, unlike libsndfile)
 and read with soundfile (`read_wav`, `decode_wav_bytes`); WebM/Opus is written with PyAV.
-The silence trimmer shared by preprocess and evaluation is `audio_quality.trim_bounds`.
+The silence trimmer (`trim_bounds`, `trim_silence`) is the one preprocess cuts clips with and
+evaluation measures speech duration with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,12 @@ from typing import Any
 import numpy as np
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+#: Power floor (-100 dB) so digital silence gives finite frame levels.
+POWER_FLOOR = 1e-10
+#: The frame level of digital silence (the floor, in dB).
+SILENCE_DB = 10.0 * math.log10(POWER_FLOOR)
+#: Frame length for trimming and the SNR estimate.
+FRAME_S = 0.010
 
 
 class AudioError(ValueError):
@@ -91,6 +99,69 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- silence
+
+
+def frame_power_db(samples: np.ndarray, frame: int) -> np.ndarray:
+    """Mean power of consecutive non-overlapping frames in dB (a last partial frame included)."""
+    n = samples.size
+    full = n // frame
+    x = np.asarray(samples, dtype=np.float32)
+    power = np.einsum(
+        "ij,ij->i", x[: full * frame].reshape(full, frame), x[: full * frame].reshape(full, frame)
+    )
+    power = power.astype(np.float64) / frame
+    if full * frame != n:  # the last frame's mean over its real samples only
+        tail = x[full * frame :].astype(np.float64)
+        power = np.append(power, float(np.dot(tail, tail)) / tail.size)
+    return 10.0 * np.log10(np.maximum(power, POWER_FLOOR))
+
+
+def trim_bounds(samples: np.ndarray, rate: int, threshold_db: float, margin_s: float) -> tuple[int, int]:
+    """(start, end) sample indices of the clip without leading/trailing silence.
+
+    Energy based: 10 ms frames quieter than (reference + `threshold_db`) are silence, where the
+    reference is the 95th percentile of frame levels (the loud speech frames; a single click
+    or pop cannot move it). A margin of `margin_s` is kept on both sides so word onsets and
+    decays are not cut. Relative, so it works for quiet and loud recordings alike.
+    A clip with no energy at all is returned whole (it is rejected as silent later).
+    """
+    frame = max(1, round(FRAME_S * rate))
+    return trim_bounds_from_levels(
+        frame_power_db(samples, frame), samples.size, frame, rate, threshold_db, margin_s
+    )
+
+
+def trim_bounds_from_levels(
+    levels: np.ndarray, n: int, frame: int, rate: int, threshold_db: float, margin_s: float
+) -> tuple[int, int]:
+    """`trim_bounds` on precomputed frame levels (shared with the SNR estimate)."""
+    if levels.size == 0 or levels.max() <= SILENCE_DB:
+        return 0, n
+    reference = float(np.percentile(levels, 95.0))
+    loud = np.flatnonzero(levels >= reference + threshold_db)
+    margin = round(margin_s * rate)
+    start = max(0, int(loud[0]) * frame - margin)
+    end = min(n, (int(loud[-1]) + 1) * frame + margin)
+    return start, end
+
+
+def trim_silence(
+    samples: np.ndarray, rate: int, threshold_db: float = -40.0, margin_s: float = 0.0
+) -> np.ndarray:
+    """The clip cut to `trim_bounds`; empty for a clip with no energy at all (nothing to measure)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    frame = max(1, round(FRAME_S * rate))
+    levels = frame_power_db(samples, frame)
+    if levels.size == 0 or levels.max() <= SILENCE_DB:
+        return samples[:0]
+    start, end = trim_bounds_from_levels(levels, samples.size, frame, rate, threshold_db, margin_s)
+    return samples[start:end]
+
+
+# --------------------------------------------------------------------------- WAV
 
 
 def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import audio_quality as aq
-from .audio import resample
+from .audio import FRAME_S, frame_power_db, resample, trim_bounds_from_levels
 from .config import AudioSection, Config, PreprocessSection
 
 #: A mean above this (-60 dBFS) is a DC offset and is removed; below it the output stays as
@@ -119,13 +119,13 @@ def process_audio(
     dc = float(np.mean(x, dtype=np.float64)) if x.size else 0.0
     if abs(dc) > DC_OFFSET_MIN:
         x = (x - np.float32(dc)).astype(np.float32, copy=False)
-    frame = max(1, round(aq.FRAME_S * sr))
-    levels = aq.frame_power_db(x, frame)  # 10 ms frame levels, for both SNR and trimming
+    frame = max(1, round(FRAME_S * sr))
+    levels = frame_power_db(x, frame)  # 10 ms frame levels, for both SNR and trimming
     snr = aq.snr_from_levels(levels)
     full_length = x.size
     start, end = (0, full_length)
     if params.trim_silence:
-        start, end = aq.trim_bounds_from_levels(
+        start, end = trim_bounds_from_levels(
             levels, full_length, frame, sr, params.trim_threshold_db, params.trim_margin_s
         )
     x = x[start:end]

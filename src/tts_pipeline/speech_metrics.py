@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import audio_quality as aq
+from .audio import trim_silence
 from .config import AudioSection, EvaluationSection
 
 #: 10 / ln(10) * sqrt(2): the constant of the mel-cepstral distortion in dB.
@@ -94,25 +95,6 @@ def mcd_dtw(
 def peak_db(samples: np.ndarray) -> float:
     """Peak level in dBFS (-inf for empty or all-zero audio); the preprocess stage's measure."""
     return aq.peak_db(np.asarray(samples))
-
-
-def trim_silence(
-    samples: np.ndarray,
-    sample_rate: int,
-    threshold_db: float = AudioSection.trim_threshold_db,
-    margin_s: float = 0.0,
-) -> np.ndarray:
-    """The clip without leading/trailing silence, cut as preprocess cuts (`audio_quality.trim_bounds`).
-
-    Empty for a clip with no energy at all (preprocess keeps those whole and rejects them).
-    """
-    samples = np.asarray(samples, dtype=np.float32)
-    frame = max(1, round(aq.FRAME_S * sample_rate))
-    levels = aq.frame_power_db(samples, frame)
-    if levels.size == 0 or levels.max() <= aq.SILENCE_DB:
-        return samples[:0]
-    start, end = aq.trim_bounds_from_levels(levels, samples.size, frame, sample_rate, threshold_db, margin_s)
-    return samples[start:end]
 
 
 def speech_duration_s(
