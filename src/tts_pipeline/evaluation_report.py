@@ -31,8 +31,8 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "mel cepstrum, 25 ms windows, 10 ms hop), frames aligned by dynamic time warping; lower is better, 0 = identical.",
     "speaker_similarity": "Cosine similarity of speaker embeddings (speaker_diarization.backend) of the synthesized "
     "and the real clip of the same sentence; higher is better, 1 = same voice.",
-    "duration_ratio": "Synthesized / real speech duration (leading and trailing silence trimmed); 1 = same pace, "
-    ">1 slower.",
+    "duration_ratio": "Synthesized / real speech duration, leading and trailing silence trimmed as preprocess "
+    "trims clips (audio.trim_threshold_db, audio.trim_margin_s); 1 = same pace, >1 slower.",
     "silent_fraction": "Fraction of sentences whose synthesized audio is empty, non-finite or quieter than "
     "evaluation.silence_threshold_db peak.",
     "clipped_fraction": "Fraction of sentences whose synthesized audio has more than evaluation.max_clipping_ratio "
