@@ -40,10 +40,11 @@ from .fsutil import (
     write_json,
 )
 from .metadata import read_synthesized, write_metadata
-from .verses import VerseToVoice, missing_verses, source_documents
+from .verses import missing_verses, source_documents
 from .voice import (
     NONFINITE_AUDIO,
     LazyVoice,
+    VerseToVoice,
     encode,
     model_revision,
     render,
