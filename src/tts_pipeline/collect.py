@@ -32,14 +32,8 @@ from .codex import CellPlan, CodexError, TextSource
 from .config import Config
 from .errors import PipelineError
 from .fsutil import atomic_directory, claim_output_dir, sha256_file, write_json
-from .gitlab_source import (
-    GitLabSource,
-    LfsPointer,
-    git_blob_sha1_file,
-    parse_lfs_pointer,
-    redact_url,
-    remove_stale_parts,
-)
+from .gitlab_source import GitLabSource, connect_gitlab
+from .lfs import LfsPointer, git_blob_sha1_file, parse_lfs_pointer, redact_url, remove_stale_parts
 from .metadata import write_metadata
 
 log = logging.getLogger(__name__)
@@ -338,24 +332,6 @@ def _parallel(jobs: list[tuple[str, Callable[[], None]]], workers: int, desc: st
         ) from first
 
 
-def gitlab_connect(cfg: Config) -> GitLabSource:
-    src, col = cfg.source, cfg.collect
-    token = src.token()
-    if not token:
-        log.warning("environment variable %s is not set: trying GitLab without a token", src.token_env)
-    return GitLabSource(
-        src.url or "",
-        src.project or "",
-        src.ref,
-        token,
-        token_env=src.token_env,
-        timeout_s=col.timeout_s,
-        max_retries=col.max_retries,
-        backoff_s=col.retry_backoff_s,
-        workers=col.download_workers,
-    ).connect()
-
-
 def gitlab_collect_plan(
     source: GitLabSource,
     cache: DownloadCache,
@@ -442,7 +418,7 @@ def locate_gitlab(
         stats.reused()
     errors: dict[str, str] = {}
     if missing:
-        actions = source.lfs_batch(missing)
+        actions = source.lfs.batch("download", missing)
         jobs: list[tuple[str, Callable[[], None]]] = []
         for pointer in sorted(missing, key=lambda p: p.oid):
             action = actions[pointer.oid]
@@ -451,7 +427,7 @@ def locate_gitlab(
                 continue
 
             def job(action: Any = action) -> None:
-                size = source.download_lfs(action, cache.lfs_path(action.oid))
+                size = source.lfs.download(action, cache.lfs_path(action.oid))
                 stats.downloaded(size)
 
             jobs.append((pointer.oid, job))
@@ -598,7 +574,7 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         check_output_dir(output_dir)
         cache = DownloadCache(Path(cfg.paths.cache) / "collect")
         cache.clean()
-        source = gitlab_connect(cfg)
+        source = connect_gitlab(cfg)
         plan, tree = gitlab_collect_plan(
             source, cache, text_source, workers, stats, cfg.collect.require_validated_audio
         )

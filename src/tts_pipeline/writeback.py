@@ -38,17 +38,17 @@ from typing import TYPE_CHECKING, Any
 from . import codex
 from .errors import PipelineError
 from .fsutil import atomic_write_bytes, atomic_write_text
+from .gitlab_source import GitLabSource, connect_gitlab
+from .lfs import lfs_upload, make_lfs_pointer_file  # noqa: F401 - lfs_upload: write-back's upload client
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
-    from .gitlab_source import GitLabSource
     from .synthesize import VerseToVoice
 
 log = logging.getLogger(__name__)
 
 GENERATOR = "tts-pipeline"
 MIME_TYPES = {"webm": "audio/webm", "wav": "audio/wav"}
-LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
 
 
 # --------------------------------------------------------------------------- records
@@ -390,30 +390,6 @@ def _local_targets(project_dir: Path, change: Change) -> list[str]:
 # --------------------------------------------------------------------------- GitLab
 
 
-def open_gitlab(cfg: Config, write: bool = True, ref: str | None = None) -> GitLabSource:
-    """Connect to the configured GitLab project (the ref, or `ref` if given, pinned to one commit).
-
-    Reading (`write=False`) works without a token on a public project, as collect does.
-    """
-    from .gitlab_source import GitLabSource
-
-    token = cfg.source.token()
-    if not token and write:
-        raise PipelineError(
-            f"{cfg.config_path}: a GitLab source needs a token in the environment variable "
-            f"{cfg.source.token_env} (write-back: api + write_repository scopes)"
-        )
-    return GitLabSource(
-        str(cfg.source.url),
-        str(cfg.source.project),
-        ref or cfg.source.ref,
-        token,
-        token_env=cfg.source.token_env,
-        timeout_s=cfg.collect.timeout_s,
-        max_retries=cfg.collect.max_retries,
-    ).connect()
-
-
 def read_gitlab_documents(source: GitLabSource) -> dict[str, bytes]:
     """The `.codex` documents under files/target/ at the source's pinned commit."""
     tree = source.list_tree(codex.TARGET_DIR)
@@ -427,7 +403,7 @@ def read_gitlab_documents(source: GitLabSource) -> dict[str, bytes]:
 
 def gitlab_documents(cfg: Config) -> list[tuple[str, bytes]]:
     """(path, bytes) of the `.codex` documents of a GitLab source at `source.ref` (or the default branch)."""
-    return list(read_gitlab_documents(open_gitlab(cfg, write=False)).items())
+    return list(read_gitlab_documents(connect_gitlab(cfg)).items())
 
 
 def _target_branch(source: GitLabSource) -> str:
@@ -462,114 +438,6 @@ def _branch_exists(source: GitLabSource, branch: str) -> bool:
         ) from None
 
 
-def lfs_upload(
-    repo_url: str,
-    token: str,
-    objects: list[bytes] | list[Path],
-    timeout: float = 60.0,
-    max_retries: int = 5,
-    backoff_s: float = 1.0,
-) -> int:
-    """Upload blobs through the Git LFS batch API (basic transfer); returns how many were sent.
-
-    The server answers which objects it lacks; those get a PUT (and a verify when asked).
-    429, 5xx and dropped connections are retried with backoff, like collect's downloads.
-    Objects given as paths are hashed and sent in chunks, so memory does not grow with them.
-    """
-    import requests
-
-    from .gitlab_source import (
-        TransientError,
-        _retry_after,
-        make_lfs_pointer,
-        make_lfs_pointer_file,
-        same_origin,
-        with_retries,
-    )
-
-    by_oid: dict[str, bytes | Path] = {}
-    sizes: dict[str, int] = {}
-    for item in objects:
-        pointer = make_lfs_pointer_file(item)[0] if isinstance(item, Path) else make_lfs_pointer(item)[0]
-        by_oid[pointer.oid], sizes[pointer.oid] = item, pointer.size
-    if not by_oid:
-        return 0
-    session = requests.Session()
-    basic = ("oauth2", token)  # per request: a session-wide auth would override the action headers
-    base = repo_url.rstrip("/")
-    base = base if base.endswith(".git") else base + ".git"
-    headers = {"Accept": LFS_MEDIA_TYPE, "Content-Type": LFS_MEDIA_TYPE}
-
-    def call(method: str, url: str, what: str, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
-        def once() -> requests.Response:
-            body = kw.get("data")
-            if isinstance(body, Path):  # opened per attempt: a retry sends it from the start
-                with open(body, "rb") as handle:
-                    response = session.request(method, url, timeout=timeout, **{**kw, "data": handle})
-            else:
-                response = session.request(method, url, timeout=timeout, **kw)
-            if response.status_code == 429 or response.status_code >= 500:
-                raise TransientError(
-                    f"HTTP {response.status_code} from {what}", _retry_after(response.headers)
-                )
-            if response.status_code not in ok:
-                hint = "; the token needs write_repository" if response.status_code in (401, 403) else ""
-                raise PipelineError(f"{base}: {what} failed (HTTP {response.status_code}){hint}")
-            return response
-
-        return with_retries(once, f"{base}: {what}", max_retries, backoff_s)
-
-    payload = {
-        "operation": "upload",
-        "transfers": ["basic"],
-        "objects": [{"oid": oid, "size": size} for oid, size in sizes.items()],
-        "hash_algo": "sha256",
-    }
-    answer = call(
-        "POST",
-        f"{base}/info/lfs/objects/batch",
-        "LFS batch upload",
-        json=payload,
-        headers=headers,
-        auth=basic,
-    )
-    sent = 0
-    for obj in answer.json().get("objects", []):
-        if obj.get("oid") not in by_oid:
-            continue
-        if obj.get("error"):
-            raise PipelineError(f"{base}: LFS object {obj.get('oid')}: {obj['error'].get('message')}")
-        actions = obj.get("actions") or {}
-        upload = actions.get("upload")
-        if not upload:
-            continue  # the server has it already
-        oid, data = obj["oid"], by_oid[obj["oid"]]
-        header = dict(upload.get("header") or {})
-        auth = None if "Authorization" in header or not same_origin(upload["href"], base) else basic
-        call(
-            "PUT",
-            upload["href"],
-            f"LFS upload of {oid[:12]}",
-            (200, 201),
-            data=data,
-            headers=header,
-            auth=auth,
-        )
-        verify = actions.get("verify")
-        if verify:
-            vheader = {**headers, **(verify.get("header") or {})}
-            call(
-                "POST",
-                verify["href"],
-                f"LFS verify of {oid[:12]}",
-                json={"oid": oid, "size": sizes[oid]},
-                headers=vheader,
-                auth=None if "Authorization" in vheader or not same_origin(verify["href"], base) else basic,
-            )
-        sent += 1
-    return sent
-
-
 def branch_name(takes: list[SyntheticTake]) -> str:
     """Deterministic per (model revision, verses): pushing the same takes twice finds the branch."""
     revisions = sorted({t.model_revision for t in takes})
@@ -591,9 +459,7 @@ def write_back_gitlab(
     """
     import gitlab
 
-    from .gitlab_source import make_lfs_pointer_file
-
-    source = open_gitlab(cfg)
+    source = connect_gitlab(cfg, write=True)
     target = _target_branch(source)
     documents = read_gitlab_documents(source)
     report, new_texts = plan_takes(documents, takes, now_ms, cfg.code)
@@ -626,14 +492,7 @@ def write_back_gitlab(
     for path, text in new_texts.items():
         actions.append({"action": "update", "file_path": path, "content": text})
     try:
-        sent = lfs_upload(
-            source.lfs_base,
-            source._token or "",
-            blobs,
-            cfg.collect.timeout_s,
-            cfg.collect.max_retries,
-            source.backoff_s,
-        )
+        sent = source.lfs.upload(blobs)
     except PipelineError as exc:
         raise PipelineError(
             f"{source.where}: write-back stopped while uploading the audio (Git LFS): {exc}. "
@@ -666,7 +525,7 @@ def _check_branch_holds(cfg: Config, source: GitLabSource, branch: str, report: 
     Otherwise (somebody's work on a branch of that name, a different set of takes) it is not
     ours to reuse or overwrite: stop and say how to proceed.
     """
-    at_branch = open_gitlab(cfg, ref=branch)
+    at_branch = connect_gitlab(cfg, write=True, ref=branch)
     planned, _ = plan_takes(read_gitlab_documents(at_branch), [c.take for c in report.changes], 0, cfg.code)
     if planned.changes:
         raise PipelineError(
