@@ -273,6 +273,16 @@ class Config:
         """A per-language path from the `paths` section."""
         return Path(getattr(self.paths, name))
 
+    def flag_or_path(self, args: Any, flag: str, name: str, *, under: str | None = None) -> Path:
+        """The command-line flag `--<flag>` when given, else `paths.<name>` (joined with `under`).
+
+        The one rule every stage's `run()` follows for where to read and write.
+        """
+        value = getattr(args, flag, None)
+        if value:
+            return Path(value)
+        return self.path(name) / under if under else self.path(name)
+
     @property
     def corrections_path(self) -> Path:
         """`languages/<code>.speakers.yaml`, beside the language config (optional file)."""
@@ -611,6 +621,12 @@ def _check(cfg: Config) -> None:
     pp = cfg.preprocess
     if pp.min_duration_s > pp.max_duration_s:
         raise ConfigError(f"{where}: preprocess.min_duration_s > preprocess.max_duration_s")
+    periods = cfg.training.discriminator_periods
+    if not periods or any(isinstance(p, bool) or p < 1 for p in periods):
+        raise ConfigError(
+            f"{cfg.origins.get('training.discriminator_periods', where)}: "
+            "training.discriminator_periods must be a list of positive integers"
+        )
 
 
 def load_config(config_path: str | Path, params_path: str | Path | None = None) -> Config:
