@@ -147,6 +147,86 @@ def new_audio_id(take: SyntheticTake, now_ms: int, taken: set[str]) -> str:
     return audio_id
 
 
+def _cells_by_id(cells: list[Any]) -> dict[str, list[int]]:
+    """Cell id -> the indices of the cells with that id (a copy-pasted cell can share one)."""
+    by_id: dict[str, list[int]] = {}
+    for index, raw in enumerate(cells):
+        meta = raw.get("metadata") if isinstance(raw, dict) else None
+        if isinstance(meta, dict) and meta.get("id") is not None:
+            by_id.setdefault(str(meta["id"]).strip(), []).append(index)
+    return by_id
+
+
+def _why_not(take: SyntheticTake, raw: dict[str, Any], index: int) -> str | None:
+    """Why the cell must not get this take now (no longer voiceable, recorded, text changed), or None."""
+    cell = codex.parse_cell(raw, take.document, index)
+    if cell.skip_reason is not None:
+        return f"cell is no longer voiceable ({cell.skip_reason})"
+    if codex.usable_take(cell) is not None:
+        return "recorded since synthesis: a usable recording exists"
+    if cell.text != take.text:
+        return "cell text changed since synthesis; re-run synthesize"
+    return None
+
+
+def _existing_take(attachments: dict[str, Any], take: SyntheticTake) -> str | None:
+    """Why the cell already has this take (ours, same text, model revision and speaker), or None."""
+    duplicate = next(
+        (
+            aid
+            for aid, att in attachments.items()
+            if _is_ours(att)
+            and att["metadata"].get("modelRevision") == take.model_revision
+            and att["metadata"].get("speaker", take.speaker) == take.speaker
+            and _transcription(att) == take.text
+        ),
+        None,
+    )
+    if duplicate is None:
+        return None
+    state = " (deleted by a user)" if attachments[duplicate].get("isDeleted") else ""
+    return f"already has this synthetic take: {duplicate}{state}"
+
+
+def new_attachment(take: SyntheticTake, files_path: str, now_ms: int, language: str | None) -> dict[str, Any]:
+    """The attachment record the app would write for a recording, marked synthetic and ours."""
+    ext = take.format
+    return {
+        "url": files_path,
+        "type": "audio",
+        "createdAt": now_ms,
+        "updatedAt": now_ms,
+        "isDeleted": False,
+        "isMissing": False,
+        "metadata": {
+            "mimeType": MIME_TYPES.get(ext, f"audio/{ext}"),
+            "sampleRate": 48000 if ext == "webm" else _wav_rate(take.audio_path),
+            "channels": 1,
+            "durationSec": take.duration_s,
+            "synthetic": True,
+            "generator": GENERATOR,
+            "modelRevision": take.model_revision,
+            "speaker": take.speaker,
+        },
+        "transcription": {"content": take.text, **({"language": language} if language else {})},
+    }
+
+
+def _attach(
+    meta: dict[str, Any], attachments: dict[str, Any], take: SyntheticTake, audio_id: str,
+    now_ms: int, language: str | None,
+) -> Change:  # fmt: skip
+    """Add the take under `audio_id`, selecting it only when the cell has no selection at all."""
+    files_path = f"{codex.ATTACHMENT_FILES_DIR}/{take.document}/{audio_id}.{take.format}"
+    pointer_path = f"{codex.ATTACHMENT_POINTERS_DIR}/{take.document}/{audio_id}.{take.format}"
+    attachments[audio_id] = new_attachment(take, files_path, now_ms, language)
+    meta["attachments"] = attachments
+    select = not meta.get("selectedAudioId")
+    if select:
+        meta["selectedAudioId"] = audio_id
+    return Change(take, audio_id, files_path, pointer_path, select)
+
+
 def plan_document(
     doc: dict[str, Any],
     takes: list[SyntheticTake],
@@ -163,11 +243,7 @@ def plan_document(
     cells = doc.get("cells") if isinstance(doc, dict) else None
     if not isinstance(cells, list):
         return changes, [(t, "not a Codex document") for t in takes]
-    by_id: dict[str, list[int]] = {}
-    for index, raw in enumerate(cells):
-        meta = raw.get("metadata") if isinstance(raw, dict) else None
-        if isinstance(meta, dict) and meta.get("id") is not None:
-            by_id.setdefault(str(meta["id"]).strip(), []).append(index)
+    by_id = _cells_by_id(cells)
     added: set[str] = set()  # audio ids given in this document (file names must not collide)
     for take in takes:
         indices = by_id.get(take.cell_id, [])
@@ -177,68 +253,18 @@ def plan_document(
         # a duplicated cell id (copy-paste in the app): the cell whose text the take voices
         index = next((i for i in indices if codex.clean_text(cells[i].get("value")) == take.text), indices[0])
         raw = cells[index]
-        cell = codex.parse_cell(raw, take.document, index)
-        if cell.skip_reason is not None:
-            skipped.append((take, f"cell is no longer voiceable ({cell.skip_reason})"))
-            continue
-        if codex.usable_take(cell) is not None:
-            skipped.append((take, "recorded since synthesis: a usable recording exists"))
-            continue
-        if cell.text != take.text:
-            skipped.append((take, "cell text changed since synthesis; re-run synthesize"))
-            continue
-        meta = raw["metadata"]
-        attachments = meta.get("attachments")
-        if attachments is None:
-            attachments = {}
-        elif not isinstance(attachments, dict):  # never replace what we do not understand
-            skipped.append((take, "cell attachments are not a mapping; left alone"))
-            continue
-        duplicate = next(
-            (
-                aid
-                for aid, att in attachments.items()
-                if _is_ours(att)
-                and att["metadata"].get("modelRevision") == take.model_revision
-                and att["metadata"].get("speaker", take.speaker) == take.speaker
-                and _transcription(att) == take.text
-            ),
-            None,
-        )
-        if duplicate is not None:
-            state = " (deleted by a user)" if attachments[duplicate].get("isDeleted") else ""
-            skipped.append((take, f"already has this synthetic take: {duplicate}{state}"))
+        attachments = raw["metadata"].get("attachments")
+        attachments = {} if attachments is None else attachments
+        reason = _why_not(take, raw, index)
+        if reason is None and not isinstance(attachments, dict):  # never replace what we do not understand
+            reason = "cell attachments are not a mapping; left alone"
+        reason = reason or _existing_take(attachments, take)
+        if reason is not None:
+            skipped.append((take, reason))
             continue
         audio_id = new_audio_id(take, now_ms, set(attachments) | added)
         added.add(audio_id)
-        ext = take.format
-        files_path = f"{codex.ATTACHMENT_FILES_DIR}/{take.document}/{audio_id}.{ext}"
-        pointer_path = f"{codex.ATTACHMENT_POINTERS_DIR}/{take.document}/{audio_id}.{ext}"
-        attachment: dict[str, Any] = {
-            "url": files_path,
-            "type": "audio",
-            "createdAt": now_ms,
-            "updatedAt": now_ms,
-            "isDeleted": False,
-            "isMissing": False,
-            "metadata": {
-                "mimeType": MIME_TYPES.get(ext, f"audio/{ext}"),
-                "sampleRate": 48000 if ext == "webm" else _wav_rate(take.audio_path),
-                "channels": 1,
-                "durationSec": take.duration_s,
-                "synthetic": True,
-                "generator": GENERATOR,
-                "modelRevision": take.model_revision,
-                "speaker": take.speaker,
-            },
-            "transcription": {"content": take.text, **({"language": language} if language else {})},
-        }
-        attachments[audio_id] = attachment
-        meta["attachments"] = attachments
-        select = not meta.get("selectedAudioId")
-        if select:
-            meta["selectedAudioId"] = audio_id
-        changes.append(Change(take, audio_id, files_path, pointer_path, select))
+        changes.append(_attach(raw["metadata"], attachments, take, audio_id, now_ms, language))
     return changes, skipped
 
 
