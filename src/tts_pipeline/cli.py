@@ -119,8 +119,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         help="logging verbosity (default: INFO)",
     )
     if commands is None or "new-language" in commands:
-        from . import newlanguage
-
+        newlanguage = _import_stage("newlanguage")  # a command module: loaded for its command only
         newlanguage.add_arguments(new)
 
     config_parser = sub.add_parser("config", help="inspect the effective configuration")
@@ -214,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _command(argv)
     if command is None or {"-h", "--help"} & set(argv):  # help: nothing else to import
         build_parser(commands=() if command is None else (command,)).parse_args(argv)
+    # Loaded after --help has answered: the config schema (yaml, dataclasses) is the one
+    # package import `--help` must not pay for (issue 18: under 0.3 s).
     from .config import ConfigError, format_config, freeze_stage_settings, load_config
     from .fsutil import forcing
 
@@ -230,10 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "new-language":
-        from . import newlanguage
-
         try:
-            return newlanguage.run(args)
+            return _import_stage("newlanguage").run(args)
         except PipelineError as exc:
             print(f"tts-pipeline new-language: error: {exc}", file=sys.stderr)
             return 1

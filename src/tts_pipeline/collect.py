@@ -655,5 +655,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    collect(cfg, Path(args.output_dir or cfg.paths.raw_dataset))
+    collect(cfg, cfg.flag_or_path(args, "output_dir", "raw_dataset"))
     return 0

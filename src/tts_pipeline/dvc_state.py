@@ -11,6 +11,7 @@ import errno
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PipelineError
@@ -32,6 +33,20 @@ STAGE_ORDER: tuple[str, ...] = (
     "evaluate",
     "synthesize",
 )
+
+
+def find_dvc_root(start: Path | str = ".") -> Path:
+    """The DVC project that contains `start`; a clear error when there is none."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Path(Repo.find_root(str(start)))
+    except NotDvcRepoError as exc:
+        raise PipelineError(
+            f"{Path(start).resolve()}: DVC isn't initialised here ({exc}); run `dvc init` in the "
+            "repository root (or `cd` into the repository) and try again"
+        ) from exc
 
 
 def stage_base(address: str) -> str:

@@ -39,6 +39,7 @@ from .dvc_state import (
     STAGE_ORDER,
     describe_changes,
     explain_failure,
+    find_dvc_root,
     missing_uncached_outs,
     only_data_missing,
     outs_present,
@@ -134,20 +135,6 @@ class RunSummary:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def find_dvc_root(start: Path | str = ".") -> Path:
-    """The DVC project that contains `start`; a clear error when there is none."""
-    from dvc.exceptions import NotDvcRepoError
-    from dvc.repo import Repo
-
-    try:
-        return Path(Repo.find_root(str(start)))
-    except NotDvcRepoError as exc:
-        raise PipelineError(
-            f"{Path(start).resolve()}: DVC isn't initialised here ({exc}); run `dvc init` in the "
-            "repository root (or `cd` into the repository) and try again"
-        ) from exc
 
 
 def check_language(params_path: Path, code: str) -> None:
