@@ -12,7 +12,7 @@ from fake_gitlab_writes import FakeGitLabWrites
 from helpers import DEMO_PROJECT, PARAMS, tree_bytes
 from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
-from tts_pipeline import cli, codex, synthesize, writeback
+from tts_pipeline import cli, codex, synthesize, writeback, writeback_plan
 from tts_pipeline.config import load_config
 from tts_pipeline.errors import PipelineError
 from tts_pipeline.synthesize import SynthesisSettings
@@ -283,11 +283,11 @@ def test_gitlab_write_back_without_token_is_a_clear_error(
 def test_documents_are_rewritten_in_their_own_format() -> None:
     for path in (DEMO_PROJECT / "files" / "target").glob("*.codex"):
         text = path.read_text(encoding="utf-8")
-        assert writeback.dump_like(text, json.loads(text)) == text
+        assert writeback_plan.dump_like(text, json.loads(text)) == text
     compact = '{"cells":[{"value":"caf\u00e9"}],"metadata":{}}'
-    assert writeback.dump_like(compact, json.loads(compact)) == compact
+    assert writeback_plan.dump_like(compact, json.loads(compact)) == compact
     tabs = '{\n\t"cells": []\n}\n'
-    assert writeback.dump_like(tabs, json.loads(tabs)) == tabs
+    assert writeback_plan.dump_like(tabs, json.loads(tabs)) == tabs
 
 
 # --------------------------------------------------------------------------- GitLab says no (issue 15)
