@@ -377,6 +377,33 @@ def _fetch_blobs(
     _parallel(jobs, workers, f"download {desc}")
 
 
+def _fetch_lfs_objects(
+    source: GitLabSource, cache: DownloadCache, pointers: list[LfsPointer], workers: int, stats: Stats
+) -> dict[str, str]:
+    """Download the LFS objects the cache lacks (in parallel); oid -> why one is unavailable."""
+    missing = [p for p in pointers if not cache.has_lfs(p)]
+    for _ in range(len(pointers) - len(missing)):
+        stats.reused()
+    if not missing:
+        return {}
+    errors: dict[str, str] = {}
+    actions = source.lfs.batch("download", missing)
+    jobs: list[tuple[str, Callable[[], None]]] = []
+    for pointer in sorted(missing, key=lambda p: p.oid):
+        action = actions[pointer.oid]
+        if action.href is None:
+            errors[pointer.oid] = action.error or "not available"
+            continue
+
+        def job(action: Any = action) -> None:
+            size = source.lfs.download(action, cache.lfs_path(action.oid))
+            stats.downloaded(size)
+
+        jobs.append((pointer.oid, job))
+    _parallel(jobs, workers, "download LFS objects")
+    return errors
+
+
 def locate_gitlab(
     source: GitLabSource,
     cache: DownloadCache,
@@ -413,26 +440,7 @@ def locate_gitlab(
         if pointer is not None:
             pointers[pointer.oid] = pointer
 
-    missing = [p for p in pointers.values() if not cache.has_lfs(p)]
-    for _ in range(len(pointers) - len(missing)):
-        stats.reused()
-    errors: dict[str, str] = {}
-    if missing:
-        actions = source.lfs.batch("download", missing)
-        jobs: list[tuple[str, Callable[[], None]]] = []
-        for pointer in sorted(missing, key=lambda p: p.oid):
-            action = actions[pointer.oid]
-            if action.href is None:
-                errors[pointer.oid] = action.error or "not available"
-                continue
-
-            def job(action: Any = action) -> None:
-                size = source.lfs.download(action, cache.lfs_path(action.oid))
-                stats.downloaded(size)
-
-            jobs.append((pointer.oid, job))
-        _parallel(jobs, workers, "download LFS objects")
-
+    errors = _fetch_lfs_objects(source, cache, list(pointers.values()), workers, stats)
     located: list[Located] = []
     for item, entry, pointer in item_pointer:
         if pointer is None:
