@@ -366,3 +366,20 @@ def test_a_failed_merge_request_is_opened_by_the_next_run(
 
 def project_documents(project, branch: str) -> dict[str, bytes]:
     return {k: v for k, v in project.files(branch).items() if k.startswith("files/target/")}
+
+
+def test_lfs_uploads_go_in_batches_of_100_retry_a_busy_server_and_skip_stored_objects() -> None:
+    """The one LFS client of collect and write-back: the batch API in chunks, the one retry rule."""
+    from tts_pipeline.lfs import LfsClient, make_lfs_pointer
+
+    with FakeGitLabWrites() as server:
+        _gitlab_project(server)
+        blobs = [f"take {i}".encode() for i in range(150)]
+        stored = make_lfs_pointer(blobs[0])[0].oid
+        server.lfs_objects[stored] = blobs[0]  # already on the server: not sent again
+        server.fail("POST", r"/info/lfs/objects/batch$", 503, times=1)
+        client = LfsClient(f"{server.url}/team/demo", server.token, max_retries=2, backoff_s=0.01)
+        assert client.upload(blobs) == 149
+        batches = [r for r in server.log if r.method == "POST" and r.path.endswith("/info/lfs/objects/batch")]
+        assert [r.status for r in batches] == [503, 200, 200]  # retried once, then two chunks (100 + 50)
+        assert all(server.lfs_objects[make_lfs_pointer(b)[0].oid] == b for b in blobs)
