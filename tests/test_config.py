@@ -308,7 +308,7 @@ def test_non_finite_numbers_inside_mappings_and_lists_are_refused(tmp_path: Path
         load_config(lang(tmp_path, body), params)
 
 
-@pytest.mark.parametrize("periods", ["[]", "[2, 0]", "[3, -1]"])
+@pytest.mark.parametrize("periods", ["[]", "[2, 0]", "[3, -1]", "[2, x]"])
 def test_discriminator_periods_are_checked_when_the_config_loads(
     tmp_path: Path, params: Path, periods: str
 ) -> None:
