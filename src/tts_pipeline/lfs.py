@@ -379,20 +379,20 @@ class LfsClient:
         return sent
 
     def _put(self, action: LfsAction, data: bytes | Path) -> None:
+        """PUT one object where the batch API said, then POST its verify action when there is one."""
         assert action.href is not None
-        what = f"LFS upload of {action.oid[:12]}"
+        short = action.oid[:12]
         headers = dict(action.headers)
-        self._request(
-            "PUT", action.href, what, "upload", (200, 201),
-            data=data, headers=headers, auth=self._auth_for(action.href, headers),
-        )  # fmt: skip
-        if action.verify:
-            href = action.verify["href"]
-            vheaders = {**_JSON_HEADERS, **(action.verify.get("header") or {})}
-            self._request(
-                "POST", href, f"LFS verify of {action.oid[:12]}", "upload",
-                json={"oid": action.oid, "size": action.size}, headers=vheaders, auth=self._auth_for(href, vheaders),
-            )  # fmt: skip
+        auth = self._auth_for(action.href, headers)
+        self._request("PUT", action.href, f"LFS upload of {short}", "upload", (200, 201),
+                      data=data, headers=headers, auth=auth)  # fmt: skip
+        if not action.verify:
+            return
+        href = action.verify["href"]
+        headers = {**_JSON_HEADERS, **(action.verify.get("header") or {})}
+        body = {"oid": action.oid, "size": action.size}
+        self._request("POST", href, f"LFS verify of {short}", "upload",
+                      json=body, headers=headers, auth=self._auth_for(href, headers))  # fmt: skip
 
 
 def _action(obj: dict[str, Any], size: int, operation: str) -> LfsAction:
