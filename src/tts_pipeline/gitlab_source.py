@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .config import CollectSection
 from .errors import PipelineError
 from .lfs import (
     CHUNK,
@@ -33,6 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
 
 log = logging.getLogger(__name__)
+
+#: Timeouts, retries and parallelism default to the `collect` settings' own defaults (one place).
+DEFAULTS = CollectSection()
 
 T = TypeVar("T")
 
@@ -58,10 +62,10 @@ class GitLabSource:
         token: str | None = None,
         *,
         token_env: str = "GITLAB_TOKEN",
-        timeout_s: float = 60.0,
-        max_retries: int = 5,
-        backoff_s: float = 1.0,
-        workers: int = 8,
+        timeout_s: float = DEFAULTS.timeout_s,
+        max_retries: int = DEFAULTS.max_retries,
+        backoff_s: float = DEFAULTS.retry_backoff_s,
+        workers: int = DEFAULTS.download_workers,
         lfs_username: str = "oauth2",
     ) -> None:
         self.url = url.rstrip("/")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from .config import CollectSection
 from .errors import PipelineError
 from .fsutil import pid_alive
 
@@ -39,6 +40,8 @@ LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
 LFS_POINTER_MAX_BYTES = 1024
 LFS_BATCH_SIZE = 100
 CHUNK = 1 << 16
+#: Timeout and retries default to the `collect` settings' own defaults (one place).
+DEFAULTS = CollectSection()
 _JSON_HEADERS = {"Accept": LFS_MEDIA_TYPE, "Content-Type": LFS_MEDIA_TYPE}
 
 T = TypeVar("T")
@@ -220,9 +223,9 @@ class LfsClient:
         where: str | None = None,
         token_env: str = "GITLAB_TOKEN",
         username: str = "oauth2",
-        timeout_s: float = 60.0,
-        max_retries: int = 5,
-        backoff_s: float = 1.0,
+        timeout_s: float = DEFAULTS.timeout_s,
+        max_retries: int = DEFAULTS.max_retries,
+        backoff_s: float = DEFAULTS.retry_backoff_s,
     ) -> None:
         base = repo_url.rstrip("/")
         self.base = base if base.endswith(".git") else base + ".git"
@@ -434,9 +437,9 @@ def lfs_upload(
     repo_url: str,
     token: str,
     objects: list[bytes] | list[Path],
-    timeout: float = 60.0,
-    max_retries: int = 5,
-    backoff_s: float = 1.0,
+    timeout: float = DEFAULTS.timeout_s,
+    max_retries: int = DEFAULTS.max_retries,
+    backoff_s: float = DEFAULTS.retry_backoff_s,
 ) -> int:
     """Upload blobs to `repo_url`'s Git LFS store; how many the server did not have yet."""
     client = LfsClient(repo_url, token, timeout_s=timeout, max_retries=max_retries, backoff_s=backoff_s)
