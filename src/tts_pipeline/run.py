@@ -347,7 +347,8 @@ def run_pipeline(
         hint = True
         for i, stage in enumerate(run_plan.steps, 1):
             print(f"==> [{i}/{len(run_plan.steps)}] {stage.addressing}", flush=True)
-            hint = not warn_before_running(repo, stage, run_plan, hint) and hint
+            if warn_before_running(repo, stage, run_plan, hint):
+                hint = False  # once a run is enough
             result = _run_step(repo, stage, run_plan, pull, summary, run_plan.steps[i:])
             summary.results.append(result)
             print(

@@ -221,8 +221,7 @@ def model_card(code: str, info: dict[str, Any]) -> str:
     disc_line = (
         "**random** (no pretrained discriminator was given: the adversarial and feature-matching losses "
         "start as noise; see training.discriminator_checkpoint)"
-        if disc == "random"
-        else f"pretrained, from `{disc}`"
+        if disc == "random" else f"pretrained, from `{disc}`"
     )
     return "\n".join([
         f"# {code}: VITS voice",
