@@ -21,7 +21,6 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,11 @@ from . import codex
 from .audio import is_lfs_pointer
 from .codex import CellPlan, CodexError, TextSource
 from .config import Config
+from .downloads import DownloadCache, run_parallel
 from .errors import PipelineError
 from .fsutil import atomic_directory, claim_output_dir, sha256_file, write_json
 from .gitlab_source import GitLabSource, connect_gitlab
-from .lfs import LfsPointer, git_blob_sha1_file, parse_lfs_pointer, redact_url, remove_stale_parts
+from .lfs import LfsPointer, parse_lfs_pointer, redact_url
 from .metadata import write_metadata
 
 log = logging.getLogger(__name__)
@@ -260,78 +260,6 @@ def _local_lfs_object(project_dir: Path, pointer_path: Path) -> tuple[Path, LfsP
 # --------------------------------------------------------------------------- GitLab source + cache
 
 
-class DownloadCache:
-    """Content-addressed, verified download cache: git blobs by git id, LFS objects by sha256."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def blob_path(self, blob_id: str) -> Path:
-        return self.root / "blobs" / blob_id[:2] / blob_id
-
-    def lfs_path(self, oid: str) -> Path:
-        return self.root / "lfs" / oid[:2] / oid
-
-    def has_blob(self, blob_id: str) -> bool:
-        path = self.blob_path(blob_id)
-        if not path.is_file():
-            return False
-        if git_blob_sha1_file(path) == blob_id:
-            return True
-        log.warning("%s: cached file is corrupt; downloading it again", path)
-        path.unlink()
-        return False
-
-    def has_lfs(self, pointer: LfsPointer) -> bool:
-        path = self.lfs_path(pointer.oid)
-        if not path.is_file():
-            return False
-        if path.stat().st_size == pointer.size and sha256_file(path) == pointer.oid:
-            return True
-        log.warning("%s: cached file is corrupt; downloading it again", path)
-        path.unlink()
-        return False
-
-    def clean(self) -> None:
-        removed = remove_stale_parts(self.root)
-        if removed:
-            log.info("removed %d partial download(s) of an interrupted run", removed)
-
-
-def _parallel(jobs: list[tuple[str, Callable[[], None]]], workers: int, desc: str) -> None:
-    """Run download jobs on `workers` threads with a progress bar.
-
-    A job that still fails after its retries does not stop the others: everything that can be
-    downloaded lands in the cache, then the run stops with the failures, and a re-run fetches
-    only those. Ctrl-C stops at once; finished downloads stay in the cache.
-    """
-    if not jobs:
-        return
-    from tqdm import tqdm
-
-    failures: list[tuple[str, BaseException]] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="collect")
-    try:
-        futures = {pool.submit(job): name for name, job in jobs}
-        with tqdm(total=len(futures), desc=desc, unit="file", disable=None) as bar:
-            for future in as_completed(futures):
-                bar.update(1)
-                exc = future.exception()
-                if exc is not None:
-                    failures.append((futures[future], exc))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    if failures:
-        failures.sort(key=lambda f: f[0])
-        first = failures[0][1]
-        if len(failures) == len(jobs) or not isinstance(first, PipelineError):
-            raise first
-        raise PipelineError(
-            f"{len(failures)} of {len(jobs)} downloads failed (the others are kept in the cache; "
-            f"re-run to fetch the rest). First: {first}"
-        ) from first
-
-
 def gitlab_collect_plan(
     source: GitLabSource,
     cache: DownloadCache,
@@ -374,7 +302,7 @@ def _fetch_blobs(
             stats.downloaded(size)
 
         jobs.append((entry.path, job))
-    _parallel(jobs, workers, f"download {desc}")
+    run_parallel(jobs, workers, f"download {desc}")
 
 
 def _fetch_lfs_objects(
@@ -400,7 +328,7 @@ def _fetch_lfs_objects(
             stats.downloaded(size)
 
         jobs.append((pointer.oid, job))
-    _parallel(jobs, workers, "download LFS objects")
+    run_parallel(jobs, workers, "download LFS objects")
     return errors
 
 
