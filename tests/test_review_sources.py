@@ -239,7 +239,7 @@ def test_write_back_lfs_upload_sends_the_token_only_to_gitlab() -> None:
 
 
 def test_redact_url_masks_every_credential_form() -> None:
-    from tts_pipeline.gitlab_source import redact_url
+    from tts_pipeline.lfs import redact_url
 
     assert redact_url("https://oauth2:glpat-x@host/g/p.git") == "https://oauth2:***@host/g/p.git"
     assert "glpat-x" not in redact_url("https://glpat-x@host")  # a lone name may be the token

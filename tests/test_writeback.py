@@ -12,7 +12,7 @@ from fake_gitlab_writes import FakeGitLabWrites
 from helpers import DEMO_PROJECT, PARAMS, tree_bytes
 from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
-from tts_pipeline import cli, codex, synthesize, writeback
+from tts_pipeline import cli, codex, synthesize, writeback, writeback_plan
 from tts_pipeline.config import SynthesisSection, load_config
 from tts_pipeline.errors import PipelineError
 from tts_pipeline.metadata import read_synthesized
@@ -284,11 +284,11 @@ def test_gitlab_write_back_without_token_is_a_clear_error(
 def test_documents_are_rewritten_in_their_own_format() -> None:
     for path in (DEMO_PROJECT / "files" / "target").glob("*.codex"):
         text = path.read_text(encoding="utf-8")
-        assert writeback.dump_like(text, json.loads(text)) == text
+        assert writeback_plan.dump_like(text, json.loads(text)) == text
     compact = '{"cells":[{"value":"caf\u00e9"}],"metadata":{}}'
-    assert writeback.dump_like(compact, json.loads(compact)) == compact
+    assert writeback_plan.dump_like(compact, json.loads(compact)) == compact
     tabs = '{\n\t"cells": []\n}\n'
-    assert writeback.dump_like(tabs, json.loads(tabs)) == tabs
+    assert writeback_plan.dump_like(tabs, json.loads(tabs)) == tabs
 
 
 # --------------------------------------------------------------------------- GitLab says no (issue 15)
@@ -367,3 +367,20 @@ def test_a_failed_merge_request_is_opened_by_the_next_run(
 
 def project_documents(project, branch: str) -> dict[str, bytes]:
     return {k: v for k, v in project.files(branch).items() if k.startswith("files/target/")}
+
+
+def test_lfs_uploads_go_in_batches_of_100_retry_a_busy_server_and_skip_stored_objects() -> None:
+    """The one LFS client of collect and write-back: the batch API in chunks, the one retry rule."""
+    from tts_pipeline.lfs import LfsClient, make_lfs_pointer
+
+    with FakeGitLabWrites() as server:
+        _gitlab_project(server)
+        blobs = [f"take {i}".encode() for i in range(150)]
+        stored = make_lfs_pointer(blobs[0])[0].oid
+        server.lfs_objects[stored] = blobs[0]  # already on the server: not sent again
+        server.fail("POST", r"/info/lfs/objects/batch$", 503, times=1)
+        client = LfsClient(f"{server.url}/team/demo", server.token, max_retries=2, backoff_s=0.01)
+        assert client.upload(blobs) == 149
+        batches = [r for r in server.log if r.method == "POST" and r.path.endswith("/info/lfs/objects/batch")]
+        assert [r.status for r in batches] == [503, 200, 200]  # retried once, then two chunks (100 + 50)
+        assert all(server.lfs_objects[make_lfs_pointer(b)[0].oid] == b for b in blobs)
