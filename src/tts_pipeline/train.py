@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fsutil, modeling, plots
+from . import fsutil, launch, modeling, plots
 from .config import Config, stage_settings
 from .errors import PipelineError
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_ACROSS = {
     "num_epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
     "eval_max_clips", "eval_samples", "num_workers", "max_nonfinite_steps", "mlflow", "cpu_threads",
+    "num_processes",
 }  # fmt: skip
 CURVE_COLUMNS = [
     "step", "epoch", "lr", "loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial",
@@ -81,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue from the latest checkpoint (error if none)")  # fmt: skip
     group.add_argument("--no-resume", dest="resume", action="store_false",
                        help="start over (removes existing checkpoints)")  # fmt: skip
+    launch.add_arguments(parser)
 
 
 #: What a model folder of an earlier version (before the output marker) always holds.
@@ -95,7 +97,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         metrics_file=Path(args.metrics_file or Path(cfg.paths.metrics) / "train.json"),
     )
     fsutil.claim_output_dir(paths.output_dir, "train", MODEL_LEGACY)  # before hours of training, not after
+    launched = launch.relaunch_if_needed(cfg, args)  # several processes: `accelerate launch` runs this again
+    if launched is not None:
+        return launched
     result = train(cfg, paths, resume=args.resume)
+    if not launch.is_main_worker():
+        return 0
     val = result.metrics.get("val_loss")
     print(
         f"trained {result.steps} steps ({result.epochs} epochs)"
@@ -356,6 +363,11 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
             log.info(
                 "resuming from %s (step %d, epoch %d)", checkpoint, trainer.state.step, trainer.state.epoch
             )
+        scale = launch.scale_summary(trainer.state.batch_size, s.gradient_accumulation_steps,
+                                     accelerator.num_processes)  # fmt: skip
+        log.info("effective batch %d clips per optimiser step (batch %d x %d accumulation x %d processes); "
+                 "learning-rate scaling: %s", scale["effective_batch_size"], trainer.state.batch_size,
+                 s.gradient_accumulation_steps, accelerator.num_processes, scale["learning_rate_scaling"])  # fmt: skip
         log.info("training %s: %d train / %d validation clips, %d speaker(s), batch %d x %d accumulation, "
                  "%d steps (%d per epoch), device %s, precision %s, generator %.2f M / discriminator %.2f M params",
                  s.base_model or "a scratch model", len(train_examples), len(val_examples), len(speakers),
@@ -369,7 +381,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
             run_name=run_name("train", cfg.code, stage_settings(cfg, "train")),
             params={
                 **cfg.to_dict(),
-                "effective": {"batch_size": trainer.state.batch_size, **trainer.summary},
+                "effective": {"batch_size": trainer.state.batch_size, **scale, **trainer.summary},
             },
             tags={"language": cfg.code, "base_model": str(s.base_model)},
             resume_run_id=trainer.state.mlflow_run_id,
@@ -409,6 +421,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
             "speakers": len(speakers),
             "batch_size": state.batch_size,
             "gradient_accumulation_steps": s.gradient_accumulation_steps,
+            **scale,
             "mixed_precision": accelerator.mixed_precision,
             "device": str(accelerator.device),
             "sampling_rate": rate,
