@@ -4,7 +4,8 @@ The data (model, checkpoints, evaluation report) travels through the DVC remote 
 the box, `dvc pull` at home). What git must carry (dvc.lock, the frozen settings, metrics) travels
 as a git bundle in the same bucket, `<TTS_S3_URL>/cloud-results/<code>.bundle`, with the same
 endpoint and credentials as DVC (`TTS_S3_URL`, `TTS_S3_ENDPOINT`, `TTS_S3_REGION`, AWS_* from the
-environment; nothing is written to disk but the bundle).
+environment; at home DVC's default remote when TTS_S3_URL is not set; nothing is written to
+disk but the bundle).
 
     python cloud/results.py push --lang hsn    # on the box, after training and `dvc push`
     python cloud/results.py pull --lang hsn    # at home: git pull the bundle, dvc pull the model
@@ -35,21 +36,40 @@ def git(*args: str, capture: bool = False) -> str:
     return proc.stdout.strip() if capture else ""
 
 
-def bucket_key(code: str) -> str:
-    url = os.environ.get("TTS_S3_URL", "")
+def dvc_config(key: str) -> str:
+    proc = subprocess.run(["dvc", "config", key], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def remote() -> tuple[str, str, str]:
+    """(url, endpoint, region): TTS_S3_* (what the box is given), else DVC's default remote
+    (what the laptop configured with `dvc remote add --local --default`)."""
+    if os.environ.get("TTS_S3_URL"):
+        env = os.environ
+        return env["TTS_S3_URL"], env.get("TTS_S3_ENDPOINT", ""), env.get("TTS_S3_REGION", "")
+    name = dvc_config("core.remote")
+    if not name:
+        return "", "", ""
+    return tuple(dvc_config(f"remote.{name}.{key}") for key in ("url", "endpointurl", "region"))  # type: ignore[return-value]
+
+
+def bucket_key(code: str, url: str) -> str:
     if not url.startswith("s3://"):
-        die("TTS_S3_URL must be set to the DVC remote, e.g. s3://my-bucket/tts-pipeline")
+        die(
+            f"no S3 remote ({url or 'none'}): export TTS_S3_URL=s3://bucket/path (and TTS_S3_ENDPOINT), "
+            "or make the S3 remote DVC's default (dvc remote add --local --default ...)"
+        )
     return f"{url.removeprefix('s3://').rstrip('/')}/cloud-results/{code}.bundle"
 
 
-def filesystem():
+def filesystem(endpoint: str, region: str):
     import s3fs  # installed with dvc-s3
 
     kwargs = {}
-    if os.environ.get("TTS_S3_ENDPOINT"):
-        kwargs["endpoint_url"] = os.environ["TTS_S3_ENDPOINT"]
-    if os.environ.get("TTS_S3_REGION"):
-        kwargs["region_name"] = os.environ["TTS_S3_REGION"]
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    if region:
+        kwargs["region_name"] = region
     return s3fs.S3FileSystem(client_kwargs=kwargs)
 
 
@@ -66,15 +86,17 @@ def push(code: str, base: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / f"{code}.bundle"
         git("bundle", "create", "-q", str(bundle), f"{base}..HEAD" if base else "HEAD")
-        key = bucket_key(code)
-        filesystem().put_file(str(bundle), key)
+        url, endpoint, region = remote()
+        key = bucket_key(code, url)
+        filesystem(endpoint, region).put_file(str(bundle), key)
     print(f"cloud results: commit {head[:12]} uploaded to s3://{key}")
 
 
 def pull(code: str, remote_pull: bool) -> None:
     """Fetch the bundle, merge its commit into the current branch, then `dvc pull` the outputs."""
-    key = bucket_key(code)
-    fs = filesystem()
+    url, endpoint, region = remote()
+    key = bucket_key(code, url)
+    fs = filesystem(endpoint, region)
     if not fs.exists(key):
         die(f"no results at s3://{key}: has the cloud run finished (sky jobs logs / sky logs)?")
     with tempfile.TemporaryDirectory() as tmp:

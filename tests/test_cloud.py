@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,12 @@ def sky_env(box: Path, endpoint: str, base_env: dict[str, str], **extra: str) ->
 
 
 def run_section(name: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
     proc = subprocess.run(
         ["bash", "-c", load_task()[name]], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, f"{name} failed:\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    print(f"{name}: {time.monotonic() - started:.0f} s")  # the README's figures (pytest -s)
     return proc
 
 
