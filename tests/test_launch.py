@@ -153,6 +153,34 @@ def test_position_in_the_epoch_carries_over_to_another_process_count(tmp_path):
     assert (trainer.state.epoch, trainer.state.batch_in_epoch) == (2, 0)
 
 
+def _reduce_worker(rank: int, port: int, out: str) -> None:
+    import torch
+
+    from tts_pipeline.vits.trainer import reduce_over_processes
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"))
+        # e.g. batch sizes picked from each GPU's free memory, a non-finite loss on one process
+        agreed = [reduce_over_processes(5 - rank, "min", acc), reduce_over_processes(float(rank), "max", acc)]
+        Path(out, f"{rank}.json").write_text(json.dumps(agreed))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_processes_agree_on_batch_size_and_skipped_steps(tmp_path):
+    """Each process must cut the epoch into as many batches and skip the same steps, or DDP hangs."""
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_reduce_worker, args=(launch.free_port(), str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)] == [[4.0, 1.0]] * 2
+    one = SimpleNamespace(num_processes=1)
+    from tts_pipeline.vits.trainer import reduce_over_processes
+
+    assert reduce_over_processes(3, "min", one) == 3
+
+
 # --------------------------------------------------------------------------- 2 processes, for real
 
 

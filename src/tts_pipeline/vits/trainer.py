@@ -228,6 +228,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def reduce_over_processes(value: float, op: str, accelerator) -> float:
+    """`value`'s min or max over the processes of a launch (itself with one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([float(value)], device=accelerator.device)
+    reduce_op = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op]
+    torch.distributed.all_reduce(tensor, op=reduce_op)
+    return float(tensor.item())
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -310,6 +320,8 @@ class Trainer:
             self.summary["generator_parameters"] + self.summary["discriminator_parameters"],
             settings.segment_size,
         )
+        # one batch size for all processes: each must cut the epoch into as many batches (DDP)
+        self.state.batch_size = int(reduce_over_processes(self.state.batch_size, "min", self.accelerator))
         warmup, decay = settings.warmup_steps, settings.lr_decay
 
         def schedule(step: int) -> float:
@@ -419,11 +431,7 @@ class Trainer:
     def _on_any_process(self, flag: bool) -> bool:
         """True when `flag` is true in any process: all skip (or take) the optimiser step together,
         so that the model copies stay identical."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return bool(value.item())
+        return bool(reduce_over_processes(float(flag), "max", self.accelerator))
 
     def adversarial_ramp(self) -> float:
         """Weight factor of the adversarial + feature-matching losses: 0 -> 1 over
