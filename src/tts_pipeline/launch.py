@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Set by torch's launcher (what `accelerate launch` uses) in every worker process.
 WORKER_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE")
-#: Set in the environment of the processes we launch (for the record and for tests).
-LAUNCHED_MARK = "TTS_PIPELINE_LAUNCHED"
 LR_SCALING = "none (training.learning_rate as configured, whatever the process count)"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -166,10 +164,10 @@ def relaunch_if_needed(cfg, args: argparse.Namespace) -> int | None:
         args, str(cfg.config_path), str(cfg.params_path) if getattr(args, "params", None) else None
     )
     command = launch_command(count, precision, argv, free_port())
-    log.info("training on %d %s through accelerate launch (each process takes every %d-th batch)",
+    log.info("training on %d %s through accelerate launch (each process takes 1 batch in %d)",
              count, "GPUs" if gpus else "CPU processes (gloo)", count)  # fmt: skip
     log.debug("launch: %s", " ".join(command))
-    env = {**os.environ, LAUNCHED_MARK: "1"}
+    env = dict(os.environ)
     if not gpus:  # accelerate's MULTI_CPU (gloo) only when told the workers are CPU ones
         env["ACCELERATE_USE_CPU"] = "true"
     code = run_forwarding_signals(command, env)
