@@ -188,6 +188,8 @@ class TrainingSection:
     eval_samples: int = _range(0, 100, default=3)
     mlflow: bool = True
     cpu_threads: int | None = _range(1, 1024, default=None)
+    #: processes (GPUs) one training runs on, through `accelerate launch` (null = every visible GPU, 1 on CPU)
+    num_processes: int | None = _range(1, 1024, default=None)
 
 
 @dataclass

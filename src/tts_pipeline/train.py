@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fsutil, modeling, plots
+from . import fsutil, launch, modeling, plots
 from .config import Config, TrainingSection, stage_settings
 from .errors import PipelineError
 from .tracking import Tracker, git_revision, run_name
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_ACROSS = {
     "num_epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
     "eval_max_clips", "eval_samples", "num_workers", "max_nonfinite_steps", "mlflow", "cpu_threads",
+    "num_processes",
 }  # fmt: skip
 CURVE_COLUMNS = [
     "step", "epoch", "lr", "loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial",
@@ -82,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue from the latest checkpoint (error if none)")  # fmt: skip
     group.add_argument("--no-resume", dest="resume", action="store_false",
                        help="start over (removes existing checkpoints)")  # fmt: skip
+    launch.add_arguments(parser)
 
 
 #: What a model folder of an earlier version (before the output marker) always holds.
@@ -96,7 +98,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         metrics_file=cfg.flag_or_path(args, "metrics_file", "metrics", under="train.json"),
     )
     fsutil.claim_output_dir(paths.output_dir, "train", MODEL_LEGACY)  # before hours of training, not after
+    launched = launch.relaunch_if_needed(cfg, args)  # several processes: `accelerate launch` runs this again
+    if launched is not None:
+        return launched
     result = train(cfg, paths, resume=args.resume)
+    if not launch.is_main_worker():
+        return 0
     val = result.metrics.get("val_loss")
     print(
         f"trained {result.steps} steps ({result.epochs} epochs)"
@@ -359,13 +366,22 @@ def resume_trainer(
     return int(trainer.state.step)
 
 
+def batch_scale(cfg: Config, trainer: Any) -> dict[str, Any]:
+    """Effective batch (batch x accumulation x processes) and the learning-rate rule, for logs and info."""
+    return launch.scale_summary(trainer.state.batch_size, cfg.training.gradient_accumulation_steps,
+                                trainer.accelerator.num_processes)  # fmt: skip
+
+
 def fit_tracked(cfg: Config, trainer: Any, tracker: Any) -> Any:
     """Train under an MLflow run (resumed with the checkpoint); the run ends FAILED if training does."""
     s = cfg.training
     run_id = tracker.start(
         experiment=f"tts-pipeline-{cfg.code}",
         run_name=run_name("train", cfg.code, stage_settings(cfg, "train")),
-        params={**cfg.to_dict(), "effective": {"batch_size": trainer.state.batch_size, **trainer.summary}},
+        params={
+            **cfg.to_dict(),
+            "effective": {"batch_size": trainer.state.batch_size, **batch_scale(cfg, trainer), **trainer.summary},
+        },
         tags={"language": cfg.code, "base_model": str(s.base_model)},
         resume_run_id=trainer.state.mlflow_run_id,
     )
@@ -399,6 +415,7 @@ def training_info(
         "speakers": num_speakers,
         "batch_size": state.batch_size,
         "gradient_accumulation_steps": s.gradient_accumulation_steps,
+        **batch_scale(cfg, trainer),
         "mixed_precision": accelerator.mixed_precision,
         "device": str(accelerator.device),
         "sampling_rate": sampling_rate,
@@ -482,7 +499,11 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
 
 
 def log_plan(s: TrainingSection, trainer: Any, accelerator: Any, splits: Splits, num_speakers: int) -> None:
-    """One line with what is about to be trained, on what, and how."""
+    """What is about to be trained, on what, and how (and the effective batch)."""
+    scale = launch.scale_summary(trainer.state.batch_size, s.gradient_accumulation_steps, accelerator.num_processes)
+    log.info("effective batch %d clips per optimiser step (batch %d x %d accumulation x %d processes); "
+             "learning-rate scaling: %s", scale["effective_batch_size"], trainer.state.batch_size,
+             s.gradient_accumulation_steps, accelerator.num_processes, scale["learning_rate_scaling"])  # fmt: skip
     log.info("training %s: %d train / %d validation clips, %d speaker(s), batch %d x %d accumulation, "
              "%d steps (%d per epoch), device %s, precision %s, generator %.2f M / discriminator %.2f M params",
              s.base_model or "a scratch model", len(splits.train), len(splits.validation), num_speakers,
