@@ -53,13 +53,13 @@ def main() -> None:
                 t1 = time.perf_counter()
                 aq.peak_db(samples), aq.clipping_ratio(samples)
                 t2 = time.perf_counter()
-                x = preprocess.resample(samples, rate, sr)
+                x = audio.resample(samples, rate, sr)
                 t3 = time.perf_counter()
                 x = x - np.float32(np.mean(x, dtype=np.float64))
-                frame = max(1, round(aq.FRAME_S * sr))
-                levels = aq.frame_power_db(x, frame)
+                frame = max(1, round(audio.FRAME_S * sr))
+                levels = audio.frame_power_db(x, frame)
                 aq.snr_from_levels(levels)
-                start, end = aq.trim_bounds_from_levels(
+                start, end = audio.trim_bounds_from_levels(
                     levels, x.size, frame, sr, params.trim_threshold_db, params.trim_margin_s
                 )
                 x = x[start:end]
@@ -71,7 +71,7 @@ def main() -> None:
                         x, sr, loudness, params.target_lufs, params.peak_ceiling_db
                     )
                 t6 = time.perf_counter()
-                preprocess.write_pcm16_wav(out, x, sr)
+                audio.write_wav(out, x, sr)
                 t7 = time.perf_counter()
                 audio_s += samples.size / rate
                 for name, a, b in (

@@ -27,7 +27,7 @@ PROBE = (
     "import runpy, sys\n"
     "try:\n    runpy.run_module('tts_pipeline', run_name='__main__')\nexcept SystemExit:\n    pass\n"
     "stages = ('collect', 'preprocess', 'speakers', 'dataset', 'train', 'evaluate', 'synthesize', 'webdemo', 'run')\n"
-    "heavy = {'numpy', 'requests', 'urllib3', 'torch', 'datasets', *(f'tts_pipeline.{s}' for s in stages)}\n"
+    "heavy = {'numpy', 'requests', 'urllib3', 'gitlab', 'dvc', 'mlflow', 'torch', 'datasets', *(f'tts_pipeline.{s}' for s in stages)}\n"
     "print(sorted(heavy & set(sys.modules)), file=sys.stderr)\n"
 )
 

@@ -109,7 +109,7 @@ def build_corpus(name: str, out: Path) -> tuple[list[dict], list[dict]]:
     """WAVs (16 kHz PCM) + train/metadata.csv and val/metadata.csv; returns (train rows, val rows)."""
     import soundfile as sf
 
-    from tts_pipeline.speech_metrics import resample
+    from tts_pipeline.audio import resample
 
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed: `apt-get install espeak-ng` (Debian package), then rerun")

@@ -62,23 +62,6 @@ def test_diarize_stops_before_the_dataset_and_later_stages_need_no_source(tmp_pa
     assert (tmp_path / "d" / "dataset" / "dataset_dict.json").is_file()
 
 
-def test_no_stage_module_imports_another_stage():
-    """Orchestration (chained stages) belongs to cli.py / run.py, never to a stage module."""
-    import ast
-
-    stages = {"collect", "preprocess", "speakers", "dataset", "train", "evaluate", "synthesize"}
-    src = REPO / "src" / "tts_pipeline"
-    for stage in stages:
-        tree = ast.parse((src / f"{stage}.py").read_text(encoding="utf-8"))
-        named: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                named |= {node.module or ""} | {a.name for a in node.names if not node.module}
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                named |= {node.value.rsplit(".", 1)[-1]} if node.value.startswith("tts_pipeline.") else set()
-        assert not (named & (stages - {stage})), f"{stage}.py imports stage module(s) {named & stages}"
-
-
 def test_preprocess_reads_a_custom_output_dir(tmp_path):
     config = demo_language(tmp_path, "custom")
     out = tmp_path / "elsewhere"

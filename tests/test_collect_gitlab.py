@@ -21,7 +21,8 @@ from tts_pipeline import cli
 from tts_pipeline.collect import collect
 from tts_pipeline.config import load_config
 from tts_pipeline.errors import PipelineError
-from tts_pipeline.gitlab_source import GitLabSource, make_lfs_pointer, parse_lfs_pointer
+from tts_pipeline.gitlab_source import GitLabSource
+from tts_pipeline.lfs import make_lfs_pointer, parse_lfs_pointer
 
 TOKEN = "glpat-loopback-secret"
 LFS_GET = r"/gitlab-lfs/objects/"

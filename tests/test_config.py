@@ -306,3 +306,24 @@ def test_non_finite_numbers_inside_mappings_and_lists_are_refused(tmp_path: Path
     body = "source: {type: local, path: p}\ntraining:\n  scratch_model: {hidden_size: 32, dropout: .nan}\n"
     with pytest.raises(ConfigError, match=r"training\.scratch_model\.dropout: nan is not a finite number"):
         load_config(lang(tmp_path, body), params)
+
+
+@pytest.mark.parametrize("periods", ["[]", "[2, 0]", "[3, -1]", "[2, x]"])
+def test_discriminator_periods_are_checked_when_the_config_loads(
+    tmp_path: Path, params: Path, periods: str
+) -> None:
+    """A cross-field rule lives in config.py: it answers before hours of data loading, naming the file."""
+    path = lang(tmp_path, f"source: {{type: local, path: p}}\ntraining: {{discriminator_periods: {periods}}}\n")
+    with pytest.raises(ConfigError, match="discriminator_periods must be a list of positive integers") as info:
+        load_config(path, params)
+    assert str(path) in str(info.value)
+
+
+def test_a_flag_wins_over_the_configured_path(tmp_path: Path, params: Path) -> None:
+    import argparse
+
+    cfg = load_config(lang(tmp_path, "source: {type: local, path: p}\n"), params)
+    given = argparse.Namespace(output_dir="elsewhere", metrics_file=None)
+    assert cfg.flag_or_path(given, "output_dir", "model") == Path("elsewhere")
+    assert cfg.flag_or_path(given, "metrics_file", "metrics", under="train.json") == cfg.path("metrics") / "train.json"
+    assert cfg.flag_or_path(argparse.Namespace(), "dataset_path", "hf_dataset") == cfg.path("hf_dataset")

@@ -14,7 +14,7 @@ from browser_helpers import browser, open_page, screenshot, serving  # noqa: F40
 from helpers import PARAMS
 from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
-from tts_pipeline import cli, synthesize, webdemo
+from tts_pipeline import cli, voice, webdemo
 from tts_pipeline.approvals import approvals_path
 from tts_pipeline.config import load_config
 
@@ -35,8 +35,8 @@ def _app(demo: dict) -> webdemo.DemoApp:
     return webdemo.build_app(
         demo["model"],
         cfg.paths.synthesized,
-        synthesize.SynthesisSettings.from_config(cfg.synthesis),
-        synthesize.text_normalizer(cfg.dataset),
+        cfg.synthesis,
+        voice.text_normalizer(cfg.dataset),
         webdemo.unrecorded_examples(cfg),
     )
 

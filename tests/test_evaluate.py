@@ -18,7 +18,6 @@ from tts_pipeline.audio import decode_audio
 from tts_pipeline.config import load_config
 from tts_pipeline.errors import PipelineError
 from tts_pipeline.evaluate import (
-    METRIC_DESCRIPTIONS,
     EvaluateOptions,
     evaluate,
     load_base_voice,
@@ -26,6 +25,7 @@ from tts_pipeline.evaluate import (
     log_to_mlflow,
     select_indices,
 )
+from tts_pipeline.evaluation_report import METRIC_DESCRIPTIONS
 from tts_pipeline.speech_metrics import MetricThresholds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,11 +200,11 @@ def test_listening_page_plays_real_and_synthesized_audio(report, workdir: Path) 
 
 def test_page_escapes_text(workdir: Path, embedder, tmp_path: Path) -> None:
     """Text from the project is user data: it must not become markup."""
-    from tts_pipeline.evaluate import render_page
+    from tts_pipeline.evaluation_report import render_page
 
     items = load_validation(workdir / "dataset", 1)
     items[0].text_original = "<script>alert(1)</script> & co"
-    from tts_pipeline.evaluate import EvaluationReport, SentenceResult
+    from tts_pipeline.evaluation_report import EvaluationReport, SentenceResult
     from tts_pipeline.speech_metrics import SampleMetrics, summarize_by_speaker
 
     m = SampleMetrics(None, None, None, True, False)
@@ -313,6 +313,13 @@ def test_options_from_config() -> None:
     )
 
 
+def test_options_trim_speech_with_the_preprocess_settings() -> None:
+    cfg = load_config(ROOT / "languages" / "demo.yaml", ROOT / "params.yaml")
+    cfg.audio.trim_threshold_db, cfg.audio.trim_margin_s = -35.0, 0.25
+    thresholds = EvaluateOptions.from_config(cfg).thresholds
+    assert (thresholds.trim_threshold_db, thresholds.trim_margin_s) == (-35.0, 0.25)
+
+
 def test_mlflow_logging_attaches_the_page_to_the_training_run(
     report, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,7 +400,7 @@ def test_model_input_is_exactly_what_the_tokenizer_keeps(workdir: Path) -> None:
     ],
 )
 def test_verdicts_follow_the_stated_thresholds(metric, value, word) -> None:
-    from tts_pipeline.evaluate import verdict
+    from tts_pipeline.evaluation_report import verdict
 
     assert verdict(metric, value) == word
 

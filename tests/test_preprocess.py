@@ -21,7 +21,7 @@ from helpers import tree_sha256
 
 from tts_pipeline import audio_quality as aq
 from tts_pipeline import preprocess as pp
-from tts_pipeline.audio import decode_audio, encode_webm_opus
+from tts_pipeline.audio import decode_audio, encode_webm_opus, resample, trim_bounds
 from tts_pipeline.errors import PipelineError
 
 DATA = Path(__file__).parent / "data"
@@ -202,10 +202,10 @@ def test_loudness_matches_pyloudnorm_and_handles_short_clips():
 def test_trim_bounds_keep_margin():
     tone = 0.5 * np.sin(2 * np.pi * 220 * np.arange(SR) / SR).astype(np.float32)
     x = np.concatenate([np.zeros(SR // 2), tone, np.zeros(SR // 2)]).astype(np.float32)
-    start, end = aq.trim_bounds(x, SR, threshold_db=-40, margin_s=0.1)
+    start, end = trim_bounds(x, SR, threshold_db=-40, margin_s=0.1)
     assert start == pytest.approx(0.4 * SR, abs=0.011 * SR)
     assert end == pytest.approx(1.6 * SR, abs=0.011 * SR)
-    assert aq.trim_bounds(np.zeros(SR, dtype=np.float32), SR, -40, 0.1) == (0, SR)
+    assert trim_bounds(np.zeros(SR, dtype=np.float32), SR, -40, 0.1) == (0, SR)
 
 
 def test_limiter_respects_ceiling_and_keeps_loudness():
@@ -286,7 +286,7 @@ def test_decode_native_reads_every_format(tmp_path):
         make(tmp_path / name)
         decoded, decoded_rate = pp.decode_audio_native(tmp_path / name)
         assert decoded.dtype == np.float32 and decoded.ndim == 1
-        x = pp.resample(decoded, decoded_rate, SR)
+        x = resample(decoded, decoded_rate, SR)
         reference = decode_audio(tmp_path / name, SR)  # the shared swr-based decoder
         assert abs(x.size - reference.size) <= 2, name
         n = min(x.size, reference.size)

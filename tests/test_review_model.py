@@ -111,7 +111,8 @@ def test_mlflow_failure_warning_does_not_print_the_password(unreachable_store_wi
 def test_evaluate_mlflow_failure_warning_does_not_print_the_password(
     unreachable_store_with_password, caplog, tmp_path
 ):
-    from tts_pipeline.evaluate import EvaluationReport, log_to_mlflow
+    from tts_pipeline.evaluate import log_to_mlflow
+    from tts_pipeline.evaluation_report import EvaluationReport
     from tts_pipeline.speech_metrics import Summary
 
     report = EvaluationReport(code="tt", model_dir=str(tmp_path), sentences=[], summary=Summary({}))
@@ -128,7 +129,7 @@ def test_evaluate_mlflow_failure_warning_does_not_print_the_password(
 def test_split_text_keeps_closing_quotes_and_brackets(max_chars):
     """A sentence end followed by a closing quote or bracket is a split point; the quote or
     bracket must stay with its sentence, not vanish from what the model reads."""
-    from tts_pipeline.synthesize import split_text
+    from tts_pipeline.voice import split_text
 
     text = 'He said, "Go home." Then he left. (See verse 2.) And he went \u201cup\u201d. \u300c\u4f60\u597d\u3002\u300d Done!'
     chunks = split_text(text, max_chars)
@@ -162,11 +163,13 @@ def test_synthesize_does_not_write_or_cache_nan_audio(tiny_model, tmp_path, monk
     from helpers import DEMO_PROJECT
 
     from tts_pipeline import synthesize
+    from tts_pipeline.config import SynthesisSection
+    from tts_pipeline.verses import local_documents, missing_verses
 
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
+    verses, _ = missing_verses(local_documents(DEMO_PROJECT))
     cache = tmp_path / "cache"
     report = synthesize.synthesize_verses(
-        verses, tiny_model, tmp_path / "out", synthesize.SynthesisSettings(), cache,
+        verses, tiny_model, tmp_path / "out", SynthesisSection(), cache,
         progress=False, loaded=_nan_voice(tiny_model, monkeypatch),
     )  # fmt: skip
     assert report.verses == [] and len(report.failed) == len(verses)
@@ -176,10 +179,11 @@ def test_synthesize_does_not_write_or_cache_nan_audio(tiny_model, tmp_path, monk
 
 
 def test_web_demo_answers_a_nan_model_with_an_error_not_noise(tiny_model, monkeypatch):
-    from tts_pipeline.synthesize import SynthesisSettings, text_normalizer
+    from tts_pipeline.config import SynthesisSection
+    from tts_pipeline.voice import text_normalizer
     from tts_pipeline.webdemo import DemoApp
 
-    app = DemoApp(_nan_voice(tiny_model, monkeypatch), SynthesisSettings(), text_normalizer(None))
+    app = DemoApp(_nan_voice(tiny_model, monkeypatch), SynthesisSection(), text_normalizer(None))
     with pytest.raises(ValueError, match="NaN"):
         app.speak("hello there", None)
 

@@ -11,10 +11,11 @@ import yaml
 from codex_fixtures import REAL_CLIPS, cell
 from helpers import PARAMS, read_rows
 
-from tts_pipeline import synthesize, writeback
+from tts_pipeline import writeback
 from tts_pipeline.collect import collect
 from tts_pipeline.config import ConfigError, load_config
 from tts_pipeline.errors import PipelineError
+from tts_pipeline.verses import local_documents, missing_verses, source_documents
 
 FILES = ".project/attachments/files"
 
@@ -77,8 +78,8 @@ def test_write_back_with_duplicate_cell_ids_reaches_each_cell(tmp_path: Path) ->
     changed, re-run synthesize", which a re-run could never fix.
     """
     project = _project(tmp_path / "p", [cell("MRK 1:1", "<p>first</p>"), cell("MRK 1:1", "<p>second</p>")])
-    documents = synthesize.local_documents(project)
-    verses, _ = synthesize.missing_verses(documents)
+    documents = local_documents(project)
+    verses, _ = missing_verses(documents)
     assert len({v.stem for v in verses}) == 2
     takes = _synthetic_takes(tmp_path, documents)
     report = writeback.write_back_local(project, takes, now_ms=1000)
@@ -111,7 +112,7 @@ def _gitlab_cfg(tmp_path: Path, url: str, monkeypatch, project: str = "team/demo
 
 
 def _synthetic_takes(tmp_path: Path, documents: list[tuple[str, bytes]]) -> list[writeback.SyntheticTake]:
-    verses, _ = synthesize.missing_verses(documents)
+    verses, _ = missing_verses(documents)
     takes = []
     for verse in verses:
         audio = tmp_path / f"{verse.stem}.webm"
@@ -238,7 +239,7 @@ def test_write_back_lfs_upload_sends_the_token_only_to_gitlab() -> None:
 
 
 def test_redact_url_masks_every_credential_form() -> None:
-    from tts_pipeline.gitlab_source import redact_url
+    from tts_pipeline.lfs import redact_url
 
     assert redact_url("https://oauth2:glpat-x@host/g/p.git") == "https://oauth2:***@host/g/p.git"
     assert "glpat-x" not in redact_url("https://glpat-x@host")  # a lone name may be the token
@@ -268,7 +269,7 @@ def test_synthesize_lists_the_same_gitlab_documents_as_collect(tmp_path, monkeyp
         server.add_project("team/demo", {"files/target/MRK.codex": top, "files/target/old/MRK.codex": old})
         cfg = _gitlab_cfg(tmp_path, server.url, monkeypatch)
         monkeypatch.delenv("TTS_REVIEW_TOKEN")
-        verses, problems = synthesize.missing_verses(synthesize.source_documents(cfg))
+        verses, problems = missing_verses(source_documents(cfg))
     assert problems == [] and [v.text for v in verses] == ["top"]
 
 
@@ -292,7 +293,7 @@ def test_a_tree_entry_id_that_is_not_a_git_id_is_refused(tmp_path, monkeypatch) 
 def _two_verse_project(tmp_path: Path) -> tuple[Path, list[writeback.SyntheticTake]]:
     project = _project(tmp_path / "p", [cell("MRK 1:1", "<p>one</p>"), cell("MRK 1:2", "<p>two</p>")])
     (project / ".project" / "attachments" / "pointers").mkdir(parents=True)
-    takes = _synthetic_takes(tmp_path, synthesize.local_documents(project))
+    takes = _synthetic_takes(tmp_path, local_documents(project))
     return project, takes
 
 
@@ -354,7 +355,7 @@ def test_a_lone_surrogate_in_a_cell_neither_crashes_collect_nor_write_back(tmp_p
     [row] = read_rows(tmp_path / "raw")
     assert row["transcription"] == "smile here"
 
-    takes = _synthetic_takes(tmp_path, synthesize.local_documents(project))
+    takes = _synthetic_takes(tmp_path, local_documents(project))
     assert [t.text for t in takes] == ["voice me"]
     report = writeback.write_back_local(project, takes, now_ms=1000)
     assert len(report.changes) == 1

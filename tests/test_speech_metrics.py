@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tts_pipeline.audio import decode_audio
+from tts_pipeline.audio import decode_audio, resample
 from tts_pipeline.speech_metrics import (
     MetricThresholds,
     clipping_ratio,
@@ -15,7 +15,6 @@ from tts_pipeline.speech_metrics import (
     mcd_dtw,
     measure_sample,
     mel_cepstrum,
-    resample,
     speaker_similarity,
     speech_duration_s,
     summarize,
@@ -133,3 +132,21 @@ def test_speaker_similarity_same_speaker_higher_than_different(embedder) -> None
     m = measure_sample(_clip("1688", 0), _clip("1688", 1), SR, emb[("1688", 0)], emb[("1688", 1)])
     assert m.speaker_similarity == pytest.approx(speaker_similarity(emb[("1688", 0)], emb[("1688", 1)]))
     assert speaker_similarity(emb[("1688", 0)], emb[("1688", 0)]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_evaluation_trims_speech_the_way_preprocess_does(speech: np.ndarray) -> None:
+    """duration_ratio measures the speech preprocess would keep: same trimmer, same settings."""
+    from tts_pipeline.audio import trim_bounds
+    from tts_pipeline.config import AudioSection, EvaluationSection
+
+    padded = np.concatenate([np.zeros(SR, np.float32), speech, np.zeros(2 * SR, np.float32)])
+    start, end = trim_bounds(padded, SR, -40.0, 0.1)
+    assert np.array_equal(trim_silence(padded, SR, -40.0, 0.1), padded[start:end])
+    defaults = MetricThresholds()
+    assert (defaults.trim_threshold_db, defaults.trim_margin_s) == (
+        AudioSection.trim_threshold_db,
+        AudioSection.trim_margin_s,
+    )
+    assert defaults.silence_threshold_db == EvaluationSection.silence_threshold_db
+    measured = measure_sample(speech, padded, SR, thresholds=defaults)
+    assert measured.synth_duration_s == pytest.approx((end - start) / SR)

@@ -12,19 +12,20 @@ from helpers import DEMO_PROJECT, REPO
 from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
 from tts_pipeline import audio, cli, synthesize
-from tts_pipeline.config import DatasetSection, load_config
+from tts_pipeline.config import DatasetSection, SynthesisSection, load_config
 from tts_pipeline.metadata import read_metadata
 from tts_pipeline.modeling import load_voice
-from tts_pipeline.synthesize import SynthesisSettings, split_text
+from tts_pipeline.verses import local_documents, missing_verses
+from tts_pipeline.voice import VerseToVoice, model_revision, render, split_text, text_chunks, text_normalizer
 
 #: An untrained model drawls; a fast speaking rate keeps the clips (and the tests) short.
-FAST = SynthesisSettings(speaking_rate=4.0)
+FAST = SynthesisSection(speaking_rate=4.0)
 
 # --------------------------------------------------------------------------- which verses
 
 
 def test_missing_verses_of_the_demo_project() -> None:
-    verses, problems = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
+    verses, problems = missing_verses(local_documents(DEMO_PROJECT))
     assert problems == []
     assert [(v.verse_id, v.document, v.stem) for v in verses] == [
         ("LUK 1:7", "LUK", "LUK_001_007"),
@@ -74,9 +75,7 @@ def test_missing_verses_follow_the_collect_skip_rules() -> None:
     ]
     good = json.dumps({"cells": cells, "metadata": {"id": "GEN"}}).encode()
     broken = b'{"cells": [ {"kind": 2,'
-    verses, problems = synthesize.missing_verses(
-        [("files/target/EXO.codex", broken), ("files/target/GEN.codex", good)]
-    )
+    verses, problems = missing_verses([("files/target/EXO.codex", broken), ("files/target/GEN.codex", good)])
     assert len(problems) == 1 and "EXO.codex" in problems[0]
     assert [v.verse_id for v in verses] == ["GEN 1:2", "GEN 1:3", "GEN 1:4", "GEN 1:9", "GEN 1:10"]
     uuid_verse = verses[3]
@@ -117,8 +116,8 @@ def test_split_text_at_sentences_then_clauses_then_words() -> None:
 
 def test_text_chunks_use_the_dataset_normalisation() -> None:
     ds = DatasetSection(punctuation_map={"\u201c": '"', "\u201d": '"'}, lowercase=True)
-    normalize = synthesize.text_normalizer(ds)
-    assert synthesize.text_chunks("\u201cHELLO\u201d  World.", 200, normalize) == ['"hello" world.']
+    normalize = text_normalizer(ds)
+    assert text_chunks("\u201cHELLO\u201d  World.", 200, normalize) == ['"hello" world.']
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -132,7 +131,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, tmp_path: Path) -> None:
     import av
 
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
+    verses, _ = missing_verses(local_documents(DEMO_PROJECT))
     out = tmp_path / "synthesized"
     report = synthesize.synthesize_verses(
         verses, model_dir, out, FAST, cache_dir=tmp_path / "cache", progress=False
@@ -153,7 +152,7 @@ def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, t
         "audio/MRK_001_010.webm",
     ]
     assert {r["speaker"] for r in rows} == {"Sheila"}  # most hours
-    assert {r["model_revision"] for r in rows} == {synthesize.model_revision(model_dir)}
+    assert {r["model_revision"] for r in rows} == {model_revision(model_dir)}
     for row in rows:
         path = out / row["file_name"]
         with av.open(str(path)) as container:
@@ -166,7 +165,10 @@ def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, t
         assert abs(decoded.size / 16000 - duration) < 0.03, row
         assert np.abs(decoded).max() > 0  # not silence
     assert sorted(p.name for p in out.iterdir()) == [
-        ".tts-pipeline-output.json", "audio", "metadata.csv", "synthesize_report.json"
+        ".tts-pipeline-output.json",
+        "audio",
+        "metadata.csv",
+        "synthesize_report.json",
     ]
     assert not list(tmp_path.glob(".synthesized*"))  # no temp leftovers
     summary = json.loads((out / "synthesize_report.json").read_text())
@@ -176,7 +178,7 @@ def test_synthesize_writes_valid_opus_with_matching_durations(model_dir: Path, t
 def test_cache_resynthesizes_only_changed_verses_and_output_is_deterministic(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
+    verses, _ = missing_verses(local_documents(DEMO_PROJECT))
     settings = FAST
     cache = tmp_path / "cache"
     voice = load_voice(model_dir)
@@ -194,7 +196,7 @@ def test_cache_resynthesizes_only_changed_verses_and_output_is_deterministic(
     assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "audio").iterdir()} == files_a
 
     # one verse's text changed: only that one is synthesized again
-    changed = [*verses[:2], synthesize.VerseToVoice(**{**verses[2].__dict__, "text": "Goodbye for now."})]
+    changed = [*verses[:2], VerseToVoice(**{**verses[2].__dict__, "text": "Goodbye for now."})]
     again = run(changed, "a", cache)
     assert (first.cache_hits, again.cache_hits) == (0, 2)
     assert [v.cached for v in again.verses] == [True, True, False]
@@ -209,11 +211,11 @@ def test_cache_resynthesizes_only_changed_verses_and_output_is_deterministic(
 
 def test_long_verse_is_split_and_joined_with_pauses(model_dir: Path) -> None:
     voice = load_voice(model_dir)
-    settings = SynthesisSettings(max_chars=22, pause_s=0.25, speaking_rate=4.0)
+    settings = SynthesisSection(max_chars=22, pause_s=0.25, speaking_rate=4.0)
     text = "we will meet again, in the morning. thank you for calling."
-    chunks = synthesize.text_chunks(text, settings.max_chars, synthesize.text_normalizer(None))
+    chunks = text_chunks(text, settings.max_chars, text_normalizer(None))
     assert chunks == ["we will meet again,", "in the morning.", "thank you for calling."]
-    joined = synthesize.render(voice, chunks, 1, settings)
+    joined = render(voice, chunks, 1, settings)
     parts = [voice.synthesize(c, 1, seed=settings.seed) for c in chunks]
     pause = int(0.25 * voice.sampling_rate)
     assert joined.size == sum(p.size for p in parts) + 2 * pause

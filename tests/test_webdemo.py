@@ -13,18 +13,19 @@ import soundfile as sf
 from helpers import DEMO_PROJECT
 from synth_helpers import shared_tiny_model
 
-from tts_pipeline import synthesize, webdemo
-from tts_pipeline.synthesize import SynthesisSettings
+from tts_pipeline import synthesize, voice, webdemo
+from tts_pipeline.config import SynthesisSection
+from tts_pipeline.verses import local_documents, missing_verses
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("webdemo")
     model = shared_tiny_model(tmp_path_factory)
-    settings = SynthesisSettings(speaking_rate=4.0)
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
+    settings = SynthesisSection(speaking_rate=4.0)
+    verses, _ = missing_verses(local_documents(DEMO_PROJECT))
     synthesize.synthesize_verses(verses[:1], model, tmp / "synthesized", settings, None, progress=False)
-    app = webdemo.build_app(model, tmp / "synthesized", settings, synthesize.text_normalizer(None))
+    app = webdemo.build_app(model, tmp / "synthesized", settings, voice.text_normalizer(None))
     httpd = webdemo.make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -12,10 +12,11 @@ from fake_gitlab_writes import FakeGitLabWrites
 from helpers import DEMO_PROJECT, PARAMS, tree_bytes
 from synth_helpers import copy_demo_project, shared_tiny_model, write_config
 
-from tts_pipeline import cli, codex, synthesize, writeback
-from tts_pipeline.config import load_config
+from tts_pipeline import cli, codex, synthesize, writeback, writeback_plan
+from tts_pipeline.config import SynthesisSection, load_config
 from tts_pipeline.errors import PipelineError
-from tts_pipeline.synthesize import SynthesisSettings
+from tts_pipeline.metadata import read_synthesized
+from tts_pipeline.verses import local_documents, missing_verses, source_documents
 from tts_pipeline.writeback import SyntheticTake
 
 NEW_IDS = {"LUK 1:7", "MRK 1:9", "MRK 1:10"}
@@ -30,8 +31,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synthesized(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo project's missing verses, voiced once for the whole module."""
     out = tmp_path_factory.mktemp("synth") / "synthesized"
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(DEMO_PROJECT))
-    fast = SynthesisSettings(speaking_rate=4.0)  # an untrained model drawls: keep the clips short
+    verses, _ = missing_verses(local_documents(DEMO_PROJECT))
+    fast = SynthesisSection(speaking_rate=4.0)  # an untrained model drawls: keep the clips short
     synthesize.synthesize_verses(verses, model_dir, out, fast, None, progress=False)
     return out
 
@@ -45,7 +46,7 @@ def _cells(project: Path) -> dict[str, dict]:
 
 
 def _takes(synthesized: Path) -> list[SyntheticTake]:
-    rows = synthesize.read_synthesized(synthesized)
+    rows = read_synthesized(synthesized)
     return [SyntheticTake.from_row(r, synthesized) for r in rows]
 
 
@@ -83,7 +84,7 @@ def test_write_back_adds_exactly_the_synthetic_takes(synthesized: Path, tmp_path
         old = before_cells[change.take.cell_id]["metadata"].get("attachments", {})
         assert {k: v for k, v in cell["metadata"]["attachments"].items() if k in old} == old
     # collect's rules still see no human recording there; synthesize still lists them
-    verses, _ = synthesize.missing_verses(synthesize.local_documents(project))
+    verses, _ = missing_verses(local_documents(project))
     assert {v.verse_id for v in verses} == NEW_IDS
 
     # second run: nothing added, nothing changed
@@ -226,7 +227,7 @@ def test_gitlab_write_back_opens_a_merge_request(
         cfg = load_config(_gitlab_config(tmp_path, server, model_dir, monkeypatch), PARAMS)
         assert cfg.source.type == "gitlab"
 
-        verses, problems = synthesize.missing_verses(synthesize.source_documents(cfg))
+        verses, problems = missing_verses(source_documents(cfg))
         assert problems == [] and {v.verse_id for v in verses} == NEW_IDS
         out = synthesized  # the same verses as the local demo project
 
@@ -283,11 +284,11 @@ def test_gitlab_write_back_without_token_is_a_clear_error(
 def test_documents_are_rewritten_in_their_own_format() -> None:
     for path in (DEMO_PROJECT / "files" / "target").glob("*.codex"):
         text = path.read_text(encoding="utf-8")
-        assert writeback.dump_like(text, json.loads(text)) == text
+        assert writeback_plan.dump_like(text, json.loads(text)) == text
     compact = '{"cells":[{"value":"caf\u00e9"}],"metadata":{}}'
-    assert writeback.dump_like(compact, json.loads(compact)) == compact
+    assert writeback_plan.dump_like(compact, json.loads(compact)) == compact
     tabs = '{\n\t"cells": []\n}\n'
-    assert writeback.dump_like(tabs, json.loads(tabs)) == tabs
+    assert writeback_plan.dump_like(tabs, json.loads(tabs)) == tabs
 
 
 # --------------------------------------------------------------------------- GitLab says no (issue 15)
@@ -366,3 +367,20 @@ def test_a_failed_merge_request_is_opened_by_the_next_run(
 
 def project_documents(project, branch: str) -> dict[str, bytes]:
     return {k: v for k, v in project.files(branch).items() if k.startswith("files/target/")}
+
+
+def test_lfs_uploads_go_in_batches_of_100_retry_a_busy_server_and_skip_stored_objects() -> None:
+    """The one LFS client of collect and write-back: the batch API in chunks, the one retry rule."""
+    from tts_pipeline.lfs import LfsClient, make_lfs_pointer
+
+    with FakeGitLabWrites() as server:
+        _gitlab_project(server)
+        blobs = [f"take {i}".encode() for i in range(150)]
+        stored = make_lfs_pointer(blobs[0])[0].oid
+        server.lfs_objects[stored] = blobs[0]  # already on the server: not sent again
+        server.fail("POST", r"/info/lfs/objects/batch$", 503, times=1)
+        client = LfsClient(f"{server.url}/team/demo", server.token, max_retries=2, backoff_s=0.01)
+        assert client.upload(blobs) == 149
+        batches = [r for r in server.log if r.method == "POST" and r.path.endswith("/info/lfs/objects/batch")]
+        assert [r.status for r in batches] == [503, 200, 200]  # retried once, then two chunks (100 + 50)
+        assert all(server.lfs_objects[make_lfs_pointer(b)[0].oid] == b for b in blobs)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PipelineError
+from .fsutil import read_json, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -42,8 +43,6 @@ def row_key(row: dict[str, Any]) -> str:
 
 def load(path: Path) -> dict[str, dict[str, str]]:
     """key -> {verse_id, model_revision, verdict}; a missing file means nothing reviewed yet."""
-    from .fsutil import read_json
-
     if not path.is_file():
         return {}
     try:
@@ -58,8 +57,6 @@ def load(path: Path) -> dict[str, dict[str, str]]:
 
 def record(path: Path, verse_id: str, model_revision: str, verdict: str | None) -> dict[str, Any]:
     """Save one verdict (None clears it); returns the entry. Atomic, one writer at a time."""
-    from .fsutil import write_json
-
     if verdict is not None and verdict not in VERDICTS:
         raise ValueError(f"verdict {verdict!r}: expected approved or rejected")
     if not verse_id or not model_revision:

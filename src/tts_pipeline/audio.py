@@ -1,13 +1,19 @@
-"""Audio I/O shared by the stages: decode anything the recording app makes, write WAV and WebM/Opus.
+"""Audio basics shared by the stages: decode, resample, WAV bytes in and out, WebM/Opus out.
 
 PyAV (FFmpeg) decodes WebM/Opus, Ogg, MP3, M4A/AAC, WAV and FLAC and resamples in one pass;
-soundfile cannot read WebM. Writing 16-bit WAV uses soundfile; WebM/Opus uses PyAV.
+soundfile cannot read WebM. A decoded clip is resampled with soxr (`resample`). 16-bit WAV is
+written by the standard library (`wav_bytes`, `write_wav`: no fsync per file, unlike libsndfile)
+and read with soundfile (`read_wav`, `decode_wav_bytes`); WebM/Opus is written with PyAV.
+The silence trimmer (`trim_bounds`, `trim_silence`) is the one preprocess cuts clips with and
+evaluation measures speech duration with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,12 @@ from typing import Any
 import numpy as np
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+#: Power floor (-100 dB) so digital silence gives finite frame levels.
+POWER_FLOOR = 1e-10
+#: The frame level of digital silence (the floor, in dB).
+SILENCE_DB = 10.0 * math.log10(POWER_FLOOR)
+#: Frame length for trimming and the SNR estimate.
+FRAME_S = 0.010
 
 
 class AudioError(ValueError):
@@ -79,11 +91,103 @@ def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
-    """Write mono 16-bit PCM WAV (values clipped to [-1, 1])."""
-    import soundfile as sf
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """High-quality resampling of mono float32 audio (soxr 'HQ', librosa's default)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate == target or samples.size == 0:
+        return samples
+    import soxr
 
-    sf.write(str(path), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- silence
+
+
+def frame_power_db(samples: np.ndarray, frame: int) -> np.ndarray:
+    """Mean power of consecutive non-overlapping frames in dB (a last partial frame included)."""
+    n = samples.size
+    full = n // frame
+    x = np.asarray(samples, dtype=np.float32)
+    power = np.einsum(
+        "ij,ij->i", x[: full * frame].reshape(full, frame), x[: full * frame].reshape(full, frame)
+    )
+    power = power.astype(np.float64) / frame
+    if full * frame != n:  # the last frame's mean over its real samples only
+        tail = x[full * frame :].astype(np.float64)
+        power = np.append(power, float(np.dot(tail, tail)) / tail.size)
+    return 10.0 * np.log10(np.maximum(power, POWER_FLOOR))
+
+
+def trim_bounds(samples: np.ndarray, rate: int, threshold_db: float, margin_s: float) -> tuple[int, int]:
+    """(start, end) sample indices of the clip without leading/trailing silence.
+
+    Energy based: 10 ms frames quieter than (reference + `threshold_db`) are silence, where the
+    reference is the 95th percentile of frame levels (the loud speech frames; a single click
+    or pop cannot move it). A margin of `margin_s` is kept on both sides so word onsets and
+    decays are not cut. Relative, so it works for quiet and loud recordings alike.
+    A clip with no energy at all is returned whole (it is rejected as silent later).
+    """
+    frame = max(1, round(FRAME_S * rate))
+    return trim_bounds_from_levels(
+        frame_power_db(samples, frame), samples.size, frame, rate, threshold_db, margin_s
+    )
+
+
+def trim_bounds_from_levels(
+    levels: np.ndarray, n: int, frame: int, rate: int, threshold_db: float, margin_s: float
+) -> tuple[int, int]:
+    """`trim_bounds` on precomputed frame levels (shared with the SNR estimate)."""
+    if levels.size == 0 or levels.max() <= SILENCE_DB:
+        return 0, n
+    reference = float(np.percentile(levels, 95.0))
+    loud = np.flatnonzero(levels >= reference + threshold_db)
+    margin = round(margin_s * rate)
+    start = max(0, int(loud[0]) * frame - margin)
+    end = min(n, (int(loud[-1]) + 1) * frame + margin)
+    return start, end
+
+
+def trim_silence(
+    samples: np.ndarray, rate: int, threshold_db: float = -40.0, margin_s: float = 0.0
+) -> np.ndarray:
+    """The clip cut to `trim_bounds`; empty for a clip with no energy at all (nothing to measure)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    frame = max(1, round(FRAME_S * rate))
+    levels = frame_power_db(samples, frame)
+    if levels.size == 0 or levels.max() <= SILENCE_DB:
+        return samples[:0]
+    start, end = trim_bounds_from_levels(levels, samples.size, frame, rate, threshold_db, margin_s)
+    return samples[start:end]
+
+
+# --------------------------------------------------------------------------- WAV
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono 16-bit PCM WAV file bytes (values clipped to [-1, 1], scaled by 32767 and rounded)."""
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(int(sample_rate))
+        handle.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write mono 16-bit PCM WAV (`wav_bytes`).
+
+    Not through soundfile: libsndfile fsyncs every file it closes, which costs more than all the
+    signal processing of a clip on a busy disk; callers that need durability rename atomically.
+    """
+    Path(path).write_bytes(wav_bytes(samples, sample_rate))
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    """(frames, channels) float32 -> mono float32 (the channel mean)."""
+    return np.ascontiguousarray(data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32))
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -91,7 +195,23 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1), rate
+    return _mono(data), int(rate)
+
+
+def decode_wav_bytes(data: bytes | None, where: str) -> tuple[np.ndarray, int]:
+    """Decode WAV/FLAC bytes (e.g. a dataset row's embedded audio) to mono float32 and its rate.
+
+    Raises AudioError naming `where` for missing or undecodable bytes.
+    """
+    import soundfile as sf
+
+    if not data:
+        raise AudioError(f"{where}: no audio bytes")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{where}: cannot decode the audio: {exc}") from None
+    return _mono(samples), int(rate)
 
 
 def encode_webm_opus(
@@ -169,8 +289,7 @@ def _read_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndarray, 
         return None
     if not data.size:
         raise AudioError(f"{path}: contains no audio samples")
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono), int(rate)
+    return _mono(data), int(rate)
 
 
 def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:

@@ -1,4 +1,4 @@
-"""Pure signal functions for the preprocess stage: loudness, trimming, limiting, quality measures.
+"""Pure signal functions for the preprocess stage: loudness, limiting, quality measures.
 
 Everything here takes a mono float32 NumPy array and its sample rate and returns numbers or a
 new array: no files, no config, so tests can check each step on synthetic signals.
@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from .audio import FRAME_S, frame_power_db
+
 #: BS.1770 gating: 400 ms blocks, 75 % overlap, -70 LUFS absolute and -10 LU relative gates.
 BLOCK_S = 0.400
 OVERLAP = 0.75
@@ -25,10 +27,6 @@ RELATIVE_GATE_LU = -10.0
 #: Samples at or above this magnitude (about -0.09 dBFS) count as clipped. Not exactly 1.0:
 #: lossy codecs (Opus, MP3) ring around a clipped waveform, so the flat top decodes to ~±1 %.
 CLIP_LEVEL = 0.99
-#: Power floor (-100 dB) so digital silence gives finite frame levels.
-POWER_FLOOR = 1e-10
-#: Frame length for trimming and the SNR estimate.
-FRAME_S = 0.010
 #: Look-ahead / release of the peak limiter.
 LIMITER_WINDOW_S = 0.010
 
@@ -51,50 +49,6 @@ def clipping_ratio(samples: np.ndarray, level: float = CLIP_LEVEL) -> float:
         return 0.0
     clipped = np.count_nonzero(samples >= level) + np.count_nonzero(samples <= -level)  # no |x| copy
     return float(clipped) / samples.size
-
-
-def frame_power_db(samples: np.ndarray, frame: int) -> np.ndarray:
-    """Mean power of consecutive non-overlapping frames in dB (a last partial frame included)."""
-    n = samples.size
-    full = n // frame
-    x = np.asarray(samples, dtype=np.float32)
-    power = np.einsum(
-        "ij,ij->i", x[: full * frame].reshape(full, frame), x[: full * frame].reshape(full, frame)
-    )
-    power = power.astype(np.float64) / frame
-    if full * frame != n:  # the last frame's mean over its real samples only
-        tail = x[full * frame :].astype(np.float64)
-        power = np.append(power, float(np.dot(tail, tail)) / tail.size)
-    return 10.0 * np.log10(np.maximum(power, POWER_FLOOR))
-
-
-def trim_bounds(samples: np.ndarray, rate: int, threshold_db: float, margin_s: float) -> tuple[int, int]:
-    """(start, end) sample indices of the clip without leading/trailing silence.
-
-    Energy based: 10 ms frames quieter than (reference + `threshold_db`) are silence, where the
-    reference is the 95th percentile of frame levels (the loud speech frames; a single click
-    or pop cannot move it). A margin of `margin_s` is kept on both sides so word onsets and
-    decays are not cut. Relative, so it works for quiet and loud recordings alike.
-    A clip with no energy at all is returned whole (it is rejected as silent later).
-    """
-    frame = max(1, round(FRAME_S * rate))
-    return trim_bounds_from_levels(
-        frame_power_db(samples, frame), samples.size, frame, rate, threshold_db, margin_s
-    )
-
-
-def trim_bounds_from_levels(
-    levels: np.ndarray, n: int, frame: int, rate: int, threshold_db: float, margin_s: float
-) -> tuple[int, int]:
-    """`trim_bounds` on precomputed frame levels (shared with the SNR estimate)."""
-    if levels.size == 0 or levels.max() <= 10.0 * math.log10(POWER_FLOOR):
-        return 0, n
-    reference = float(np.percentile(levels, 95.0))
-    loud = np.flatnonzero(levels >= reference + threshold_db)
-    margin = round(margin_s * rate)
-    start = max(0, int(loud[0]) * frame - margin)
-    end = min(n, (int(loud[-1]) + 1) * frame + margin)
-    return start, end
 
 
 def estimate_snr_db(samples: np.ndarray, rate: int) -> float:

@@ -119,8 +119,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         help="logging verbosity (default: INFO)",
     )
     if commands is None or "new-language" in commands:
-        from . import newlanguage
-
+        newlanguage = _import_stage("newlanguage")  # a command module: loaded for its command only
         newlanguage.add_arguments(new)
 
     config_parser = sub.add_parser("config", help="inspect the effective configuration")
@@ -214,8 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _command(argv)
     if command is None or {"-h", "--help"} & set(argv):  # help: nothing else to import
         build_parser(commands=() if command is None else (command,)).parse_args(argv)
-    from .config import ConfigError, format_config, freeze_stage_settings, load_config
-    from .fsutil import forcing
+    # Loaded after --help has answered: the config schema (yaml, dataclasses) is the one
+    # package import `--help` must not pay for (issue 18: under 0.3 s).
+    from .config import ConfigError, load_config
 
     if command in STAGES and not {"-h", "--help"} & set(argv):
         # Load the configuration before importing the stage module: a configuration error
@@ -230,10 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "new-language":
-        from . import newlanguage
-
         try:
-            return newlanguage.run(args)
+            return _import_stage("newlanguage").run(args)
         except PipelineError as exc:
             print(f"tts-pipeline new-language: error: {exc}", file=sys.stderr)
             return 1
@@ -243,14 +241,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tts-pipeline: configuration error: {exc}{_experiment_hint()}", file=sys.stderr)
         return 2
     if args.command == "config":
-        if args.config_command == "show":
-            print(format_config(cfg))
-        elif args.config_command == "freeze":
-            for path in freeze_stage_settings(cfg, args.output_dir):
-                log.info("wrote %s", path)
-        else:
-            print(f"{cfg.config_path}: OK (language '{cfg.code}')")
-        return 0
+        return _config_command(cfg, args)
+    return _run_command(cfg, args)
+
+
+def _config_command(cfg: Config, args: argparse.Namespace) -> int:
+    """`tts-pipeline config show|check|freeze`."""
+    from .config import format_config, freeze_stage_settings
+
+    if args.config_command == "show":
+        print(format_config(cfg))
+    elif args.config_command == "freeze":
+        for path in freeze_stage_settings(cfg, args.output_dir):
+            log.info("wrote %s", path)
+    else:
+        print(f"{cfg.config_path}: OK (language '{cfg.code}')")
+    return 0
+
+
+def _run_command(cfg: Config, args: argparse.Namespace) -> int:
+    """Run a command (and its follow-ups); every user-fixable failure becomes one line and an exit code."""
+    from .config import ConfigError
+    from .fsutil import forcing
+
     try:
         with forcing(bool(getattr(args, "force", False)) and args.command in WRITES_OUTPUT):
             result = run_with_follow_ups(cfg, args)

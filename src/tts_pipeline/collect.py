@@ -21,7 +21,6 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +29,11 @@ from . import codex
 from .audio import is_lfs_pointer
 from .codex import CellPlan, CodexError, TextSource
 from .config import Config
+from .downloads import DownloadCache, run_parallel
 from .errors import PipelineError
 from .fsutil import atomic_directory, claim_output_dir, sha256_file, write_json
-from .gitlab_source import (
-    GitLabSource,
-    LfsPointer,
-    git_blob_sha1_file,
-    parse_lfs_pointer,
-    redact_url,
-    remove_stale_parts,
-)
+from .gitlab_source import GitLabSource, connect_gitlab
+from .lfs import LfsPointer, parse_lfs_pointer, redact_url
 from .metadata import write_metadata
 
 log = logging.getLogger(__name__)
@@ -266,96 +260,6 @@ def _local_lfs_object(project_dir: Path, pointer_path: Path) -> tuple[Path, LfsP
 # --------------------------------------------------------------------------- GitLab source + cache
 
 
-class DownloadCache:
-    """Content-addressed, verified download cache: git blobs by git id, LFS objects by sha256."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def blob_path(self, blob_id: str) -> Path:
-        return self.root / "blobs" / blob_id[:2] / blob_id
-
-    def lfs_path(self, oid: str) -> Path:
-        return self.root / "lfs" / oid[:2] / oid
-
-    def has_blob(self, blob_id: str) -> bool:
-        path = self.blob_path(blob_id)
-        if not path.is_file():
-            return False
-        if git_blob_sha1_file(path) == blob_id:
-            return True
-        log.warning("%s: cached file is corrupt; downloading it again", path)
-        path.unlink()
-        return False
-
-    def has_lfs(self, pointer: LfsPointer) -> bool:
-        path = self.lfs_path(pointer.oid)
-        if not path.is_file():
-            return False
-        if path.stat().st_size == pointer.size and sha256_file(path) == pointer.oid:
-            return True
-        log.warning("%s: cached file is corrupt; downloading it again", path)
-        path.unlink()
-        return False
-
-    def clean(self) -> None:
-        removed = remove_stale_parts(self.root)
-        if removed:
-            log.info("removed %d partial download(s) of an interrupted run", removed)
-
-
-def _parallel(jobs: list[tuple[str, Callable[[], None]]], workers: int, desc: str) -> None:
-    """Run download jobs on `workers` threads with a progress bar.
-
-    A job that still fails after its retries does not stop the others: everything that can be
-    downloaded lands in the cache, then the run stops with the failures, and a re-run fetches
-    only those. Ctrl-C stops at once; finished downloads stay in the cache.
-    """
-    if not jobs:
-        return
-    from tqdm import tqdm
-
-    failures: list[tuple[str, BaseException]] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="collect")
-    try:
-        futures = {pool.submit(job): name for name, job in jobs}
-        with tqdm(total=len(futures), desc=desc, unit="file", disable=None) as bar:
-            for future in as_completed(futures):
-                bar.update(1)
-                exc = future.exception()
-                if exc is not None:
-                    failures.append((futures[future], exc))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    if failures:
-        failures.sort(key=lambda f: f[0])
-        first = failures[0][1]
-        if len(failures) == len(jobs) or not isinstance(first, PipelineError):
-            raise first
-        raise PipelineError(
-            f"{len(failures)} of {len(jobs)} downloads failed (the others are kept in the cache; "
-            f"re-run to fetch the rest). First: {first}"
-        ) from first
-
-
-def gitlab_connect(cfg: Config) -> GitLabSource:
-    src, col = cfg.source, cfg.collect
-    token = src.token()
-    if not token:
-        log.warning("environment variable %s is not set: trying GitLab without a token", src.token_env)
-    return GitLabSource(
-        src.url or "",
-        src.project or "",
-        src.ref,
-        token,
-        token_env=src.token_env,
-        timeout_s=col.timeout_s,
-        max_retries=col.max_retries,
-        backoff_s=col.retry_backoff_s,
-        workers=col.download_workers,
-    ).connect()
-
-
 def gitlab_collect_plan(
     source: GitLabSource,
     cache: DownloadCache,
@@ -398,7 +302,34 @@ def _fetch_blobs(
             stats.downloaded(size)
 
         jobs.append((entry.path, job))
-    _parallel(jobs, workers, f"download {desc}")
+    run_parallel(jobs, workers, f"download {desc}")
+
+
+def _fetch_lfs_objects(
+    source: GitLabSource, cache: DownloadCache, pointers: list[LfsPointer], workers: int, stats: Stats
+) -> dict[str, str]:
+    """Download the LFS objects the cache lacks (in parallel); oid -> why one is unavailable."""
+    missing = [p for p in pointers if not cache.has_lfs(p)]
+    for _ in range(len(pointers) - len(missing)):
+        stats.reused()
+    if not missing:
+        return {}
+    errors: dict[str, str] = {}
+    actions = source.lfs.batch("download", missing)
+    jobs: list[tuple[str, Callable[[], None]]] = []
+    for pointer in sorted(missing, key=lambda p: p.oid):
+        action = actions[pointer.oid]
+        if action.href is None:
+            errors[pointer.oid] = action.error or "not available"
+            continue
+
+        def job(action: Any = action) -> None:
+            size = source.lfs.download(action, cache.lfs_path(action.oid))
+            stats.downloaded(size)
+
+        jobs.append((pointer.oid, job))
+    run_parallel(jobs, workers, "download LFS objects")
+    return errors
 
 
 def locate_gitlab(
@@ -437,26 +368,7 @@ def locate_gitlab(
         if pointer is not None:
             pointers[pointer.oid] = pointer
 
-    missing = [p for p in pointers.values() if not cache.has_lfs(p)]
-    for _ in range(len(pointers) - len(missing)):
-        stats.reused()
-    errors: dict[str, str] = {}
-    if missing:
-        actions = source.lfs_batch(missing)
-        jobs: list[tuple[str, Callable[[], None]]] = []
-        for pointer in sorted(missing, key=lambda p: p.oid):
-            action = actions[pointer.oid]
-            if action.href is None:
-                errors[pointer.oid] = action.error or "not available"
-                continue
-
-            def job(action: Any = action) -> None:
-                size = source.download_lfs(action, cache.lfs_path(action.oid))
-                stats.downloaded(size)
-
-            jobs.append((pointer.oid, job))
-        _parallel(jobs, workers, "download LFS objects")
-
+    errors = _fetch_lfs_objects(source, cache, list(pointers.values()), workers, stats)
     located: list[Located] = []
     for item, entry, pointer in item_pointer:
         if pointer is None:
@@ -598,7 +510,7 @@ def collect(cfg: Config, output_dir: str | Path) -> CollectResult:
         check_output_dir(output_dir)
         cache = DownloadCache(Path(cfg.paths.cache) / "collect")
         cache.clean()
-        source = gitlab_connect(cfg)
+        source = connect_gitlab(cfg)
         plan, tree = gitlab_collect_plan(
             source, cache, text_source, workers, stats, cfg.collect.require_validated_audio
         )
@@ -679,5 +591,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    collect(cfg, Path(args.output_dir or cfg.paths.raw_dataset))
+    collect(cfg, cfg.flag_or_path(args, "output_dir", "raw_dataset"))
     return 0

@@ -190,6 +190,8 @@ class TrainingSection:
     eval_samples: int = _range(0, 100, default=3)
     mlflow: bool = True
     cpu_threads: int | None = _range(1, 1024, default=None)
+    #: processes (GPUs) one training runs on, through `accelerate launch` (null = every visible GPU, 1 on CPU)
+    num_processes: int | None = _range(1, 1024, default=None)
 
 
 @dataclass
@@ -274,6 +276,16 @@ class Config:
     def path(self, name: str) -> Path:
         """A per-language path from the `paths` section."""
         return Path(getattr(self.paths, name))
+
+    def flag_or_path(self, args: Any, flag: str, name: str, *, under: str | None = None) -> Path:
+        """The command-line flag `--<flag>` when given, else `paths.<name>` (joined with `under`).
+
+        The one rule every stage's `run()` follows for where to read and write.
+        """
+        value = getattr(args, flag, None)
+        if value:
+            return Path(value)
+        return self.path(name) / under if under else self.path(name)
 
     @property
     def corrections_path(self) -> Path:
@@ -372,15 +384,38 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {value!r}")
     if origin is Literal:
-        allowed = typing.get_args(tp)
-        if isinstance(value, bool):
-            # YAML 1.1 reads an unquoted `no`/`off` as false (and DVC's `-S` rewrites drop quotes):
-            # take it as the word when the setting allows that word.
-            words = ("yes", "on", "true") if value else ("no", "off", "false")
-            value = next((w for w in words if w in allowed), value)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return _coerce_word(value, typing.get_args(tp), where)
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, where)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _check_finite(value, where)
+        return dict(value)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        _check_finite(value, where)
+        return list(value)
+    if tp is Any:
         return value
+    raise ConfigError(f"{where}: unsupported setting type {tp}")  # pragma: no cover
+
+
+def _coerce_word(value: Any, allowed: tuple[Any, ...], where: str) -> Any:
+    """A `Literal[...]` setting: one of the allowed words."""
+    if isinstance(value, bool):
+        # YAML 1.1 reads an unquoted `no`/`off` as false (and DVC's `-S` rewrites drop quotes):
+        # take it as the word when the setting allows that word.
+        words = ("yes", "on", "true") if value else ("no", "off", "false")
+        value = next((w for w in words if w in allowed), value)
+    if value not in allowed:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    return value
+
+
+def _coerce_scalar(value: Any, tp: type, where: str) -> Any:
+    """A bool, int, float or str setting (an integral float is an int; a numeric string a float)."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -410,18 +445,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return str(value)
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        _check_finite(value, where)
-        return dict(value)
-    if origin is list or tp is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        _check_finite(value, where)
-        return list(value)
-    if tp is Any:
         return value
     raise ConfigError(f"{where}: unsupported setting type {tp}")  # pragma: no cover
 
@@ -613,6 +636,12 @@ def _check(cfg: Config) -> None:
     pp = cfg.preprocess
     if pp.min_duration_s > pp.max_duration_s:
         raise ConfigError(f"{where}: preprocess.min_duration_s > preprocess.max_duration_s")
+    periods = cfg.training.discriminator_periods
+    if not periods or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in periods):
+        raise ConfigError(
+            f"{cfg.origins.get('training.discriminator_periods', where)}: "
+            "training.discriminator_periods must be a list of positive integers"
+        )
 
 
 def load_config(config_path: str | Path, params_path: str | Path | None = None) -> Config:

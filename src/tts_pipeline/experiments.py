@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .dvc_state import find_dvc_root
 from .errors import PipelineError
 
 #: (metrics file under metrics/<code>/, key, short name, True when higher is better)
@@ -181,8 +182,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from .run import find_dvc_root
-
     root = find_dvc_root(Path.cwd())
     rows = load_rows(root, cfg.code, args.all_commits)
     ranked = rank(rows, args.sort_by)

@@ -11,6 +11,7 @@ import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .errors import PipelineError
 from .fsutil import atomic_write_text
 
 FIRST_COLUMNS = ("file_name", "transcription")
@@ -116,3 +117,12 @@ def format_metadata(rows: list[dict[str, object]], columns: list[str] | None = N
 def write_metadata(path: str | Path, rows: list[dict[str, object]], columns: list[str] | None = None) -> None:
     """Write rows atomically with file_name,transcription first; `None` becomes an empty cell."""
     atomic_write_text(path, format_metadata(rows, columns))
+
+
+def read_synthesized(output_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of a synthesized/metadata.csv (for write-back and the web demo)."""
+    path = Path(output_dir) / "metadata.csv"
+    try:
+        return read_metadata(path)
+    except MetadataError as exc:
+        raise PipelineError(f"{exc}; run `tts-pipeline synthesize` first") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 
 from .config import ConfigError, load_config
 from .errors import PipelineError
+from .gitlab_source import GitLabSource
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +121,6 @@ def check_local_source(path: Path) -> int:
 
 def check_gitlab_source(url: str, project: str, ref: str | None, token_env: str) -> str:
     """Open the project (and resolve the ref) with the token from `token_env`; the commit id."""
-    import os
-
-    from .gitlab_source import GitLabSource
-
     token = os.environ.get(token_env) or None
     if token is None:
         log.warning("environment variable %s is not set: checking GitLab without a token", token_env)

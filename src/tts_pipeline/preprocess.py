@@ -29,6 +29,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import math
@@ -42,9 +43,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from . import audio_quality as aq
-from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer
+from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer, write_wav
+from .clip_processing import (
+    ClipMeasures,
+    Filters,
+    ProcessParams,
+    Rejection,
+    check_declared_length,
+    check_filters,
+    process_audio,
+)
 from .config import Config
 from .errors import PipelineError
 from .fsutil import (
@@ -57,6 +68,7 @@ from .fsutil import (
     write_json,
 )
 from .metadata import FIRST_COLUMNS, MetadataError, clip_base_dir, iter_metadata
+from .process_pool import default_workers, make_pool, ordered_imap
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +76,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 #: Modules whose code decides what a clip becomes: their source is part of the cache key, so a
 #: code change (which makes DVC re-run the stage) never reuses a result of the old code.
-CODE_MODULES = ("preprocess", "audio_quality", "audio")
-#: A mean above this (-60 dBFS) is a DC offset and is removed; below it the output stays as
-#: it was (speech itself averages ~1e-5), so fixing offsets did not change every clean clip.
-DC_OFFSET_MIN = 1e-3
+CODE_MODULES = ("preprocess", "clip_processing", "audio_quality", "audio")
 #: Decoding stops (clip rejected as too_long) past this length, so a stray hour-long file
 #: cannot take gigabytes of memory in a worker. Part of the cache key.
 MAX_DECODE_S = 600.0
@@ -105,80 +114,6 @@ REASONS = (
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class ProcessParams:
-    """Every setting that changes a clip's WAV or measures (all of it goes into the cache key)."""
-
-    sample_rate: int = 16000
-    target_lufs: float = -20.0
-    peak_ceiling_db: float = -1.0
-    trim_silence: bool = True
-    trim_threshold_db: float = -40.0
-    trim_margin_s: float = 0.1
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> ProcessParams:
-        a = cfg.audio
-        return cls(
-            sample_rate=a.sample_rate,
-            target_lufs=a.target_db,
-            peak_ceiling_db=a.peak_ceiling_db,
-            trim_silence=a.trim_silence,
-            trim_threshold_db=a.trim_threshold_db,
-            trim_margin_s=a.trim_margin_s,
-        )
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Accept/reject thresholds, applied to (cached) measures on every run; None = off."""
-
-    min_duration_s: float = 0.3
-    max_duration_s: float = 20.0
-    max_clipping_ratio: float = 0.001
-    min_snr_db: float | None = 5.0
-    min_chars_per_second: float | None = 2.0
-    max_chars_per_second: float | None = 30.0
-    min_loudness_lufs: float = -60.0
-    speech_rate_outlier_sigmas: float | None = 4.0
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> Filters:
-        p = cfg.preprocess
-        return cls(
-            min_duration_s=p.min_duration_s,
-            max_duration_s=p.max_duration_s,
-            max_clipping_ratio=p.max_clipping_ratio,
-            min_snr_db=p.min_snr_db,
-            min_chars_per_second=p.min_chars_per_second,
-            max_chars_per_second=p.max_chars_per_second,
-            min_loudness_lufs=p.min_loudness_db,
-            speech_rate_outlier_sigmas=p.speech_rate_outlier_sigmas,
-        )
-
-
-@dataclass
-class ClipMeasures:
-    """What one clip measured; `duration_s` is the output (trimmed) length."""
-
-    duration_s: float
-    trimmed_s: float
-    peak_db: float
-    loudness_before_lufs: float
-    clipping_ratio: float
-    snr_db: float
-    input_duration_s: float
-    input_sample_rate: int
-    gain_db: float
-    limited: bool
-
-
-@dataclass
-class Rejection:
-    reason: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -264,130 +199,12 @@ class PreprocessSummary:
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- one clip
-
-
-def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """High-quality resampling (soxr 'HQ', librosa's default)."""
-    if rate == target:
-        return samples
-    import soxr
-
-    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
-
-
-def process_audio(
-    samples: np.ndarray, rate: int, params: ProcessParams
-) -> tuple[np.ndarray | None, ClipMeasures]:
-    """Measure, resample, trim and loudness-normalise one decoded clip.
-
-    Peak and clipping are measured at the input rate (resampling would smear them); SNR and
-    loudness on the 16 kHz signal the dataset will contain. Returns (None, measures) for a clip
-    with no measurable loudness (silent): there is nothing to normalise.
-    """
-    sr = params.sample_rate
-    peak = aq.peak_db(samples)
-    clipping = aq.clipping_ratio(samples)
-    x = resample(samples, rate, sr)
-    # A DC offset (cheap microphones, some sound cards) is inaudible to K-weighted loudness but
-    # not to the peak limiter or the frame levels: left in, the gain pushes it into the ceiling
-    # and the limiter squashes the speech, and trimming/SNR read the offset as constant noise.
-    dc = float(np.mean(x, dtype=np.float64)) if x.size else 0.0
-    if abs(dc) > DC_OFFSET_MIN:
-        x = (x - np.float32(dc)).astype(np.float32, copy=False)
-    frame = max(1, round(aq.FRAME_S * sr))
-    levels = aq.frame_power_db(x, frame)  # 10 ms frame levels, for both SNR and trimming
-    snr = aq.snr_from_levels(levels)
-    full_length = x.size
-    start, end = (0, full_length)
-    if params.trim_silence:
-        start, end = aq.trim_bounds_from_levels(
-            levels, full_length, frame, sr, params.trim_threshold_db, params.trim_margin_s
-        )
-    x = x[start:end]
-    loudness = aq.integrated_loudness(x, sr)
-    measures = ClipMeasures(
-        duration_s=x.size / sr,
-        trimmed_s=(full_length - x.size) / sr,
-        peak_db=peak,
-        loudness_before_lufs=loudness,
-        clipping_ratio=clipping,
-        snr_db=snr,
-        input_duration_s=samples.size / rate,
-        input_sample_rate=rate,
-        gain_db=0.0,
-        limited=False,
-    )
-    if not math.isfinite(loudness):
-        return None, measures
-    out, gain_db, limited = aq.normalize_loudness(x, sr, loudness, params.target_lufs, params.peak_ceiling_db)
-    measures.gain_db = gain_db
-    measures.limited = limited
-    return out, measures
-
-
-def check_filters(measures: ClipMeasures, transcription: str, filters: Filters) -> Rejection | None:
-    """The first filter a clip fails, with the numbers in the detail; None when it passes."""
-    m = measures
-    if not math.isfinite(m.loudness_before_lufs) or m.loudness_before_lufs < filters.min_loudness_lufs:
-        return Rejection(
-            "silent", f"loudness {m.loudness_before_lufs:.1f} LUFS < {filters.min_loudness_lufs:g}"
-        )
-    if m.duration_s < filters.min_duration_s:
-        return Rejection("too_short", f"{m.duration_s:.2f} s after trimming < {filters.min_duration_s:g} s")
-    if m.duration_s > filters.max_duration_s:
-        return Rejection("too_long", f"{m.duration_s:.2f} s after trimming > {filters.max_duration_s:g} s")
-    if m.clipping_ratio > filters.max_clipping_ratio:
-        return Rejection(
-            "clipped", f"{m.clipping_ratio:.4%} of samples at full scale > {filters.max_clipping_ratio:.4%}"
-        )
-    if filters.min_snr_db is not None and m.snr_db < filters.min_snr_db:
-        return Rejection("low_snr", f"estimated SNR {m.snr_db:.1f} dB < {filters.min_snr_db:g} dB")
-    chars = aq.count_speech_chars(transcription)
-    if chars == 0:
-        return Rejection("empty_transcription", "no letters or digits in the transcription")
-    rate = chars / m.duration_s
-    if filters.min_chars_per_second is not None and rate < filters.min_chars_per_second:
-        return Rejection(
-            "speech_rate_low",
-            f"{rate:.1f} chars/s < {filters.min_chars_per_second:g} (transcript shorter than the audio?)",
-        )
-    if filters.max_chars_per_second is not None and rate > filters.max_chars_per_second:
-        return Rejection(
-            "speech_rate_high",
-            f"{rate:.1f} chars/s > {filters.max_chars_per_second:g} (transcript longer than the audio?)",
-        )
-    return None
-
-
-#: A clip that decodes to less than this fraction of the length collect recorded for it (the
-#: recording app's `duration_s`), and TRUNCATED_MIN_S shorter, was cut short by an interrupted
-#: upload or download: FFmpeg decodes what is there without an error. The app's timer is not
-#: sample-exact, hence the margins.
-TRUNCATED_RATIO = 0.8
-TRUNCATED_MIN_S = 0.5
-
-
-def check_declared_length(measures: ClipMeasures, declared: str | None) -> Rejection | None:
-    """A `truncated` rejection when the decoded input is far shorter than the metadata's
-    `duration_s` (raw metadata only: an empty or absent column checks nothing)."""
-    try:
-        expected = float(declared or "")
-    except ValueError:
-        return None
-    got = measures.input_duration_s
-    if not math.isfinite(expected) or got >= expected * TRUNCATED_RATIO or expected - got <= TRUNCATED_MIN_S:
-        return None
-    return Rejection(
-        "truncated", f"decodes to {got:.1f} s of the {expected:.1f} s recorded: cut short? fetch it again"
-    )
+# --------------------------------------------------------------------------- one clip (cache and files)
 
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """Hash of the processing code and the decoder/resampler versions that shape the output."""
-    import importlib
-
     import av
     import soxr
 
@@ -435,28 +252,11 @@ def _write_cache(
     if audio is not None:
         tmp = wav_path.with_name(f".{wav_path.name}.{os.getpid()}.part")
         try:
-            write_pcm16_wav(tmp, audio, rate)
+            write_wav(tmp, audio, rate)
             os.replace(tmp, wav_path)
         finally:
             tmp.unlink(missing_ok=True)
     atomic_write_text(entry_path, json.dumps(entry, sort_keys=True))
-
-
-def write_pcm16_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    """Mono 16-bit PCM WAV with the standard library.
-
-    Why not soundfile: libsndfile fsyncs every file it closes, which costs more than all the
-    signal processing of a clip on a busy disk; the cache entry is made durable enough by
-    the rename, and a lost entry is simply recomputed.
-    """
-    import wave
-
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -674,13 +474,6 @@ def _count_rows(metadata_path: Path) -> int:
     return sum(1 for _ in iter_metadata(metadata_path))
 
 
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 #: What a preprocessed folder of an earlier version (before the output marker) always holds.
 PREPROCESS_LEGACY = ("metadata.csv", "rejected.csv", "audio")
 
@@ -701,12 +494,52 @@ def preprocess_corpus(
     `file_name` paths are relative to `input_dir` (default: the metadata file's folder).
     Never writes into the input; cached clips are not decoded again.
     """
-    from tqdm import tqdm
-
     started = time.perf_counter()
     input_metadata = Path(input_metadata)
     base_dir = Path(input_dir) if input_dir is not None else input_metadata.parent
     output_dir = Path(output_dir)
+    total = _check_input_and_output(input_metadata, base_dir, output_dir)
+    columns = output_columns(_read_header(input_metadata))
+    workers = max(1, min(workers or default_workers(), max(total, 1)))
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "preprocess: %d clips from %s -> %s (%d worker%s, cache %s)",
+        total, input_metadata, output_dir, workers, "s" if workers > 1 else "", cache_dir,
+    )  # fmt: skip
+    summary = PreprocessSummary(output_dir=str(output_dir))
+    with (
+        atomic_directory(output_dir, "preprocess", PREPROCESS_LEGACY) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        audio_dir = tmp / "audio"
+        audio_dir.mkdir()
+        ctx = Context(audio_dir, cache_dir, params, filters, code=code_fingerprint())
+        meta_handle = stack.enter_context(open(tmp / "metadata.csv", "w", newline="", encoding="utf-8"))
+        rej_handle = stack.enter_context(open(tmp / "rejected.csv", "w", newline="", encoding="utf-8"))
+        meta = csv.DictWriter(meta_handle, fieldnames=columns, lineterminator="\n")
+        rejected = csv.DictWriter(
+            rej_handle, fieldnames=["file_name", "reason", "detail"], lineterminator="\n"
+        )
+        meta.writeheader()
+        rejected.writeheader()
+        outcomes = _run_clips(stack, ctx, _tasks(input_metadata, base_dir), workers)
+        bar = tqdm(total=total, unit="clip", desc="preprocess", disable=not progress or None)
+        rates, raw_names = _write_outcomes(outcomes, columns, meta, rejected, summary, bar)
+        bar.close()
+        meta_handle.close()
+        _reject_rate_outliers(tmp, columns, rejected, rates, raw_names, filters, summary)
+    summary.elapsed_s = time.perf_counter() - started
+    if metrics_file is not None:
+        write_json(metrics_file, summary.to_metrics())
+    return summary
+
+
+def _check_input_and_output(input_metadata: Path, base_dir: Path, output_dir: Path) -> int:
+    """Refuse an output inside or overlapping the input, claim the output, validate every row.
+
+    Returns the number of rows. Runs before any work, so a bad call loses nothing.
+    """
     resolved_out, resolved_in = output_dir.resolve(), base_dir.resolve()
     if resolved_out == resolved_in or resolved_out.is_relative_to(resolved_in):
         raise PipelineError(f"{output_dir}: output must not be inside the input folder {base_dir}")
@@ -717,121 +550,72 @@ def preprocess_corpus(
     if not input_metadata.is_file():
         raise PipelineError(f"{input_metadata}: metadata file not found (run `tts-pipeline collect` first)")
     try:
-        total = _count_rows(input_metadata)
+        return _count_rows(input_metadata)
     except MetadataError as exc:
         raise PipelineError(str(exc)) from None
-    columns = output_columns(_read_header(input_metadata))
-    workers = max(1, min(workers or default_workers(), max(total, 1)))
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-
-    log.info(
-        "preprocess: %d clips from %s -> %s (%d worker%s, cache %s)",
-        total,
-        input_metadata,
-        output_dir,
-        workers,
-        "s" if workers > 1 else "",
-        cache_dir,
-    )
-    summary = PreprocessSummary(output_dir=str(output_dir))
-    with atomic_directory(output_dir, "preprocess", PREPROCESS_LEGACY) as tmp:
-        audio_dir = tmp / "audio"
-        audio_dir.mkdir()
-        ctx = Context(audio_dir, cache_dir, params, filters, code=code_fingerprint())
-        worker = functools.partial(process_clip, ctx)
-        with contextlib.ExitStack() as stack:
-            meta_handle = stack.enter_context(open(tmp / "metadata.csv", "w", newline="", encoding="utf-8"))
-            rej_handle = stack.enter_context(open(tmp / "rejected.csv", "w", newline="", encoding="utf-8"))
-            meta = csv.DictWriter(meta_handle, fieldnames=columns, lineterminator="\n")
-            rejected = csv.DictWriter(
-                rej_handle, fieldnames=["file_name", "reason", "detail"], lineterminator="\n"
-            )
-            meta.writeheader()
-            rejected.writeheader()
-            tasks = _tasks(input_metadata, base_dir)
-            if workers > 1:  # start the workers before tqdm starts its monitor thread
-                _warm_up(params)
-                pool = stack.enter_context(_pool(workers))
-                outcomes: Iterator[ClipOutcome] = _ordered_imap(pool, worker, tasks, window=workers * 8)
-            else:
-                outcomes = map(worker, tasks)
-            bar = tqdm(total=total, unit="clip", desc="preprocess", disable=not progress or None)
-            rates: list[float] = []  # kept clips' chars/s, for the corpus-relative outlier bound
-            raw_names: dict[str, str] = {}  # output file_name -> raw file_name
-            for outcome in outcomes:
-                summary.add(outcome)
-                if outcome.rejection is None:
-                    assert outcome.row is not None
-                    meta.writerow({c: outcome.row.get(c, "") for c in columns})
-                    rates.append(float(outcome.row["chars_per_second"]))
-                    raw_names[outcome.row["file_name"]] = outcome.file_name
-                else:
-                    rejected.writerow(
-                        {
-                            "file_name": outcome.file_name,
-                            "reason": outcome.rejection.reason,
-                            "detail": outcome.rejection.detail,
-                        }
-                    )
-                    log.debug(
-                        "rejected %s: %s (%s)", outcome.file_name, *dataclasses.astuple(outcome.rejection)
-                    )
-                bar.update(1)
-            bar.close()
-            meta_handle.close()
-            sigmas = filters.speech_rate_outlier_sigmas
-            bounds = speech_rate_bounds(rates, sigmas) if sigmas is not None else None
-            if bounds is not None and not all(bounds[0] <= r <= bounds[1] for r in rates):
-                for duration, trimmed in _drop_rate_outliers(tmp, columns, rejected, bounds, raw_names):
-                    summary.kept -= 1
-                    summary.seconds_kept -= duration
-                    summary.seconds_trimmed -= trimmed
-                    summary.rejected["speech_rate_outlier"] += 1
-    summary.elapsed_s = time.perf_counter() - started
-    if metrics_file is not None:
-        write_json(metrics_file, summary.to_metrics())
-    return summary
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Pool worker set-up: leave Ctrl-C to the main process, and die with it.
+def _run_clips(
+    stack: contextlib.ExitStack, ctx: Context, tasks: Iterator[ClipTask], workers: int
+) -> Iterator[ClipOutcome]:
+    """The clips' outcomes in input order: in a process pool (closed with `stack`) or in this process."""
+    worker = functools.partial(process_clip, ctx)
+    if workers <= 1:
+        return map(worker, tasks)
+    _warm_up(ctx.params)  # start the workers before tqdm starts its monitor thread
+    pool = stack.enter_context(make_pool(workers))
+    return ordered_imap(pool, worker, tasks, window=workers * 8)
 
-    Ctrl-C: the main process stops the pool and keeps the old output. A `kill -9` of the main
-    process gives it no chance to stop its workers; without this they would run on for minutes.
+
+def _write_outcomes(
+    outcomes: Iterator[ClipOutcome],
+    columns: list[str],
+    meta: csv.DictWriter,
+    rejected: csv.DictWriter,
+    summary: PreprocessSummary,
+    bar: Any,
+) -> tuple[list[float], dict[str, str]]:
+    """Write each kept clip's row to metadata.csv and each rejection to rejected.csv.
+
+    Returns the kept clips' chars/s (for the corpus-relative outlier bound) and
+    output file_name -> raw file_name.
     """
-    import signal
+    rates: list[float] = []
+    raw_names: dict[str, str] = {}
+    for outcome in outcomes:
+        summary.add(outcome)
+        if outcome.rejection is None:
+            assert outcome.row is not None
+            meta.writerow({c: outcome.row.get(c, "") for c in columns})
+            rates.append(float(outcome.row["chars_per_second"]))
+            raw_names[outcome.row["file_name"]] = outcome.file_name
+        else:
+            reason, detail = outcome.rejection.reason, outcome.rejection.detail
+            rejected.writerow({"file_name": outcome.file_name, "reason": reason, "detail": detail})
+            log.debug("rejected %s: %s (%s)", outcome.file_name, reason, detail)
+        bar.update(1)
+    return rates, raw_names
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent_pid)
 
-
-def die_with_parent(parent_pid: int) -> None:
-    """End this process when `parent_pid` ends, however it ends (SIGKILL included).
-
-    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Elsewhere
-    a daemon thread polls the parent id once a second.
-    """
-    import signal
-    import sys
-    import threading
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
-            if os.getppid() != parent_pid:  # the parent died before the prctl took effect
-                os._exit(1)
-            return
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+def _reject_rate_outliers(
+    folder: Path,
+    columns: list[str],
+    rejected: csv.DictWriter,
+    rates: list[float],
+    raw_names: dict[str, str],
+    filters: Filters,
+    summary: PreprocessSummary,
+) -> None:
+    """The second pass: drop the kept clips whose speech rate is an outlier for this corpus."""
+    sigmas = filters.speech_rate_outlier_sigmas
+    bounds = speech_rate_bounds(rates, sigmas) if sigmas is not None else None
+    if bounds is None or all(bounds[0] <= r <= bounds[1] for r in rates):
+        return
+    for duration, trimmed in _drop_rate_outliers(folder, columns, rejected, bounds, raw_names):
+        summary.kept -= 1
+        summary.seconds_kept -= duration
+        summary.seconds_trimmed -= trimmed
+        summary.rejected["speech_rate_outlier"] += 1
 
 
 def _warm_up(params: ProcessParams) -> None:
@@ -843,38 +627,6 @@ def _warm_up(params: ProcessParams) -> None:
     import soxr  # noqa: F401
 
     aq._k_weighting_sos(params.sample_rate)
-
-
-def _pool(workers: int) -> Any:
-    """A process pool whose broken worker (killed for memory, say) fails the run loudly
-    (BrokenProcessPool) instead of hanging like multiprocessing.Pool would."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
-
-
-def _ordered_imap(pool: Any, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
-    """Like Pool.imap: results in input order, at most `window` tasks in flight, so the rows
-    are read lazily and memory stays flat however long the metadata file is."""
-    from collections import deque
-    from concurrent.futures.process import BrokenProcessPool
-
-    pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    except BrokenProcessPool:
-        raise PipelineError(
-            "a preprocess worker process died (killed for memory?); the previous output is kept. "
-            "Re-run with fewer workers (preprocess.workers / --workers): finished clips are cached"
-        ) from None
-    finally:
-        for future in pending:
-            future.cancel()
 
 
 # --------------------------------------------------------------------------- CLI

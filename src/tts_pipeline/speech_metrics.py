@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from . import audio_quality as aq
+from .audio import trim_silence
+from .config import AudioSection, EvaluationSection
 
 #: 10 / ln(10) * sqrt(2): the constant of the mel-cepstral distortion in dB.
 MCD_CONSTANT = 10.0 / math.log(10.0) * math.sqrt(2.0)
@@ -34,17 +36,6 @@ class CepstrumSettings:
     n_mels: int = 80
     window_s: float = 0.025
     hop_s: float = 0.010
-
-
-def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Polyphase resampling (exact for integer rate ratios such as 48k -> 16k)."""
-    samples = np.asarray(samples, dtype=np.float32)
-    if orig_sr == target_sr or samples.size == 0:
-        return samples
-    from scipy.signal import resample_poly
-
-    g = math.gcd(int(orig_sr), int(target_sr))
-    return resample_poly(samples, int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
 
 
 def mel_cepstrum(
@@ -106,24 +97,14 @@ def peak_db(samples: np.ndarray) -> float:
     return aq.peak_db(np.asarray(samples))
 
 
-def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0) -> np.ndarray:
-    """Drop leading/trailing frames quieter than (peak + threshold_db); keeps the middle intact."""
-    samples = np.asarray(samples, dtype=np.float32)
-    frame = max(1, int(0.02 * sample_rate))
-    n = samples.size // frame
-    if n == 0:
-        return samples
-    rms = np.sqrt(np.mean(np.square(samples[: n * frame].reshape(n, frame), dtype=np.float64), axis=1))
-    peak = float(rms.max())
-    if peak <= 0:
-        return samples[:0]
-    loud = np.flatnonzero(rms >= peak * 10 ** (threshold_db / 20.0))
-    return samples[loud[0] * frame : (loud[-1] + 1) * frame]
-
-
-def speech_duration_s(samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0) -> float:
-    """Seconds between the first and last non-silent 20 ms frame."""
-    return trim_silence(samples, sample_rate, threshold_db).size / float(sample_rate)
+def speech_duration_s(
+    samples: np.ndarray,
+    sample_rate: int,
+    threshold_db: float = AudioSection.trim_threshold_db,
+    margin_s: float = 0.0,
+) -> float:
+    """Seconds of `samples` left after `trim_silence`."""
+    return trim_silence(samples, sample_rate, threshold_db, margin_s).size / float(sample_rate)
 
 
 def is_silent(samples: np.ndarray, threshold_db: float = -50.0) -> bool:
@@ -170,11 +151,16 @@ class SampleMetrics:
 
 @dataclass
 class MetricThresholds:
-    """When an output counts as silent or clipped."""
+    """When an output counts as silent or clipped, and how speech is trimmed before it is measured.
 
-    silence_threshold_db: float = -50.0
-    max_clipping_ratio: float = 0.001
-    trim_threshold_db: float = -40.0
+    Defaults are the config's (`evaluation.*`, `audio.trim_*`): durations are measured on speech
+    cut the way preprocess cut the real clips.
+    """
+
+    silence_threshold_db: float = EvaluationSection.silence_threshold_db
+    max_clipping_ratio: float = EvaluationSection.max_clipping_ratio
+    trim_threshold_db: float = AudioSection.trim_threshold_db
+    trim_margin_s: float = AudioSection.trim_margin_s
 
 
 def measure_sample(
@@ -190,17 +176,15 @@ def measure_sample(
     silent = is_silent(synth, thresholds.silence_threshold_db)
     ratio = clipping_ratio(synth)
     clipped = ratio > thresholds.max_clipping_ratio
-    real_dur = speech_duration_s(real, sample_rate, thresholds.trim_threshold_db)
-    synth_dur = 0.0 if silent else speech_duration_s(synth, sample_rate, thresholds.trim_threshold_db)
+    trim = (thresholds.trim_threshold_db, thresholds.trim_margin_s)
+    real_speech = trim_silence(real, sample_rate, *trim)
+    synth_speech = synth[:0] if silent else trim_silence(synth, sample_rate, *trim)
+    real_dur = real_speech.size / float(sample_rate)
+    synth_dur = synth_speech.size / float(sample_rate)
     mcd = None
     duration_ratio = None
     if not silent:
-        mcd = mcd_dtw(
-            trim_silence(real, sample_rate, thresholds.trim_threshold_db),
-            trim_silence(synth, sample_rate, thresholds.trim_threshold_db),
-            sample_rate,
-            settings,
-        )
+        mcd = mcd_dtw(real_speech, synth_speech, sample_rate, settings)
         if real_dur > 0:
             duration_ratio = synth_dur / real_dur
     similarity = None

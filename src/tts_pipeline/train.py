@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fsutil, modeling, plots
-from .config import Config, stage_settings
+from . import fsutil, launch, modeling, plots
+from .config import Config, TrainingSection, stage_settings
 from .errors import PipelineError
+from .tracking import Tracker, git_revision, run_name
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_ACROSS = {
     "num_epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
     "eval_max_clips", "eval_samples", "num_workers", "max_nonfinite_steps", "mlflow", "cpu_threads",
+    "num_processes",
 }  # fmt: skip
 CURVE_COLUMNS = [
     "step", "epoch", "lr", "loss_gen", "loss_disc", "mel_l1", "kl", "duration", "adversarial",
@@ -81,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue from the latest checkpoint (error if none)")  # fmt: skip
     group.add_argument("--no-resume", dest="resume", action="store_false",
                        help="start over (removes existing checkpoints)")  # fmt: skip
+    launch.add_arguments(parser)
 
 
 #: What a model folder of an earlier version (before the output marker) always holds.
@@ -89,13 +92,18 @@ MODEL_LEGACY = ("training_info.json",)
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     paths = TrainPaths(
-        dataset=Path(args.dataset_path or cfg.paths.hf_dataset),
-        output_dir=Path(args.output_dir or cfg.paths.model),
-        checkpoint_dir=Path(args.checkpoint_dir or cfg.paths.checkpoints),
-        metrics_file=Path(args.metrics_file or Path(cfg.paths.metrics) / "train.json"),
+        dataset=cfg.flag_or_path(args, "dataset_path", "hf_dataset"),
+        output_dir=cfg.flag_or_path(args, "output_dir", "model"),
+        checkpoint_dir=cfg.flag_or_path(args, "checkpoint_dir", "checkpoints"),
+        metrics_file=cfg.flag_or_path(args, "metrics_file", "metrics", under="train.json"),
     )
     fsutil.claim_output_dir(paths.output_dir, "train", MODEL_LEGACY)  # before hours of training, not after
+    launched = launch.relaunch_if_needed(cfg, args)  # several processes: `accelerate launch` runs this again
+    if launched is not None:
+        return launched
     result = train(cfg, paths, resume=args.resume)
+    if not launch.is_main_worker():
+        return 0
     val = result.metrics.get("val_loss")
     print(
         f"trained {result.steps} steps ({result.epochs} epochs)"
@@ -288,23 +296,166 @@ def timing_metrics(state) -> dict[str, float]:
 # --------------------------------------------------------------------------- the stage
 
 
-def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=None) -> TrainResult:
-    """Load data and model, train (resuming when appropriate), save model, metrics and plots."""
-    from accelerate.utils import set_seed
+def make_device(s: TrainingSection) -> Any:
+    """The accelerator for `training.mixed_precision` (CPU threads capped by `training.cpu_threads`)."""
+    from .vits.trainer import make_accelerator
 
-    from .tracking import Tracker, git_revision, run_name
-    from .vits.data import dataset_speakers, load_dataset_dict, prepare_split
-    from .vits.trainer import Trainer, make_accelerator
-
-    s = cfg.training
-    if not s.discriminator_periods or any(not isinstance(p, int) or p < 1 for p in s.discriminator_periods):
-        raise PipelineError(f"{cfg.origins.get('training.discriminator_periods', cfg.params_path)}: "
-                            "training.discriminator_periods must be a list of positive integers")  # fmt: skip
     accelerator = make_accelerator(s.mixed_precision)
     if accelerator.device.type == "cpu" and s.cpu_threads:
         import torch
 
         torch.set_num_threads(s.cpu_threads)
+    return accelerator
+
+
+@dataclass
+class Splits:
+    """The dataset's splits, tokenized and cut to the model's frames, with what was dropped."""
+
+    train: list[Any]
+    train_report: Any
+    validation: list[Any]
+    validation_report: Any
+
+
+def prepare_splits(
+    s: TrainingSection, dataset_path: Path, data: Any, tokenizer: Any, model: Any, num_speakers: int
+) -> Splits:
+    """Tokenize and frame the train split (and up to the evaluation clips of the validation split)."""
+    from .vits.data import prepare_split
+
+    common = {
+        "sampling_rate": int(model.config.sampling_rate),
+        "hop_length": int(math.prod(model.config.upsample_rates)),
+        "max_audio_s": s.max_audio_s,
+        "num_speakers": num_speakers,
+    }
+    train_examples, train_report = prepare_split(
+        data["train"], tokenizer, where=f"{dataset_path}[train]", **common
+    )
+    if not train_examples:
+        raise PipelineError(f"{dataset_path}: no usable training clips (see the warnings above)")
+    if "validation" not in data or not len(data["validation"]):
+        log.warning("%s: no validation split; 'best' checkpoints fall back to the latest", dataset_path)
+        return Splits(train_examples, train_report, [], None)
+    val_examples, val_report = prepare_split(
+        data["validation"], tokenizer, where=f"{dataset_path}[validation]",
+        limit=max(s.eval_max_clips, s.eval_samples), **common,
+    )  # fmt: skip
+    return Splits(train_examples, train_report, val_examples, val_report)
+
+
+def resume_trainer(
+    trainer: Any, accelerator: Any, checkpoint_dir: Path, config_hash: str, resume: bool | None
+) -> int | None:
+    """Load the checkpoint to continue from, if any; the step it was at.
+
+    The main process decides (and may remove stale checkpoints) before the others look.
+    """
+    if accelerator.is_main_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(checkpoint_dir)
+        checkpoint = choose_resume(checkpoint_dir, config_hash, resume)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        checkpoint = choose_resume(checkpoint_dir, config_hash, resume)
+    if checkpoint is None:
+        return None
+    trainer.load_checkpoint(checkpoint)
+    log.info("resuming from %s (step %d, epoch %d)", checkpoint, trainer.state.step, trainer.state.epoch)
+    return int(trainer.state.step)
+
+
+def batch_scale(cfg: Config, trainer: Any) -> dict[str, Any]:
+    """Effective batch (batch x accumulation x processes) and the learning-rate rule, for logs and info."""
+    return launch.scale_summary(trainer.state.batch_size, cfg.training.gradient_accumulation_steps,
+                                trainer.accelerator.num_processes)  # fmt: skip
+
+
+def fit_tracked(cfg: Config, trainer: Any, tracker: Any) -> Any:
+    """Train under an MLflow run (resumed with the checkpoint); the run ends FAILED if training does."""
+    s = cfg.training
+    run_id = tracker.start(
+        experiment=f"tts-pipeline-{cfg.code}",
+        run_name=run_name("train", cfg.code, stage_settings(cfg, "train")),
+        params={
+            **cfg.to_dict(),
+            "effective": {"batch_size": trainer.state.batch_size, **batch_scale(cfg, trainer), **trainer.summary},
+        },
+        tags={"language": cfg.code, "base_model": str(s.base_model)},
+        resume_run_id=trainer.state.mlflow_run_id,
+    )
+    trainer.state.mlflow_run_id = run_id or trainer.state.mlflow_run_id
+    status = "FAILED"
+    try:
+        state = trainer.fit()
+        status = "FINISHED"
+    finally:
+        if status != "FINISHED":
+            tracker.end(status)
+    return state
+
+
+def training_info(
+    cfg: Config, trainer: Any, accelerator: Any, splits: Splits, config_hash: str,
+    fingerprints: dict[str, str], num_speakers: int, sampling_rate: int, metrics: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """training_info.json, inside the model directory (a DVC output): only what the inputs,
+    settings and code determine. Timings, run ids, the git revision and paths go to MLflow."""
+    state, s = trainer.state, cfg.training
+    return {
+        "base_model": s.base_model,
+        "discriminator": trainer.discriminator_source,
+        "steps": state.step,
+        "epochs": state.epoch,
+        "config_hash": config_hash,
+        "dataset_fingerprints": fingerprints,
+        "train_split": splits.train_report.to_dict(),
+        "validation_split": splits.validation_report.to_dict() if splits.validation_report else None,
+        "speakers": num_speakers,
+        "batch_size": state.batch_size,
+        "gradient_accumulation_steps": s.gradient_accumulation_steps,
+        **batch_scale(cfg, trainer),
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+        "sampling_rate": sampling_rate,
+        "metrics": {k: v for k, v in metrics.items() if k not in VOLATILE_METRICS},
+        **trainer.summary,
+    }
+
+
+def save_outputs(
+    cfg: Config, paths: TrainPaths, trainer: Any, tracker: Any, info: dict[str, Any],
+    run_info: dict[str, Any], metrics: dict[str, Any],
+) -> None:  # fmt: skip
+    """The model folder (atomically), metrics, curve and plot; the same to MLflow; then end its run."""
+    state = trainer.state
+    with fsutil.atomic_directory(paths.output_dir, "train", MODEL_LEGACY) as tmp:
+        trainer.save_model(tmp, extra_info=info)
+        (tmp / "README.md").write_text(model_card(cfg.code, info), encoding="utf-8")
+    fsutil.write_json(paths.metrics_file, metrics)
+    write_curve(paths.curve_file, state.history)
+    plots.write_training_curves(paths.curve_file.with_suffix(".png"), state.history, f"Training: {cfg.code}")
+    final = {**metrics, **timing_metrics(state)}
+    tracker.log_metrics(
+        {f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))}, state.step
+    )
+    tracker.log_dict(info, "training_info.json")
+    tracker.log_dict(run_info, "training_run.json")
+    # next to the model directory, not inside it: evaluate finds the MLflow run here
+    fsutil.write_json(paths.output_dir.parent / RUN_INFO_FILE, run_info)
+    tracker.end("FINISHED")
+
+
+def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=None) -> TrainResult:
+    """Load data and model, train (resuming when appropriate), save model, metrics and plots."""
+    from accelerate.utils import set_seed
+
+    from .vits.data import dataset_speakers, load_dataset_dict
+    from .vits.trainer import Trainer
+
+    s = cfg.training
+    accelerator = make_device(s)
     data = load_dataset_dict(paths.dataset)
     speakers = dataset_speakers(paths.dataset, data)
     fingerprints = {name: str(getattr(split, "_fingerprint", "")) for name, split in data.items()}
@@ -313,81 +464,24 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
     with tempfile.TemporaryDirectory(prefix="tts-train-") as workdir:
         set_seed(s.seed)
         model, tokenizer = build_generator(cfg, paths.dataset, len(speakers), Path(workdir))
-        rate = int(model.config.sampling_rate)
-        hop = int(math.prod(model.config.upsample_rates))
-        common = {
-            "sampling_rate": rate,
-            "hop_length": hop,
-            "max_audio_s": s.max_audio_s,
-            "num_speakers": len(speakers),
-        }
-        train_examples, train_report = prepare_split(
-            data["train"], tokenizer, where=f"{paths.dataset}[train]", **common
-        )
-        if not train_examples:
-            raise PipelineError(f"{paths.dataset}: no usable training clips (see the warnings above)")
-        val_examples, val_report = [], None
-        if "validation" in data and len(data["validation"]):
-            val_examples, val_report = prepare_split(
-                data["validation"], tokenizer, where=f"{paths.dataset}[validation]",
-                limit=max(s.eval_max_clips, s.eval_samples), **common,
-            )  # fmt: skip
-        else:
-            log.warning("%s: no validation split; 'best' checkpoints fall back to the latest", paths.dataset)
-
+        splits = prepare_splits(s, paths.dataset, data, tokenizer, model, len(speakers))
         set_seed(s.seed)
         tracker = (
             tracker if tracker is not None else Tracker(enabled=s.mlflow and accelerator.is_main_process)
         )
-        trainer = Trainer(s, model, tokenizer, speakers, train_examples, val_examples, paths.checkpoint_dir,
+        trainer = Trainer(s, model, tokenizer, speakers, splits.train, splits.validation, paths.checkpoint_dir,
                           config_hash=config_hash, tracker=tracker, accelerator=accelerator)  # fmt: skip
-        resumed_from = None
-        # the main process decides (and may remove stale checkpoints) before the others look
-        if accelerator.is_main_process:
-            paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            remove_partial_checkpoints(paths.checkpoint_dir)
-            checkpoint = choose_resume(paths.checkpoint_dir, config_hash, resume)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            checkpoint = choose_resume(paths.checkpoint_dir, config_hash, resume)
-        if checkpoint is not None:
-            trainer.load_checkpoint(checkpoint)
-            resumed_from = trainer.state.step
-            log.info(
-                "resuming from %s (step %d, epoch %d)", checkpoint, trainer.state.step, trainer.state.epoch
-            )
-        log.info("training %s: %d train / %d validation clips, %d speaker(s), batch %d x %d accumulation, "
-                 "%d steps (%d per epoch), device %s, precision %s, generator %.2f M / discriminator %.2f M params",
-                 s.base_model or "a scratch model", len(train_examples), len(val_examples), len(speakers),
-                 trainer.state.batch_size, s.gradient_accumulation_steps, trainer.total_steps(),
-                 trainer.steps_per_epoch(), accelerator.device, accelerator.mixed_precision,
-                 trainer.summary["generator_parameters"] / 1e6,
-                 trainer.summary["discriminator_parameters"] / 1e6)  # fmt: skip
-
-        run_id = tracker.start(
-            experiment=f"tts-pipeline-{cfg.code}",
-            run_name=run_name("train", cfg.code, stage_settings(cfg, "train")),
-            params={
-                **cfg.to_dict(),
-                "effective": {"batch_size": trainer.state.batch_size, **trainer.summary},
-            },
-            tags={"language": cfg.code, "base_model": str(s.base_model)},
-            resume_run_id=trainer.state.mlflow_run_id,
-        )
-        trainer.state.mlflow_run_id = run_id or trainer.state.mlflow_run_id
-        status = "FAILED"
+        resumed_from = resume_trainer(trainer, accelerator, paths.checkpoint_dir, config_hash, resume)
+        log_plan(s, trainer, accelerator, splits, len(speakers))
         started = time.time()
-        try:
-            state = trainer.fit()
-            status = "FINISHED"
-        finally:
-            if status != "FINISHED":
-                tracker.end(status)
+        state = fit_tracked(cfg, trainer, tracker)
         accelerator.wait_for_everyone()
 
         metrics = final_metrics(state, trainer.steps_per_epoch())
-        # training_info.json is inside the model directory (a DVC output): only what the inputs,
-        # settings and code determine. Timings, run ids, the git revision and paths go to MLflow.
+        rate = int(model.config.sampling_rate)
+        info = training_info(
+            cfg, trainer, accelerator, splits, config_hash, fingerprints, len(speakers), rate, metrics
+        )
         run_info = {
             "resumed_from": resumed_from,
             "dataset": str(paths.dataset),
@@ -397,42 +491,23 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
             "train_hours": metrics.get("train_hours"),
             "steps_per_s": metrics.get("steps_per_s"),
         }
-        info = {
-            "base_model": s.base_model,
-            "discriminator": trainer.discriminator_source,
-            "steps": state.step,
-            "epochs": state.epoch,
-            "config_hash": config_hash,
-            "dataset_fingerprints": fingerprints,
-            "train_split": train_report.to_dict(),
-            "validation_split": val_report.to_dict() if val_report else None,
-            "speakers": len(speakers),
-            "batch_size": state.batch_size,
-            "gradient_accumulation_steps": s.gradient_accumulation_steps,
-            "mixed_precision": accelerator.mixed_precision,
-            "device": str(accelerator.device),
-            "sampling_rate": rate,
-            "metrics": {k: v for k, v in metrics.items() if k not in VOLATILE_METRICS},
-            **trainer.summary,
-        }
         if accelerator.is_main_process:
-            with fsutil.atomic_directory(paths.output_dir, "train", MODEL_LEGACY) as tmp:
-                trainer.save_model(tmp, extra_info=info)
-                (tmp / "README.md").write_text(model_card(cfg.code, info), encoding="utf-8")
-            fsutil.write_json(paths.metrics_file, metrics)
-            write_curve(paths.curve_file, state.history)
-            plots.write_training_curves(
-                paths.curve_file.with_suffix(".png"), state.history, f"Training: {cfg.code}"
-            )
-            final = {**metrics, **timing_metrics(state)}
-            tracker.log_metrics(
-                {f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))}, state.step
-            )
-            tracker.log_dict(info, "training_info.json")
-            tracker.log_dict(run_info, "training_run.json")
-            # next to the model directory, not inside it: evaluate finds the MLflow run here
-            fsutil.write_json(paths.output_dir.parent / RUN_INFO_FILE, run_info)
-            tracker.end("FINISHED")
+            save_outputs(cfg, paths, trainer, tracker, info, run_info, metrics)
     log.info("model saved to %s", paths.output_dir)
     return TrainResult(steps=state.step, epochs=state.epoch, model_dir=paths.output_dir, metrics=metrics,
                        resumed_from=resumed_from, info={**info, **run_info})  # fmt: skip
+
+
+def log_plan(s: TrainingSection, trainer: Any, accelerator: Any, splits: Splits, num_speakers: int) -> None:
+    """What is about to be trained, on what, and how (and the effective batch)."""
+    scale = launch.scale_summary(trainer.state.batch_size, s.gradient_accumulation_steps, accelerator.num_processes)
+    log.info("effective batch %d clips per optimiser step (batch %d x %d accumulation x %d processes); "
+             "learning-rate scaling: %s", scale["effective_batch_size"], trainer.state.batch_size,
+             s.gradient_accumulation_steps, accelerator.num_processes, scale["learning_rate_scaling"])  # fmt: skip
+    log.info("training %s: %d train / %d validation clips, %d speaker(s), batch %d x %d accumulation, "
+             "%d steps (%d per epoch), device %s, precision %s, generator %.2f M / discriminator %.2f M params",
+             s.base_model or "a scratch model", len(splits.train), len(splits.validation), num_speakers,
+             trainer.state.batch_size, s.gradient_accumulation_steps, trainer.total_steps(),
+             trainer.steps_per_epoch(), accelerator.device, accelerator.mixed_precision,
+             trainer.summary["generator_parameters"] / 1e6,
+             trainer.summary["discriminator_parameters"] / 1e6)  # fmt: skip

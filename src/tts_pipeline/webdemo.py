@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import logging
 import threading
@@ -34,13 +33,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+import numpy as np
+
+from . import approvals, modeling
+from .audio import wav_bytes
 from .errors import PipelineError
 from .localserver import PageHandler, bind_server, serve_until_interrupted
+from .metadata import MetadataError, read_metadata
+from .pages import render
+from .text import tokenizer_view
+from .verses import missing_verses, source_documents
+from .voice import NONFINITE_AUDIO, model_revision, resolve_model_dir, text_chunks, text_normalizer
+from .voice import render as render_speech
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import Config
-    from .modeling import LoadedVoice
-    from .synthesize import SynthesisSettings
+    from .config import Config, SynthesisSection
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +62,8 @@ CONTENT_TYPES = {".webm": "audio/webm", ".wav": "audio/wav", ".ogg": "audio/ogg"
 class DemoApp:
     """What the handler needs: the voice, how to prepare text, and the synthesized takes."""
 
-    voice: LoadedVoice
-    settings: SynthesisSettings
+    voice: modeling.LoadedVoice
+    settings: SynthesisSection
     normalize: Callable[[str], str]
     revision: str = ""
     synthesized_dir: Path | None = None
@@ -73,8 +80,6 @@ class DemoApp:
 
     def verses(self) -> list[dict[str, str]]:
         """Rows of synthesized/metadata.csv whose audio exists (empty when nothing was voiced yet)."""
-        from .metadata import MetadataError, read_metadata
-
         if self.synthesized_dir is None:
             return []
         try:
@@ -89,9 +94,6 @@ class DemoApp:
         Same steps as synthesis (split, normalise, then the tokenizer's own preparation), so
         the page can warn before anything is voiced.
         """
-        from .synthesize import text_chunks
-        from .text import tokenizer_view
-
         raw = " ".join(text.split())
         kept, dropped, romanised = [], [], []
         for chunk in text_chunks(text, self.settings.max_chars, self.normalize):
@@ -117,11 +119,6 @@ class DemoApp:
         noise: float | None = None,
     ) -> bytes:
         """WAV bytes of `text` (split and normalised exactly as `synthesize` does)."""
-        import numpy as np
-        import soundfile as sf
-
-        from .synthesize import NONFINITE_AUDIO, render, text_chunks
-
         chunks = text_chunks(text, self.settings.max_chars, self.normalize)
         if not chunks:
             raise ValueError("the text is empty after normalisation")
@@ -135,7 +132,7 @@ class DemoApp:
             if noise is not None and default_noise is not None:
                 model.noise_scale = noise
             try:
-                samples = render(self.voice, chunks, speaker_id, settings)
+                samples = render_speech(self.voice, chunks, speaker_id, settings)
             finally:
                 if default_noise is not None:
                     model.noise_scale = default_noise
@@ -143,19 +140,13 @@ class DemoApp:
             raise ValueError("no character of the text is in the model's vocabulary")
         if not np.isfinite(samples).all():  # written as WAV it would be full-scale noise
             raise ValueError(NONFINITE_AUDIO)
-        buffer = io.BytesIO()
-        sf.write(buffer, samples.clip(-1.0, 1.0), self.voice.sampling_rate, subtype="PCM_16", format="WAV")
-        return buffer.getvalue()
+        return wav_bytes(samples, self.voice.sampling_rate)
 
     def verdicts(self) -> dict[str, dict[str, str]]:
-        from . import approvals
-
         return approvals.load(self.approvals_file) if self.approvals_file else {}
 
     def approve(self, verse_id: Any, model_revision: Any, verdict: Any) -> dict[str, Any]:
         """Record a reviewer's verdict on a synthesized take listed in metadata.csv."""
-        from . import approvals
-
         if self.approvals_file is None:
             raise ValueError("no synthesized folder: approvals are kept beside it")
         if not any(
@@ -174,9 +165,6 @@ class DemoApp:
 
 def render_page(app: DemoApp) -> str:
     """The HTML page (template `demo.html.j2`, no external resources)."""
-    from . import approvals
-    from .pages import render
-
     verdicts = app.verdicts()
     verses = [
         dict(r, verdict=verdicts.get(approvals.row_key(r), {}).get("verdict", "")) for r in app.verses()
@@ -334,16 +322,12 @@ def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 7860) -> Thre
 def build_app(
     model_dir: str | Path,
     synthesized_dir: str | Path | None,
-    settings: SynthesisSettings,
+    settings: SynthesisSection,
     normalize: Callable[[str], str],
     examples: list[dict[str, str]] | None = None,
 ) -> DemoApp:
-    from .approvals import approvals_path
-    from .modeling import load_voice
-    from .synthesize import model_revision
-
     revision = model_revision(model_dir)
-    voice = load_voice(model_dir)
+    voice = modeling.load_voice(model_dir)
     folder = Path(synthesized_dir) if synthesized_dir else None
     return DemoApp(
         voice,
@@ -352,14 +336,12 @@ def build_app(
         revision,
         folder,
         examples=list(examples or []),
-        approvals_file=approvals_path(folder) if folder else None,
+        approvals_file=approvals.approvals_path(folder) if folder else None,
     )
 
 
 def unrecorded_examples(cfg: Config, limit: int = MAX_EXAMPLES) -> list[dict[str, str]]:
     """The first verses of the project nobody recorded: the sentences the voice is for."""
-    from .synthesize import missing_verses, source_documents
-
     try:
         verses, _ = missing_verses(source_documents(cfg))
     except PipelineError as exc:
@@ -383,8 +365,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from .synthesize import SynthesisSettings, resolve_model_dir, text_normalizer
-
     model_dir = resolve_model_dir(
         args.model_dir or cfg.paths.model,
         args.checkpoint_dir or cfg.paths.checkpoints,
@@ -393,7 +373,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     app = build_app(
         model_dir,
         args.synthesized_dir or cfg.paths.synthesized,
-        SynthesisSettings.from_config(cfg.synthesis),
+        cfg.synthesis,
         text_normalizer(cfg.dataset),
         unrecorded_examples(cfg),
     )

@@ -29,286 +29,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import codex
 from .errors import PipelineError
 from .fsutil import atomic_write_bytes, atomic_write_text
+from .gitlab_source import GitLabSource, connect_gitlab
+from .lfs import lfs_upload, make_lfs_pointer_file  # noqa: F401 - lfs_upload: write-back's upload client
+from .metadata import read_synthesized
+from .writeback_plan import Change, SyntheticTake, WriteBackReport, plan_takes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
-    from .gitlab_source import GitLabSource
-    from .synthesize import VerseToVoice
 
 log = logging.getLogger(__name__)
-
-GENERATOR = "tts-pipeline"
-MIME_TYPES = {"webm": "audio/webm", "wav": "audio/wav"}
-LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass
-class SyntheticTake:
-    """A synthesized verse to attach to its cell (audio_path None: planned only, dry run)."""
-
-    document: str  # .codex stem, e.g. "MRK"
-    cell_id: str
-    verse_id: str
-    text: str
-    model_revision: str
-    speaker: str
-    format: str = "webm"
-    duration_s: float | None = None
-    audio_path: Path | None = None
-
-    @classmethod
-    def planned(cls, verse: VerseToVoice, revision: str, speaker: str, fmt: str) -> SyntheticTake:
-        return cls(verse.document, verse.cell_id, verse.verse_id, verse.text, revision, speaker, fmt)
-
-    @classmethod
-    def from_row(cls, row: dict[str, str], synthesized_dir: Path) -> SyntheticTake:
-        """From a row of synthesized/metadata.csv."""
-        path = synthesized_dir / row["file_name"]
-        return cls(
-            document=row["document"],
-            cell_id=row["cell_id"],
-            verse_id=row["verse_id"],
-            text=row["transcription"],
-            model_revision=row["model_revision"],
-            speaker=row.get("speaker", ""),
-            format=path.suffix.lstrip(".") or "webm",
-            duration_s=float(row["duration_s"]) if row.get("duration_s") else None,
-            audio_path=path,
-        )
-
-
-@dataclass
-class Change:
-    """One new attachment: which cell, the new audioId, and whether it becomes the selected take."""
-
-    take: SyntheticTake
-    audio_id: str
-    files_path: str  # .project/attachments/files/<BOOK>/<id>.<ext> (the attachment url)
-    pointer_path: str  # .project/attachments/pointers/<BOOK>/<id>.<ext> (tracked by git LFS)
-    select: bool
-
-
-@dataclass
-class WriteBackReport:
-    changes: list[Change] = field(default_factory=list)
-    skipped: list[tuple[SyntheticTake, str]] = field(default_factory=list)
-    documents: list[str] = field(default_factory=list)  # .codex paths changed (or that would be)
-    branch: str | None = None
-    merge_request: str | None = None
-
-    def summary(self, dry_run: bool) -> str:
-        verb = "would add" if dry_run else "added"
-        lines = [f"write-back: {verb} {len(self.changes)} synthetic take(s), skipped {len(self.skipped)}"]
-        for change in self.changes:
-            sel = ", selected" if change.select else ""
-            lines.append(f"  {verb} {change.take.verse_id} ({change.take.document}): {change.audio_id}{sel}")
-        for take, reason in self.skipped:
-            lines.append(f"  skipped {take.verse_id} ({take.document}): {reason}")
-        if self.branch:
-            lines.append(
-                f"  branch {self.branch}"
-                + (f", merge request {self.merge_request}" if self.merge_request else "")
-            )
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- planning (pure)
-
-
-def _is_ours(attachment: Any) -> bool:
-    meta = attachment.get("metadata") if isinstance(attachment, dict) else None
-    return isinstance(meta, dict) and meta.get("synthetic") is True and meta.get("generator") == GENERATOR
-
-
-def _transcription(attachment: dict[str, Any]) -> str:
-    value = attachment.get("transcription")
-    content = value.get("content") if isinstance(value, dict) else value
-    return codex.clean_text(content)
-
-
-def new_audio_id(take: SyntheticTake, now_ms: int, taken: set[str]) -> str:
-    """`audio-<ms>-tts<hash>`: the app's id shape (audio-<ms>-<suffix>), unique in the cell."""
-    digest = hashlib.sha256(f"{take.document}/{take.cell_id}/{take.model_revision}".encode()).hexdigest()
-    ms = now_ms
-    while (audio_id := f"audio-{ms}-tts{digest[:8]}") in taken:
-        ms += 1
-    return audio_id
-
-
-def plan_document(
-    doc: dict[str, Any],
-    takes: list[SyntheticTake],
-    now_ms: int,
-    language: str | None = None,
-) -> tuple[list[Change], list[tuple[SyntheticTake, str]]]:
-    """Add `takes` to the cells of the parsed document `doc` (modified in place).
-
-    Returns the changes made and the takes skipped with the reason. The caller decides
-    whether to write the result (so a dry run is this function and a print).
-    """
-    changes: list[Change] = []
-    skipped: list[tuple[SyntheticTake, str]] = []
-    cells = doc.get("cells") if isinstance(doc, dict) else None
-    if not isinstance(cells, list):
-        return changes, [(t, "not a Codex document") for t in takes]
-    by_id: dict[str, list[int]] = {}
-    for index, raw in enumerate(cells):
-        meta = raw.get("metadata") if isinstance(raw, dict) else None
-        if isinstance(meta, dict) and meta.get("id") is not None:
-            by_id.setdefault(str(meta["id"]).strip(), []).append(index)
-    added: set[str] = set()  # audio ids given in this document (file names must not collide)
-    for take in takes:
-        indices = by_id.get(take.cell_id, [])
-        if not indices:
-            skipped.append((take, "cell not found (deleted since synthesis?)"))
-            continue
-        # a duplicated cell id (copy-paste in the app): the cell whose text the take voices
-        index = next((i for i in indices if codex.clean_text(cells[i].get("value")) == take.text), indices[0])
-        raw = cells[index]
-        cell = codex.parse_cell(raw, take.document, index)
-        if cell.skip_reason is not None:
-            skipped.append((take, f"cell is no longer voiceable ({cell.skip_reason})"))
-            continue
-        if codex.usable_take(cell) is not None:
-            skipped.append((take, "recorded since synthesis: a usable recording exists"))
-            continue
-        if cell.text != take.text:
-            skipped.append((take, "cell text changed since synthesis; re-run synthesize"))
-            continue
-        meta = raw["metadata"]
-        attachments = meta.get("attachments")
-        if attachments is None:
-            attachments = {}
-        elif not isinstance(attachments, dict):  # never replace what we do not understand
-            skipped.append((take, "cell attachments are not a mapping; left alone"))
-            continue
-        duplicate = next(
-            (
-                aid
-                for aid, att in attachments.items()
-                if _is_ours(att)
-                and att["metadata"].get("modelRevision") == take.model_revision
-                and att["metadata"].get("speaker", take.speaker) == take.speaker
-                and _transcription(att) == take.text
-            ),
-            None,
-        )
-        if duplicate is not None:
-            state = " (deleted by a user)" if attachments[duplicate].get("isDeleted") else ""
-            skipped.append((take, f"already has this synthetic take: {duplicate}{state}"))
-            continue
-        audio_id = new_audio_id(take, now_ms, set(attachments) | added)
-        added.add(audio_id)
-        ext = take.format
-        files_path = f"{codex.ATTACHMENT_FILES_DIR}/{take.document}/{audio_id}.{ext}"
-        pointer_path = f"{codex.ATTACHMENT_POINTERS_DIR}/{take.document}/{audio_id}.{ext}"
-        attachment: dict[str, Any] = {
-            "url": files_path,
-            "type": "audio",
-            "createdAt": now_ms,
-            "updatedAt": now_ms,
-            "isDeleted": False,
-            "isMissing": False,
-            "metadata": {
-                "mimeType": MIME_TYPES.get(ext, f"audio/{ext}"),
-                "sampleRate": 48000 if ext == "webm" else _wav_rate(take.audio_path),
-                "channels": 1,
-                "durationSec": take.duration_s,
-                "synthetic": True,
-                "generator": GENERATOR,
-                "modelRevision": take.model_revision,
-                "speaker": take.speaker,
-            },
-            "transcription": {"content": take.text, **({"language": language} if language else {})},
-        }
-        attachments[audio_id] = attachment
-        meta["attachments"] = attachments
-        select = not meta.get("selectedAudioId")
-        if select:
-            meta["selectedAudioId"] = audio_id
-        changes.append(Change(take, audio_id, files_path, pointer_path, select))
-    return changes, skipped
-
-
-def _wav_rate(path: Path | None) -> int | None:
-    if path is None or not path.is_file():
-        return None
-    import soundfile as sf
-
-    return int(sf.info(str(path)).samplerate)
-
-
-def dump_like(original: str, doc: Any) -> str:
-    """Serialise `doc` the way `original` was written (indent, trailing newline).
-
-    The app writes `JSON.stringify(doc, null, 2)`-style files; matching it keeps the diff of
-    a write-back to the cells that changed.
-    """
-    body = original.lstrip("\ufeff")
-    indent: int | str | None = None
-    lines = body.splitlines()
-    if len(lines) > 1:
-        second = lines[1]
-        lead = second[: len(second) - len(second.lstrip())]
-        indent = lead if lead.startswith("\t") else len(lead) or None
-    ascii_only = "\\u" in body and all(ord(c) < 128 for c in body)
-    if indent is None:
-        text = json.dumps(doc, ensure_ascii=ascii_only, separators=(",", ":"))
-    else:
-        text = json.dumps(doc, ensure_ascii=ascii_only, indent=indent)
-    # a lone surrogate (half an emoji) cannot be UTF-8: keep it escaped, as the app wrote it
-    text = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
-    return text + ("\n" if body.endswith("\n") else "")
-
-
-def plan_takes(
-    documents: dict[str, bytes],
-    takes: list[SyntheticTake],
-    now_ms: int | None = None,
-    language: str | None = None,
-) -> tuple[WriteBackReport, dict[str, str]]:
-    """Plan every take against `documents` (repo path -> bytes); the new text of changed documents."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    report = WriteBackReport()
-    new_texts: dict[str, str] = {}
-    by_doc: dict[str, list[SyntheticTake]] = {}
-    for take in takes:
-        by_doc.setdefault(take.document, []).append(take)
-    for document, doc_takes in sorted(by_doc.items()):
-        path = f"{codex.TARGET_DIR}/{document}.codex"
-        if path not in documents:
-            report.skipped.extend((t, f"{path} not found in the project") for t in doc_takes)
-            continue
-        try:
-            doc = codex.load_codex_json(documents[path], path)
-            if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list):
-                raise codex.CodexError(f'{path}: not a Codex document (expected {{"cells": [...]}})')
-            original = documents[path].decode("utf-8-sig")
-            changes, skipped = plan_document(doc, doc_takes, now_ms, language)
-        except (codex.CodexError, ValueError, TypeError, OverflowError, RecursionError, AttributeError) as exc:
-            why = str(exc) if isinstance(exc, codex.CodexError) else f"{path}: unusable content ({exc})"
-            log.error("%s; its takes are not written back", why)
-            report.skipped.extend((t, why) for t in doc_takes)
-            continue
-        report.changes.extend(changes)
-        report.skipped.extend(skipped)
-        if changes:
-            new_texts[path] = dump_like(original, doc)
-            report.documents.append(path)
-    return report, new_texts
-
 
 # --------------------------------------------------------------------------- local projects
 
@@ -390,30 +125,6 @@ def _local_targets(project_dir: Path, change: Change) -> list[str]:
 # --------------------------------------------------------------------------- GitLab
 
 
-def open_gitlab(cfg: Config, write: bool = True, ref: str | None = None) -> GitLabSource:
-    """Connect to the configured GitLab project (the ref, or `ref` if given, pinned to one commit).
-
-    Reading (`write=False`) works without a token on a public project, as collect does.
-    """
-    from .gitlab_source import GitLabSource
-
-    token = cfg.source.token()
-    if not token and write:
-        raise PipelineError(
-            f"{cfg.config_path}: a GitLab source needs a token in the environment variable "
-            f"{cfg.source.token_env} (write-back: api + write_repository scopes)"
-        )
-    return GitLabSource(
-        str(cfg.source.url),
-        str(cfg.source.project),
-        ref or cfg.source.ref,
-        token,
-        token_env=cfg.source.token_env,
-        timeout_s=cfg.collect.timeout_s,
-        max_retries=cfg.collect.max_retries,
-    ).connect()
-
-
 def read_gitlab_documents(source: GitLabSource) -> dict[str, bytes]:
     """The `.codex` documents under files/target/ at the source's pinned commit."""
     tree = source.list_tree(codex.TARGET_DIR)
@@ -427,7 +138,7 @@ def read_gitlab_documents(source: GitLabSource) -> dict[str, bytes]:
 
 def gitlab_documents(cfg: Config) -> list[tuple[str, bytes]]:
     """(path, bytes) of the `.codex` documents of a GitLab source at `source.ref` (or the default branch)."""
-    return list(read_gitlab_documents(open_gitlab(cfg, write=False)).items())
+    return list(read_gitlab_documents(connect_gitlab(cfg)).items())
 
 
 def _target_branch(source: GitLabSource) -> str:
@@ -462,114 +173,6 @@ def _branch_exists(source: GitLabSource, branch: str) -> bool:
         ) from None
 
 
-def lfs_upload(
-    repo_url: str,
-    token: str,
-    objects: list[bytes] | list[Path],
-    timeout: float = 60.0,
-    max_retries: int = 5,
-    backoff_s: float = 1.0,
-) -> int:
-    """Upload blobs through the Git LFS batch API (basic transfer); returns how many were sent.
-
-    The server answers which objects it lacks; those get a PUT (and a verify when asked).
-    429, 5xx and dropped connections are retried with backoff, like collect's downloads.
-    Objects given as paths are hashed and sent in chunks, so memory does not grow with them.
-    """
-    import requests
-
-    from .gitlab_source import (
-        TransientError,
-        _retry_after,
-        make_lfs_pointer,
-        make_lfs_pointer_file,
-        same_origin,
-        with_retries,
-    )
-
-    by_oid: dict[str, bytes | Path] = {}
-    sizes: dict[str, int] = {}
-    for item in objects:
-        pointer = make_lfs_pointer_file(item)[0] if isinstance(item, Path) else make_lfs_pointer(item)[0]
-        by_oid[pointer.oid], sizes[pointer.oid] = item, pointer.size
-    if not by_oid:
-        return 0
-    session = requests.Session()
-    basic = ("oauth2", token)  # per request: a session-wide auth would override the action headers
-    base = repo_url.rstrip("/")
-    base = base if base.endswith(".git") else base + ".git"
-    headers = {"Accept": LFS_MEDIA_TYPE, "Content-Type": LFS_MEDIA_TYPE}
-
-    def call(method: str, url: str, what: str, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
-        def once() -> requests.Response:
-            body = kw.get("data")
-            if isinstance(body, Path):  # opened per attempt: a retry sends it from the start
-                with open(body, "rb") as handle:
-                    response = session.request(method, url, timeout=timeout, **{**kw, "data": handle})
-            else:
-                response = session.request(method, url, timeout=timeout, **kw)
-            if response.status_code == 429 or response.status_code >= 500:
-                raise TransientError(
-                    f"HTTP {response.status_code} from {what}", _retry_after(response.headers)
-                )
-            if response.status_code not in ok:
-                hint = "; the token needs write_repository" if response.status_code in (401, 403) else ""
-                raise PipelineError(f"{base}: {what} failed (HTTP {response.status_code}){hint}")
-            return response
-
-        return with_retries(once, f"{base}: {what}", max_retries, backoff_s)
-
-    payload = {
-        "operation": "upload",
-        "transfers": ["basic"],
-        "objects": [{"oid": oid, "size": size} for oid, size in sizes.items()],
-        "hash_algo": "sha256",
-    }
-    answer = call(
-        "POST",
-        f"{base}/info/lfs/objects/batch",
-        "LFS batch upload",
-        json=payload,
-        headers=headers,
-        auth=basic,
-    )
-    sent = 0
-    for obj in answer.json().get("objects", []):
-        if obj.get("oid") not in by_oid:
-            continue
-        if obj.get("error"):
-            raise PipelineError(f"{base}: LFS object {obj.get('oid')}: {obj['error'].get('message')}")
-        actions = obj.get("actions") or {}
-        upload = actions.get("upload")
-        if not upload:
-            continue  # the server has it already
-        oid, data = obj["oid"], by_oid[obj["oid"]]
-        header = dict(upload.get("header") or {})
-        auth = None if "Authorization" in header or not same_origin(upload["href"], base) else basic
-        call(
-            "PUT",
-            upload["href"],
-            f"LFS upload of {oid[:12]}",
-            (200, 201),
-            data=data,
-            headers=header,
-            auth=auth,
-        )
-        verify = actions.get("verify")
-        if verify:
-            vheader = {**headers, **(verify.get("header") or {})}
-            call(
-                "POST",
-                verify["href"],
-                f"LFS verify of {oid[:12]}",
-                json={"oid": oid, "size": sizes[oid]},
-                headers=vheader,
-                auth=None if "Authorization" in vheader or not same_origin(verify["href"], base) else basic,
-            )
-        sent += 1
-    return sent
-
-
 def branch_name(takes: list[SyntheticTake]) -> str:
     """Deterministic per (model revision, verses): pushing the same takes twice finds the branch."""
     revisions = sorted({t.model_revision for t in takes})
@@ -589,11 +192,7 @@ def write_back_gitlab(
     The branch starts at the exact commit the documents were read from (`start_sha`), so a
     change pushed meanwhile shows up as a merge conflict instead of being overwritten.
     """
-    import gitlab
-
-    from .gitlab_source import make_lfs_pointer_file
-
-    source = open_gitlab(cfg)
+    source = connect_gitlab(cfg, write=True)
     target = _target_branch(source)
     documents = read_gitlab_documents(source)
     report, new_texts = plan_takes(documents, takes, now_ms, cfg.code)
@@ -601,63 +200,77 @@ def write_back_gitlab(
         return report
     branch = branch_name([c.take for c in report.changes])
     report.branch = branch
-    project = source.project
     if _branch_exists(source, branch):
-        _check_branch_holds(cfg, source, branch, report)
-        mrs = project.mergerequests.list(source_branch=branch, get_all=False)
-        if mrs:
-            report.merge_request = getattr(mrs[0], "web_url", None)
-        else:  # an earlier run committed but could not open the merge request: open it now
-            mr = _open_merge_request(source, branch, target, report.changes)
-            report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
-        report.skipped.extend((c.take, f"already pushed to branch {branch}") for c in report.changes)
-        report.changes, report.documents = [], []
-        return report
-    blobs: list[Path] = []  # paths, not bytes: a whole book of takes need not fit in memory
+        return _resume_pushed_branch(cfg, source, branch, target, report)
+    actions = _commit_actions(report.changes, new_texts)
+    _upload_audio(source, [c.take.audio_path for c in report.changes])  # type: ignore[misc]
+    _commit_branch(source, branch, report.changes, actions)
+    mr = _open_merge_request(source, branch, target, report.changes)
+    report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
+    return report
+
+
+def _resume_pushed_branch(
+    cfg: Config, source: GitLabSource, branch: str, target: str, report: WriteBackReport
+) -> WriteBackReport:
+    """Our branch exists (an earlier run): check it holds these takes; open its merge request if missing."""
+    _check_branch_holds(cfg, source, branch, report)
+    mrs = source.project.mergerequests.list(source_branch=branch, get_all=False)
+    if mrs:
+        report.merge_request = getattr(mrs[0], "web_url", None)
+    else:  # an earlier run committed but could not open the merge request: open it now
+        mr = _open_merge_request(source, branch, target, report.changes)
+        report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
+    report.skipped.extend((c.take, f"already pushed to branch {branch}") for c in report.changes)
+    report.changes, report.documents = [], []
+    return report
+
+
+def _commit_actions(changes: list[Change], new_texts: dict[str, str]) -> list[dict[str, Any]]:
+    """The commit: an LFS pointer file per take (the audio goes to LFS) and the changed documents."""
     actions: list[dict[str, Any]] = []
-    for change in report.changes:
+    for change in changes:
         if change.take.audio_path is None or not change.take.audio_path.is_file():
             raise PipelineError(
                 f"{change.take.audio_path}: synthesized audio not found; run synthesize first"
             )
-        blobs.append(change.take.audio_path)
         pointer = make_lfs_pointer_file(change.take.audio_path)[1].decode("ascii")  # committed, not the audio
         actions.append({"action": "create", "file_path": change.pointer_path, "content": pointer})
     for path, text in new_texts.items():
         actions.append({"action": "update", "file_path": path, "content": text})
+    return actions
+
+
+def _upload_audio(source: GitLabSource, blobs: list[Path]) -> None:
+    """Send the audio to Git LFS before committing (paths, not bytes: a whole book need not fit in memory)."""
     try:
-        sent = lfs_upload(
-            source.lfs_base,
-            source._token or "",
-            blobs,
-            cfg.collect.timeout_s,
-            cfg.collect.max_retries,
-            source.backoff_s,
-        )
+        sent = source.lfs.upload(blobs)
     except PipelineError as exc:
         raise PipelineError(
             f"{source.where}: write-back stopped while uploading the audio (Git LFS): {exc}. "
             "Nothing was committed and no branch was made; fix that and re-run"
         ) from None
     log.info("uploaded %d LFS object(s) to %s", sent, source.where)
-    revision = ", ".join(sorted({c.take.model_revision for c in report.changes}))
+
+
+def _commit_branch(source: GitLabSource, branch: str, changes: list[Change], actions: list[dict[str, Any]]) -> None:
+    """One API call makes the branch and its commit together: refused, neither exists."""
+    import gitlab
+
+    revision = ", ".join(sorted({c.take.model_revision for c in changes}))
     try:
-        project.commits.create(
+        source.project.commits.create(
             {
                 "branch": branch,
                 "start_sha": source.commit_id,
-                "commit_message": f"Add {len(report.changes)} synthesized take(s) (tts-pipeline, model {revision})",
+                "commit_message": f"Add {len(changes)} synthesized take(s) (tts-pipeline, model {revision})",
                 "actions": actions,
             }
         )
     except gitlab.exceptions.GitlabError as exc:
-        # one API call makes the branch and its commit together: refused, neither exists
         raise PipelineError(
             f"{_refused(source, exc)}. Nothing was committed and no branch was made; re-run when fixed"
         ) from None
-    mr = _open_merge_request(source, branch, target, report.changes)
-    report.merge_request = getattr(mr, "web_url", None) or f"!{mr.iid}"
-    return report
 
 
 def _check_branch_holds(cfg: Config, source: GitLabSource, branch: str, report: WriteBackReport) -> None:
@@ -666,7 +279,7 @@ def _check_branch_holds(cfg: Config, source: GitLabSource, branch: str, report: 
     Otherwise (somebody's work on a branch of that name, a different set of takes) it is not
     ours to reuse or overwrite: stop and say how to proceed.
     """
-    at_branch = open_gitlab(cfg, ref=branch)
+    at_branch = connect_gitlab(cfg, write=True, ref=branch)
     planned, _ = plan_takes(read_gitlab_documents(at_branch), [c.take for c in report.changes], 0, cfg.code)
     if planned.changes:
         raise PipelineError(
@@ -726,8 +339,6 @@ def write_back_takes(cfg: Config, takes: list[SyntheticTake], dry_run: bool = Fa
 
 def write_back(cfg: Config, synthesized_dir: str | Path, dry_run: bool = False) -> WriteBackReport:
     """Write-back of everything in a synthesized/ output directory."""
-    from .synthesize import read_synthesized
-
     synthesized_dir = Path(synthesized_dir)
     takes = [SyntheticTake.from_row(row, synthesized_dir) for row in read_synthesized(synthesized_dir)]
     return write_back_takes(cfg, takes, dry_run=dry_run)

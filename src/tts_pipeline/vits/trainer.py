@@ -135,6 +135,8 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    #: processes that made `batch_in_epoch` (each takes every n-th batch of the epoch)
+    num_processes: int = 1
 
 
 def split_volatile(state: TrainerState) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -184,6 +186,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def reduce_over_processes(value: float, op: str, accelerator) -> float:
+    """`value`'s min or max over the processes of a launch (itself with one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([float(value)], device=accelerator.device)
+    reduce_op = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}[op]
+    torch.distributed.all_reduce(tensor, op=reduce_op)
+    return float(tensor.item())
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -260,7 +272,7 @@ class Trainer:
         # the optimisers stay plain torch ones: prepared, they would share accelerate's scaler
         self.gen, self.disc = self.accelerator.prepare(gen_module, self.discriminator)
         self.opt_g, self.opt_d = opt_g, opt_d = adamw(model), adamw(self.discriminator)
-        self.state = TrainerState(config_hash=config_hash)
+        self.state = TrainerState(config_hash=config_hash, num_processes=self.accelerator.num_processes)
         self._steps_per_epoch_key: tuple[int, int] | None = None
         self._steps_per_epoch = 1
         max_seconds = max((e.num_samples for e in train_examples), default=0) / self.spec_config.sampling_rate
@@ -270,6 +282,8 @@ class Trainer:
             self.summary["generator_parameters"] + self.summary["discriminator_parameters"],
             settings.segment_size,
         )
+        # one batch size for all processes: each must cut the epoch into as many batches (DDP)
+        self.state.batch_size = int(reduce_over_processes(self.state.batch_size, "min", self.accelerator))
         warmup, decay = settings.warmup_steps, settings.lr_decay
 
         def schedule(step: int) -> float:
@@ -329,6 +343,12 @@ class Trainer:
         key = (self.state.batch_size, self.accelerator.num_processes)
         if self._steps_per_epoch_key != key:
             batches = len(self.batches_for_epoch(0))
+            if not batches:  # more processes than batches: each would get none, and loop forever
+                raise PipelineError(
+                    f"{len(self.train_examples)} training clips make fewer than one batch of {self.state.batch_size} "
+                    f"per process for {self.accelerator.num_processes} processes; lower training.num_processes "
+                    "(or --num-processes) or training.batch_size"
+                )
             self._steps_per_epoch = max(1, math.ceil(batches / self.s.gradient_accumulation_steps))
             self._steps_per_epoch_key = key
         return self._steps_per_epoch
@@ -372,6 +392,11 @@ class Trainer:
         optimizer.step()
         return norm, False
 
+    def _on_any_process(self, flag: bool) -> bool:
+        """True when `flag` is true in any process: all skip (or take) the optimiser step together,
+        so that the model copies stay identical."""
+        return bool(reduce_over_processes(float(flag), "max", self.accelerator))
+
     def adversarial_ramp(self) -> float:
         """Weight factor of the adversarial + feature-matching losses: 0 -> 1 over
         `adversarial_warmup_steps` (a random discriminator's early gradients are noise)."""
@@ -402,16 +427,18 @@ class Trainer:
                     out = self.gen(batch)
                     scores_r, scores_g, _, _ = self.disc(out.target, out.generated.detach())
                     loss_d = losses.discriminator_loss(scores_r, scores_g)
-                if _finite(loss_d):
+                # with several processes every rank joins DDP's gradient all-reduce, finite or not
+                # (one rank skipping backward would hang the others); the flags are combined below
+                if _finite(loss_d) or acc.num_processes > 1:
                     self.scaler_d.scale(loss_d * s.weight_discriminator / n).backward()
-                else:
-                    bad_d = True
+                bad_d = bad_d or not _finite(loss_d)
                 sums["loss_disc"] += float(loss_d.detach()) / n
                 # balance: mean LSGAN scores (real -> 1, generated -> 0 for a winning discriminator)
                 sums["disc_score_real"] += float(sum(x.detach().float().mean() for x in scores_r) / len(scores_r)) / n
                 sums["disc_score_fake"] += float(sum(x.detach().float().mean() for x in scores_g) / len(scores_g)) / n
                 if last:
                     disc_clip = s.max_grad_norm if s.max_grad_norm_discriminator is None else s.max_grad_norm_discriminator
+                    bad_d = self._on_any_process(bad_d)
                     sums["grad_norm_disc"], skipped_d = self._optimizer_step(
                         self.disc, self.opt_d, self.scaler_d, bad_d, disc_clip
                     )
@@ -426,16 +453,16 @@ class Trainer:
                     ramp = self.adversarial_ramp()
                     loss_g = (s.weight_mel * mel + s.weight_kl * out.kl.float() + s.weight_duration * out.duration.float()
                               + ramp * (s.weight_generator * loss_adv + s.weight_feature_matching * loss_fm))  # fmt: skip
-                    if _finite(loss_g):
+                    if _finite(loss_g) or acc.num_processes > 1:
                         self.scaler_g.scale(loss_g / n).backward()
-                    else:
-                        bad_g = True
+                    bad_g = bad_g or not _finite(loss_g)
                 finally:
                     bare_disc.requires_grad_(True)
                 for key, value in (("loss_gen", loss_g), ("mel_l1", mel), ("kl", out.kl), ("duration", out.duration),
                                    ("adversarial", loss_adv), ("feature_matching", loss_fm)):  # fmt: skip
                     sums[key] += float(value.detach()) / n
                 if last:
+                    bad_g = self._on_any_process(bad_g)
                     sums["grad_norm_gen"], skipped_g = self._optimizer_step(
                         self.gen, self.opt_g, self.scaler_g, bad_g, s.max_grad_norm
                     )
@@ -594,6 +621,22 @@ class Trainer:
         self.state = TrainerState(**saved)
         self.state.config_hash = config_hash or self.state.config_hash
         _set_rng_state(load("rng.pt"))
+        self._continue_with_process_count(self.accelerator.num_processes)
+
+    def _continue_with_process_count(self, count: int) -> None:
+        """A checkpoint made by another number of processes: carry the position in the epoch over
+        as the share of the epoch's batches already seen (rounded down: some batches may be seen
+        twice, none skipped); an epoch already complete for the new count starts the next one."""
+        saved = self.state.num_processes
+        self.state.num_processes = count
+        if saved == count or not self.state.batch_in_epoch:
+            return
+        position = self.state.batch_in_epoch * saved // count
+        if position >= len(self.batches_for_epoch(self.state.epoch)):
+            self.state.epoch, position = self.state.epoch + 1, 0
+        log.info("checkpoint made by %d process(es), continuing on %d: epoch %d from batch %d",
+                 saved, count, self.state.epoch, position)  # fmt: skip
+        self.state.batch_in_epoch = position
 
     # ------------------------------------------------------------------ the loop
     def _log_step(self, metrics: dict[str, float], seconds: float) -> None:
