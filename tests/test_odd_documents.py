@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers import DEMO_PROJECT, PARAMS, read_rows
 
-from tts_pipeline import cli, codex, synthesize, writeback
+from tts_pipeline import cli, codex, verses, writeback
 from tts_pipeline.writeback import SyntheticTake
 
 _CELL = {"kind": 2, "languageId": "html", "value": "<span>text</span>",
@@ -75,8 +75,8 @@ def test_collect_names_each_odd_document_and_collects_the_others(project: Path, 
 
 
 def test_synthesize_names_and_skips_odd_documents(project: Path) -> None:
-    verses, problems = synthesize.missing_verses(synthesize.local_documents(project))
-    assert {v.document for v in verses} == {"LUK", "MRK"}
+    to_voice, problems = verses.missing_verses(verses.local_documents(project))
+    assert {v.document for v in to_voice} == {"LUK", "MRK"}
     assert sorted(Path(p.split(":")[0]).name for p in problems) == sorted(ODD)
 
 
@@ -100,8 +100,8 @@ def test_a_document_that_cannot_be_read_is_named_and_skipped(project: Path, tmp_
         return real(self)
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    verses, problems = synthesize.missing_verses(synthesize.local_documents(project))
-    assert {v.document for v in verses} == {"MRK"} and f"{luk}: cannot read the file" in problems
+    to_voice, problems = verses.missing_verses(verses.local_documents(project))
+    assert {v.document for v in to_voice} == {"MRK"} and f"{luk}: cannot read the file" in problems
     take = SyntheticTake("LUK", "LUK 1:7", "LUK 1:7", "hello", "rev", "Sheila")
     report = writeback.write_back_local(project, [take], dry_run=True)
     assert report.changes == [] and "LUK.codex: cannot read (Permission denied)" in report.skipped[0][1]
