@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from tts_pipeline.audio import decode_audio, write_wav
-from tts_pipeline.embeddings import get_embedder
 from tts_pipeline.speakers import cluster_embeddings, embed_clips, load_clips
+from tts_pipeline.speakers.embeddings import get_embedder
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "data" / "librispeech-6spk"

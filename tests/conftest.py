@@ -11,6 +11,6 @@ def embedder():
 
     Inference only (the model is in eval mode), so tests can share it.
     """
-    from tts_pipeline.embeddings import get_embedder
+    from tts_pipeline.speakers.embeddings import get_embedder
 
     return get_embedder("resemblyzer")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tts_pipeline.audio import decode_audio
-from tts_pipeline.embeddings import (
+from tts_pipeline.errors import PipelineError
+from tts_pipeline.speakers.embeddings import (
     EmbeddingError,
     SpeakerEmbedder,
     cosine_similarity,
@@ -17,7 +18,6 @@ from tts_pipeline.embeddings import (
     embed_many,
     get_embedder,
 )
-from tts_pipeline.errors import PipelineError
 
 DATA = Path(__file__).parent / "data" / "librispeech-6spk"
 CLIPS = {

@@ -18,11 +18,11 @@ import pytest
 from noisy_clips import variants
 from sklearn.metrics import adjusted_rand_score
 
-from tts_pipeline import speaker_clustering as sc
 from tts_pipeline import speakers as sp
 from tts_pipeline.audio import decode_audio, write_wav
 from tts_pipeline.config import ConfigError, SpeakerSection, load_config
 from tts_pipeline.errors import PipelineError
+from tts_pipeline.speakers import clustering as sc
 
 DATA = Path(__file__).parent / "data" / "librispeech-6spk"
 #: (clip, copies) exported more than once: the same take under other names.

@@ -1,5 +1,7 @@
 """Speaker-embedding backends behind one small interface (used by speakers and evaluate).
 
+A library, not part of the stage: `evaluate` imports it without importing the speakers stage.
+
 Why an interface: the default must work offline on a CPU laptop (`resemblyzer`, weights ship
 in its wheel), while a GPU box may prefer a stronger model (`pyannote`, `speechbrain`) that
 needs torchaudio and is therefore only available with the optional `gpu` extra.
@@ -25,7 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import PipelineError
+from ..audio import decode_audio
+from ..errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +326,6 @@ def embed_many(embedder: SpeakerEmbedder, batch: Sequence[np.ndarray], sample_ra
 
 def embed_file(embedder: SpeakerEmbedder, path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Decode any audio file (WAV, WebM/Opus, FLAC, ...) and embed it; errors name the file."""
-    from .audio import decode_audio
-
     samples = decode_audio(path, sample_rate)
     try:
         return embedder.embed(samples, sample_rate)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PipelineError
+from ..errors import PipelineError
+from .embeddings import l2_normalise
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ class Clustering:
 
 def centroids_of(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """L2-normalised mean embedding of each cluster 0..k-1."""
-    from .embeddings import l2_normalise
-
     return l2_normalise(np.stack([X[labels == c].mean(axis=0) for c in range(k)]))
 
 
@@ -395,8 +394,6 @@ def cluster_embeddings(
     auto: both, the better-separated kept (`_choose`); the reason is in `reason` and `notes`.
     Tiny or degenerate input (fewer than 3 distinct clips) is one speaker, with a warning.
     """
-    from .embeddings import l2_normalise
-
     if method not in METHODS:
         raise PipelineError(
             f"speaker_diarization.clustering_method: unknown method {method!r} ({' | '.join(METHODS)})"
