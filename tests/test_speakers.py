@@ -147,6 +147,38 @@ def test_embedding_cache_is_used(embedded, cache_root):
     np.testing.assert_array_equal(sp.embed_clips(clips, Refuses(), cache_root, "resemblyzer"), X)
 
 
+def test_damaged_embedding_cache_entries_are_recomputed(embedded, embedder, tmp_path):
+    """A cut-short vector, or a vector without its marker (a crash between the two), is a miss."""
+    import shutil
+
+    from tts_pipeline.cache import ContentCache
+    from tts_pipeline.fsutil import sha256_file
+    from tts_pipeline.speakers.embedding_cache import cache_dir
+
+    clips, X = embedded
+    clips = clips[:4]
+    root = tmp_path / "speakers"
+    sp.embed_clips(clips, embedder, root, "resemblyzer")
+    cache = ContentCache(cache_dir(root, "resemblyzer", None), ".npy")
+    cut = cache.paths(sha256_file(clips[0].path))[0]
+    cut.write_bytes(cut.read_bytes()[:40])
+    cache.paths(sha256_file(clips[1].path))[1].unlink()
+    computed = []
+
+    class Counts:
+        name, dim = "resemblyzer", 256
+
+        def embed(self, samples, sample_rate):
+            computed.append(len(samples))
+            return embedder.embed(samples, sample_rate)
+
+    again = sp.embed_clips(clips, Counts(), root, "resemblyzer")
+    assert len(computed) == 2  # only the two damaged entries
+    np.testing.assert_allclose(again, X[:4], atol=1e-6)
+    assert all(cache.get(sha256_file(c.path)) is not None for c in clips)  # repaired
+    shutil.rmtree(root)
+
+
 # --------------------------------------------------------------------------- stage outputs
 
 
