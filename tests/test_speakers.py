@@ -1,6 +1,6 @@
 """speakers stage on real speech: 60 LibriSpeech clips by 6 readers (labels = folder names).
 
-Held-out protocol: the few constants in speakers.py (single-speaker silhouette threshold,
+Held-out protocol: the few constants in speakers/clustering.py (single-speaker silhouette threshold,
 confidence temperature) were chosen looking only at clips 0000-0004 of each reader; the
 accuracy tests below assert on clips 0005-0009, which nothing was tuned on, and on all 60.
 Embeddings are computed once per module (and cached by content hash like the stage does).
@@ -145,6 +145,19 @@ def test_embedding_cache_is_used(embedded, cache_root):
             raise AssertionError("should have come from the cache")
 
     np.testing.assert_array_equal(sp.embed_clips(clips, Refuses(), cache_root, "resemblyzer"), X)
+
+
+def test_batches_on_several_workers_give_the_same_vectors(embedded, embedder):
+    """Two batches at once (one torch thread each) = one batch at a time; torch threads restored."""
+    import torch
+
+    clips, _ = embedded
+    clips = clips[:20]  # two batches
+    threads = torch.get_num_threads()
+    together = sp.embed_clips(clips, embedder, None, "resemblyzer", workers=2)
+    assert torch.get_num_threads() == threads
+    one_by_one = sp.embed_clips(clips, embedder, None, "resemblyzer", workers=1)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
 def test_damaged_embedding_cache_entries_are_recomputed(embedded, embedder, tmp_path):

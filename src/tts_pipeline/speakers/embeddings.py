@@ -104,6 +104,8 @@ class ResemblyzerEmbedder:
     name = "resemblyzer"
     dim = 256
     sample_rate = 16000
+    #: `embed_many` may run for several batches at once in threads: a forward pass keeps no state.
+    parallel_batches = True
 
     def __init__(self, device: str = "cpu", weights: str | None = None) -> None:
         import torch
