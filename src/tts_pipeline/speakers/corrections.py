@@ -1,11 +1,7 @@
 """The human corrections of the speakers stage: the file, its checks, and how it is applied.
 
-Each preprocessed clip is one verse read by one person, so "diarization" here means grouping
-clips by voice: embed every clip (`embeddings.py`, cached per clip by content hash + backend),
-cluster the L2-normalised embeddings (`speaker_clustering.py`: near-duplicate takes grouped,
-then HDBSCAN and/or k-means, cosine geometry), apply the human
-corrections file, and write `speaker_ids.json`, `embeddings.npy` (+ `embeddings_index.json`),
-`cluster_samples/speaker_N_sample.wav` and `review.html` (see docs/ARCHITECTURE.md).
+Clustering (`clustering.py`) finds who read which clip; people correct it here, and the
+stage applies the corrections after every clustering (`apply_corrections`).
 
 Corrections file: ``languages/<code>.speakers.yaml`` (beside the language config)
 --------------------------------------------------------------------------------
@@ -231,31 +227,39 @@ def unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
-def apply_corrections(
-    file_names: Sequence[str], X: np.ndarray, clustering: Clustering, corrections: Corrections
-) -> Assignment:
-    """Turn automatic clusters + corrections into final contiguous speaker ids (rules in the module doc)."""
-    n = len(file_names)
-    index = {name: i for i, name in enumerate(file_names)}
-    where = str(corrections.path or "corrections")
-    raw = clustering.labels
-    owner = np.full(n, -1, dtype=int)  # index into corrections.speakers, -1 = automatic
-    confidence = clustering.confidence.astype(float).copy()
-    uncertain = clustering.uncertain.copy()
-    pinned = np.zeros(n, dtype=bool)
+@dataclass
+class _Ownership:
+    """Work in progress of `apply_corrections`, per clip: the corrections entry that owns it."""
 
-    def present(clip_names: list[str], key: str) -> list[int]:
-        found = []
-        for clip in clip_names:
-            if clip in index:
-                found.append(index[clip])
-            else:
-                log.warning(
-                    "%s: %s: clip %s is not in the corpus (dropped by preprocess?); ignored", where, key, clip
-                )
-        return found
+    owner: np.ndarray  # index into corrections.speakers, -1 = automatic
+    confidence: np.ndarray
+    uncertain: np.ndarray
+    pinned: np.ndarray
 
-    anchors = [present(s.anchors, f"speakers.{s.name}.anchors") for s in corrections.speakers]
+
+def _present(index: dict[str, int], clip_names: list[str], where: str, key: str) -> list[int]:
+    """Indices of the listed clips that are in the corpus; the others are skipped with a warning."""
+    found = []
+    for clip in clip_names:
+        if clip in index:
+            found.append(index[clip])
+        else:
+            log.warning(
+                "%s: %s: clip %s is not in the corpus (dropped by preprocess?); ignored", where, key, clip
+            )
+    return found
+
+
+def _claim_clusters(
+    X: np.ndarray,
+    raw: np.ndarray,
+    anchors: list[list[int]],
+    corrections: Corrections,
+    own: _Ownership,
+    where: str,
+) -> None:
+    """Rule 2: a cluster with anchors of one speaker is that speaker's; of several, divided by
+    the nearest anchors' mean embedding (with a confidence from the similarity margin)."""
     claims: dict[int, list[int]] = {}
     for s_idx, idxs in enumerate(anchors):
         for cluster in sorted({int(raw[i]) for i in idxs}):
@@ -263,7 +267,7 @@ def apply_corrections(
     for cluster, claimants in sorted(claims.items()):
         members = np.flatnonzero(raw == cluster)
         if len(claimants) == 1:
-            owner[members] = claimants[0]
+            own.owner[members] = claimants[0]
             continue
         names = ", ".join(corrections.speakers[c].name for c in claimants)
         log.warning(
@@ -274,20 +278,18 @@ def apply_corrections(
         )
         A = l2_normalise(np.stack([X[anchors[c]].mean(axis=0) for c in claimants]))
         sims = X[members] @ A.T
-        owner[members] = np.asarray(claimants)[np.argmax(sims, axis=1)]
+        own.owner[members] = np.asarray(claimants)[np.argmax(sims, axis=1)]
         top2 = np.sort(sims, axis=1)[:, -2:]
         margin_conf = 1.0 / (1.0 + np.exp(-(top2[:, 1] - top2[:, 0]) / CONFIDENCE_TEMPERATURE))
-        confidence[members] = margin_conf
-        uncertain[members] = margin_conf < UNCERTAIN_BELOW
-    for s_idx, s in enumerate(corrections.speakers):
-        for i in anchors[s_idx] + present(s.clips, f"speakers.{s.name}.clips"):
-            owner[i] = s_idx
-            pinned[i] = True
-    confidence[pinned] = 1.0
-    uncertain[pinned] = False
+        own.confidence[members] = margin_conf
+        own.uncertain[members] = margin_conf < UNCERTAIN_BELOW
 
-    # Final ids: named speakers in file order, then automatic clusters by size.
-    final = np.full(n, -1, dtype=int)
+
+def _final_ids(
+    file_names: Sequence[str], raw: np.ndarray, corrections: Corrections, owner: np.ndarray, where: str
+) -> tuple[np.ndarray, list[str], list[bool]]:
+    """Rule 4: named speakers in file order, then automatic clusters by size (ties: first clip)."""
+    final = np.full(len(file_names), -1, dtype=int)
     names: list[str] = []
     named: list[bool] = []
     for s_idx, s in enumerate(corrections.speakers):
@@ -318,13 +320,39 @@ def apply_corrections(
         names.append(name)
         named.append(False)
         taken.add(name)
+    return final, names, named
+
+
+def apply_corrections(
+    file_names: Sequence[str], X: np.ndarray, clustering: Clustering, corrections: Corrections
+) -> Assignment:
+    """Turn automatic clusters + corrections into final contiguous speaker ids (rules in the module doc)."""
+    n = len(file_names)
+    index = {name: i for i, name in enumerate(file_names)}
+    where = str(corrections.path or "corrections")
+    raw = clustering.labels
+    own = _Ownership(
+        np.full(n, -1, dtype=int),
+        clustering.confidence.astype(float).copy(),
+        clustering.uncertain.copy(),
+        np.zeros(n, dtype=bool),
+    )
+    anchors = [_present(index, s.anchors, where, f"speakers.{s.name}.anchors") for s in corrections.speakers]
+    _claim_clusters(X, raw, anchors, corrections, own, where)
+    for s_idx, s in enumerate(corrections.speakers):  # rule 1: every listed clip is that speaker's
+        for i in anchors[s_idx] + _present(index, s.clips, where, f"speakers.{s.name}.clips"):
+            own.owner[i] = s_idx
+            own.pinned[i] = True
+    own.confidence[own.pinned] = 1.0
+    own.uncertain[own.pinned] = False
+    final, names, named = _final_ids(file_names, raw, corrections, own.owner, where)
     # Confidence of automatic clips against the final speakers (merges/splits change centroids).
     if len(names) > 1:
         conf_final, _ = centroid_confidence(X, final, len(names))
-        keep = ~pinned & (owner < 0)
-        confidence[keep] = np.minimum(confidence[keep], conf_final[keep])
-        uncertain[keep] = uncertain[keep] | (conf_final[keep] < UNCERTAIN_BELOW)
-    return Assignment(list(file_names), final, confidence, uncertain, names, named, pinned)
+        keep = ~own.pinned & (own.owner < 0)
+        own.confidence[keep] = np.minimum(own.confidence[keep], conf_final[keep])
+        own.uncertain[keep] = own.uncertain[keep] | (conf_final[keep] < UNCERTAIN_BELOW)
+    return Assignment(list(file_names), final, own.confidence, own.uncertain, names, named, own.pinned)
 
 
 def ranked_members(X: np.ndarray, assignment: Assignment, sid: int) -> tuple[np.ndarray, np.ndarray]:

@@ -124,6 +124,76 @@ def suggested_corrections(
     return "\n".join(blocks) + "\n"
 
 
+class _Rows:
+    """Clip rows of the page; each clip's audio is encoded once, only for the clips shown."""
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        assignment: Assignment,
+        load_samples: Callable[[Clip], tuple[np.ndarray, int]],
+    ) -> None:
+        self.clips, self.assignment, self.load_samples = clips, assignment, load_samples
+        self._uris: dict[int, str] = {}
+
+    def uri(self, i: int) -> str:
+        if i not in self._uris:
+            samples, rate = self.load_samples(self.clips[i])
+            self._uris[i] = _audio_uri(samples, rate)
+        return self._uris[i]
+
+    def row(self, i: int, with_audio: bool) -> dict[str, Any]:
+        a = self.assignment
+        sid = int(a.labels[i])
+        return {
+            "file": self.clips[i].file_name,
+            "text": getattr(self.clips[i], "text", ""),
+            "duration": float(self.clips[i].duration_s),
+            "confidence": float(a.confidence[i]),
+            "uncertain": bool(a.uncertain[i]),
+            "pinned": bool(a.pinned[i]),
+            "speaker_id": sid,
+            "speaker": a.names[sid],
+            "audio": self.uri(i) if with_audio else "",
+        }
+
+
+def _speaker_card(
+    sid: int, X: np.ndarray, rows: _Rows, durations: np.ndarray, written: dict[str, Any], per_speaker: int
+) -> dict[str, Any]:
+    """One speaker's section: counts, the clearest and the least certain clips, what to paste."""
+    assignment = rows.assignment
+    name = assignment.names[sid]
+    members = assignment.labels == sid
+    representative, least = ranked_members(X, assignment, sid)
+    shown = [int(i) for i in representative[:per_speaker]]
+    rest = [int(i) for i in least if int(i) not in set(shown)][:per_speaker]
+    anchors = [assignment.file_names[i] for i in representative[:2]]
+    if assignment.named[sid] and name in written:
+        block = corrections_block(name, written[name].anchors, written[name].clips)
+        intro, intro_end = "Named in", " by this entry:"
+    else:
+        block = corrections_block("Name_of_reader", anchors, [])
+        intro, intro_end = "To name this speaker, add to", " (with the reader's name):"
+    return {
+        "id": sid,
+        "name": name,
+        "colour": PALETTE[sid % len(PALETTE)],
+        "count": int(members.sum()),
+        "hours": float(durations[members].sum() / 3600),
+        "mean_confidence": float(assignment.confidence[members].mean()),
+        "uncertain": int(assignment.uncertain[members].sum()),
+        "named": bool(assignment.named[sid]),
+        "representative": [rows.row(i, True) for i in shown],
+        "least": [rows.row(i, True) for i in rest],
+        "intro": intro,
+        "intro_end": intro_end,
+        "block": block,
+        "merge": "\n".join(f"      - {_yaml_key(a)}" for a in anchors[:1]),
+        "moves": "\n".join(f"      - {_yaml_key(assignment.file_names[i])}" for i in rest[:3]),
+    }
+
+
 def render_review_page(
     clips: Sequence[Clip],
     X: np.ndarray,
@@ -143,63 +213,13 @@ def render_review_page(
     `notes` are extra lines under the summary; `data` is merged into the JSON the page's script
     reads (`#review-data`), so other stages can hand the page more facts without a new argument.
     """
-    uri_cache: dict[int, str] = {}
-
-    def uri(i: int) -> str:
-        if i not in uri_cache:
-            samples, rate = load_samples(clips[i])
-            uri_cache[i] = _audio_uri(samples, rate)
-        return uri_cache[i]
-
-    def row(i: int, with_audio: bool) -> dict[str, Any]:
-        sid = int(assignment.labels[i])
-        return {
-            "file": clips[i].file_name,
-            "text": getattr(clips[i], "text", ""),
-            "duration": float(clips[i].duration_s),
-            "confidence": float(assignment.confidence[i]),
-            "uncertain": bool(assignment.uncertain[i]),
-            "pinned": bool(assignment.pinned[i]),
-            "speaker_id": sid,
-            "speaker": assignment.names[sid],
-            "audio": uri(i) if with_audio else "",
-        }
-
+    rows = _Rows(clips, assignment, load_samples)
     path_label = str(corrections_file) if corrections_file else "languages/<code>.speakers.yaml"
     durations = np.array([c.duration_s for c in clips], dtype=float)
     written = {s.name: s for s in corrections.speakers}
-    speakers = []
-    for sid, name in enumerate(assignment.names):
-        members = assignment.labels == sid
-        representative, least = ranked_members(X, assignment, sid)
-        shown = [int(i) for i in representative[:per_speaker]]
-        rest = [int(i) for i in least if int(i) not in set(shown)][:per_speaker]
-        anchors = [assignment.file_names[i] for i in representative[:2]]
-        if assignment.named[sid] and name in written:
-            block = corrections_block(name, written[name].anchors, written[name].clips)
-            intro, intro_end = "Named in", " by this entry:"
-        else:
-            block = corrections_block("Name_of_reader", anchors, [])
-            intro, intro_end = "To name this speaker, add to", " (with the reader's name):"
-        speakers.append(
-            {
-                "id": sid,
-                "name": name,
-                "colour": PALETTE[sid % len(PALETTE)],
-                "count": int(members.sum()),
-                "hours": float(durations[members].sum() / 3600),
-                "mean_confidence": float(assignment.confidence[members].mean()),
-                "uncertain": int(assignment.uncertain[members].sum()),
-                "named": bool(assignment.named[sid]),
-                "representative": [row(i, True) for i in shown],
-                "least": [row(i, True) for i in rest],
-                "intro": intro,
-                "intro_end": intro_end,
-                "block": block,
-                "merge": "\n".join(f"      - {_yaml_key(a)}" for a in anchors[:1]),
-                "moves": "\n".join(f"      - {_yaml_key(assignment.file_names[i])}" for i in rest[:3]),
-            }
-        )
+    speakers = [
+        _speaker_card(sid, X, rows, durations, written, per_speaker) for sid in range(assignment.n_speakers)
+    ]
     order = sorted(
         range(len(clips)),
         key=lambda i: (not assignment.uncertain[i], float(assignment.confidence[i]), clips[i].file_name),
@@ -222,7 +242,7 @@ def render_review_page(
         notes=[*clustering.notes, *notes],
         path_label=path_label,
         speakers=speakers,
-        clips=[row(i, False) for i in order],
+        clips=[rows.row(i, False) for i in order],
         map_png=base64.b64encode(map_png(X, assignment)).decode("ascii"),
         suggested=suggested_corrections(X, assignment, corrections),
         data=page_data,
