@@ -122,6 +122,13 @@ def _threadpools() -> Any:
     return ThreadpoolController()
 
 
+def _cosine_distances(X: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity of L2-normalised rows, clipped at 0 as sklearn's cosine distance."""
+    D = 1.0 - (X @ X.T).astype(np.float64)
+    np.fill_diagonal(D, 0.0)
+    return np.clip(D, 0.0, 2.0)
+
+
 def _kmeans(
     X: np.ndarray, k: int, seed: int, init: np.ndarray | None = None, n_init: int | None = None
 ) -> np.ndarray:
@@ -160,6 +167,18 @@ class _KSearch:
 
         self.X, self.seed, self.n_init = X, seed, n_init
         self.tree = linkage(X.astype(np.float64), method="average", metric="cosine")
+        # On a sample (n_init given) every candidate is scored on the same clips: their cosine
+        # distances once, not once per silhouette (two per k).
+        self.distances = None if n_init is None else _cosine_distances(X)
+
+    def score(self, labels: np.ndarray) -> float | None:
+        if self.distances is None:
+            return _silhouette(self.X, labels, self.seed)
+        from sklearn.metrics import silhouette_score
+
+        if not 2 <= len(np.unique(labels)) < len(self.X):
+            return None
+        return float(silhouette_score(self.distances, labels, metric="precomputed"))
 
     def labels(self, k: int) -> tuple[np.ndarray, float | None]:
         from scipy.cluster.hierarchy import fcluster
@@ -169,7 +188,7 @@ class _KSearch:
         found = int(tree_labels.max()) + 1
         if found == k:
             candidates.append(_kmeans(self.X, k, self.seed, init=centroids_of(self.X, tree_labels, k)))
-        scored = [(_silhouette(self.X, c, self.seed), i) for i, c in enumerate(candidates)]
+        scored = [(self.score(c), i) for i, c in enumerate(candidates)]
         score, best = max(scored, key=lambda t: (-np.inf if t[0] is None else t[0], -t[1]))
         return candidates[best], score
 
