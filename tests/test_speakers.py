@@ -160,6 +160,28 @@ def test_batches_on_several_workers_give_the_same_vectors(embedded, embedder):
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_clip_without_an_embedding_is_named(embedded, workers):
+    """One batch at a time or several at once, the error names the clip to remove."""
+    from tts_pipeline.errors import PipelineError
+    from tts_pipeline.speakers.embeddings import EmbeddingError
+
+    clips, _ = embedded
+    bad = clips[20]
+
+    class OneSilentClip:
+        name, dim, parallel_batches = "fake", 4, True
+
+        def embed(self, samples, sample_rate):
+            if len(samples) == bad_len:
+                raise EmbeddingError("silent audio")
+            return np.ones(4, dtype=np.float32) / 2
+
+    bad_len = len(sp.load_samples(bad)[0])
+    with pytest.raises(PipelineError, match=f"{bad.path}: silent audio; remove the clip"):
+        sp.embed_clips(clips, OneSilentClip(), None, "fake", workers=workers)
+
+
 def test_damaged_embedding_cache_entries_are_recomputed(embedded, embedder, tmp_path):
     """A cut-short vector, or a vector without its marker (a crash between the two), is a miss."""
     import shutil
