@@ -3,7 +3,8 @@
     clips.py            the input: preprocessed clips of a metadata.csv, their audio
     embeddings.py       speaker-embedding backends (a library: evaluate uses it too)
     embedding_cache.py  every clip's embedding, cached by content (`tts_pipeline.cache`)
-    clustering.py       near-duplicate takes, HDBSCAN and/or k-means, confidence
+    duplicates.py       near-duplicate takes, clustered as one point
+    clustering.py       HDBSCAN and/or k-means, confidence
     corrections.py      the corrections file (format at its top) and how it is applied
     review_page.py      the self-contained review.html
     review_edit.py      reviewer actions written to the corrections file
@@ -24,7 +25,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "clips": ("Clip", "load_clips", "load_samples"),
     "clustering": (
         "CONFIDENCE_TEMPERATURE",
-        "DUPLICATE_COSINE",
         "UNCERTAIN_BELOW",
         "Clustering",
         "centroid_confidence",
@@ -40,6 +40,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "parse_corrections",
         "ranked_members",
     ),
+    "duplicates": ("DUPLICATE_COSINE", "near_duplicate_groups"),
     "embedding_cache": ("EMBEDDING_VERSION", "EMBED_BATCH", "embed_clips"),
     "layout": (
         "EMBEDDINGS_FILE",

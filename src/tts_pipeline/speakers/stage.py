@@ -24,7 +24,7 @@ from ..errors import PipelineError
 from ..fsutil import atomic_directory, claim_output_dir, overlapping_input, write_json
 from ..metadata import default_metadata_csv
 from .clips import Clip, load_clips, load_samples
-from .clustering import DUPLICATE_COSINE, Clustering, cluster_embeddings
+from .clustering import Clustering, cluster_embeddings
 from .corrections import (
     Assignment,
     Corrections,
@@ -33,6 +33,7 @@ from .corrections import (
     load_corrections,
     ranked_members,
 )
+from .duplicates import DUPLICATE_COSINE
 from .embedding_cache import embed_clips
 from .embeddings import SpeakerEmbedder, get_embedder
 from .layout import (
@@ -63,7 +64,7 @@ def speaker_ids_document(
     assignment: Assignment, clips: Sequence[Clip], duplicates: Sequence[Sequence[int]] = ()
 ) -> dict[str, Any]:
     """The `speaker_ids.json` contract (docs/ARCHITECTURE.md); `near_duplicates` lists the
-    groups of clips that are one take (see `clustering.near_duplicate_groups`)."""
+    groups of clips that are one take (see `duplicates.near_duplicate_groups`)."""
     durations = np.array([c.duration_s for c in clips], dtype=float)
     doc_clips = {
         name: {
