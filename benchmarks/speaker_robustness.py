@@ -31,7 +31,7 @@ from sklearn.metrics import adjusted_rand_score
 from tts_pipeline.audio import decode_audio
 from tts_pipeline.config import SpeakerSection
 from tts_pipeline.embeddings import embed_many, get_embedder
-from tts_pipeline.speaker_clustering import METHODS, cluster_embeddings
+from tts_pipeline.speakers.clustering import METHODS, cluster_embeddings
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "data" / "librispeech-6spk"

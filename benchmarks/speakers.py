@@ -4,6 +4,8 @@ Embedding (CPU): the 60 LibriSpeech test clips (tests/data/librispeech-6spk, 6 r
 decoded once to 16 kHz WAV as the preprocess stage writes them.
   stage     `embed_clips`: hash, read, resemblyzer preprocessing (vectorised), partial windows of
             16 clips batched through the LSTM, per-clip cache writes (cold cache)
+            (batches on all cores at once, one torch thread each: `embedding_cache.embed_workers`)
+  1 worker  the same, one batch at a time on torch's own threads (the stage before issue 18)
   cached    the same again with the cache filled (what a re-run costs)
   baseline  resemblyzer's own API per file: `preprocess_wav(path)` + `VoiceEncoder.embed_utterance`
 Real-time factor (RTF) = processing seconds / audio seconds (lower is better); also shown as
@@ -34,6 +36,7 @@ import numpy as np
 from tts_pipeline.audio import decode_audio, write_wav
 from tts_pipeline.embeddings import get_embedder
 from tts_pipeline.speakers import cluster_embeddings, embed_clips, load_clips
+from tts_pipeline.speakers.embedding_cache import embed_workers
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "data" / "librispeech-6spk"
@@ -71,26 +74,29 @@ def bench_embedding(work: Path, repeat: int = 3) -> dict:
 
     # Best of `repeat` alternating rounds (each stage round with an empty cache): the machine
     # is shared, and the minimum is the least disturbed measurement of each.
-    stage_runs, cached_runs, base_runs = [], [], []
+    stage_runs, serial_runs, cached_runs, base_runs = [], [], [], []
     for r in range(repeat):
         cache = work / f"cache-{r}"
         stage_runs.append(_timed(lambda cache=cache: embed_clips(clips, embedder, cache, "resemblyzer")))
+        serial_runs.append(_timed(lambda: embed_clips(clips, embedder, None, "resemblyzer", workers=1)))
         cached_runs.append(_timed(lambda cache=cache: embed_clips(clips, embedder, cache, "resemblyzer")))
         base_runs.append(
             _timed(lambda: np.stack([encoder.embed_utterance(preprocess_wav(c.path)) for c in clips]))
         )
     stage, stage_wall, stage_cpu = min(stage_runs, key=lambda t: t[1])
     _, cached_wall, _ = min(cached_runs, key=lambda t: t[1])
+    _, serial_wall, serial_cpu = min(serial_runs, key=lambda t: t[1])
     base, base_wall, base_cpu = min(base_runs, key=lambda t: t[1])
     agree = float(np.min(np.sum(stage * base, axis=1)))
     rows = {
         "stage": (stage_wall, stage_cpu),
+        "1 worker": (serial_wall, serial_cpu),
         "cached": (cached_wall, None),
         "baseline": (base_wall, base_cpu),
     }
     print(
         f"\nEmbedding, {len(clips)} clips, {audio_s:.1f} s of audio, torch threads {torch.get_num_threads()}, "
-        f"best of {repeat} rounds"
+        f"stage workers {embed_workers(embedder)} (1 torch thread each), best of {repeat} rounds"
     )
     print(f"{'':10} {'wall s':>8} {'cpu s':>8} {'RTF':>8} {'x real time':>12}")
     for name, (wall, cpu) in rows.items():
@@ -106,6 +112,8 @@ def bench_embedding(work: Path, repeat: int = 3) -> dict:
         "stage_wall_s": round(stage_wall, 3),
         "cached_wall_s": round(cached_wall, 3),
         "baseline_wall_s": round(base_wall, 3),
+        "one_worker_wall_s": round(serial_wall, 3),
+        "stage_x_real_time": round(audio_s / stage_wall, 1),
         "stage_rtf": round(stage_wall / audio_s, 5),
         "baseline_rtf": round(base_wall / audio_s, 5),
         "speedup_vs_baseline": round(base_wall / stage_wall, 2),

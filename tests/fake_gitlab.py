@@ -93,6 +93,19 @@ class Fault:
 
 
 @dataclass
+class Hold:
+    """Requests matching `method` + `pattern` after the first `after` wait until `release` is set;
+    `held` is set when the first of them arrives (the client is caught mid-run: an event to wait on)."""
+
+    method: str
+    pattern: re.Pattern[str]
+    after: int
+    seen: int = 0
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class RequestRecord:
     method: str
     path: str
@@ -229,6 +242,7 @@ class FakeGitLab:
         self.log: list[RequestRecord] = []
         self.latency_s = 0.0
         self.delays: list[tuple[str, re.Pattern[str], float]] = []
+        self.holds: list[Hold] = []
         self.max_per_page = 100
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
@@ -247,6 +261,8 @@ class FakeGitLab:
         return self
 
     def stop(self) -> None:
+        for hold in self.holds:  # no handler thread stays blocked
+            hold.release.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -305,6 +321,13 @@ class FakeGitLab:
         """Answer requests matching `method` + path regex `seconds` late (a slow link, for kill tests)."""
         self.delays.append((method.upper(), re.compile(pattern), seconds))
 
+    def hold(self, method: str, pattern: str, after: int) -> Hold:
+        """Hold matching requests after the first `after` until `Hold.release` is set (for kill tests)."""
+        hold = Hold(method.upper(), re.compile(pattern), after)
+        with self._lock:
+            self.holds.append(hold)
+        return hold
+
     def count(self, method: str, pattern: str, status: int | None = 200) -> int:
         """How many logged requests matched (default: successful ones)."""
         regex = re.compile(pattern)
@@ -337,6 +360,14 @@ class FakeGitLab:
         for delay_method, pattern, seconds in list(self.delays):
             if delay_method == method and pattern.search(path):
                 time.sleep(seconds)
+        for hold in list(self.holds):
+            if hold.method == method and hold.pattern.search(path):
+                with self._lock:
+                    hold.seen += 1
+                    wait = hold.seen > hold.after
+                if wait:
+                    hold.held.set()
+                    hold.release.wait(timeout=300)
         fault = self._take_fault(method, path)
         if fault is not None and fault.status != "drop":
             response = FakeResponse.json(

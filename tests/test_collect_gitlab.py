@@ -106,27 +106,24 @@ def test_kill_midway_then_rerun_is_byte_identical(tmp_path, server, built):
     collect(gitlab_config(tmp_path / "ref", server.url), tmp_path / "ref" / "raw")
     total_lfs = server.count("GET", LFS_GET)
 
-    server.delay("GET", LFS_GET, 0.1)  # a slow link: the run is caught in the middle of the LFS downloads
+    # the run is caught in the middle of the LFS downloads: after 10, the server holds the rest
+    hold = server.hold("GET", LFS_GET, after=10)
     work = tmp_path / "work"
     work.mkdir()
     config = write_config(work, server.url, download_workers=2)
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, "-m", "tts_pipeline", "collect", "--config", str(config), "--params", str(PARAMS)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    cache = work / "cache" / "collect" / "lfs"
-    deadline = time.time() + 120
-    while (
-        time.time() < deadline
-        and len([p for p in cache.rglob("*") if p.is_file()]) < 10
-        and proc.poll() is None
-    ):
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()
+    deadline = time.monotonic() + 120
+    while not hold.held.wait(timeout=0.5) and proc.poll() is None and time.monotonic() < deadline:
+        pass  # an event, not a guessed sleep: woken as soon as the 11th download is held
+    assert hold.held.is_set() and proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
     assert not (work / "raw").exists()  # no half output that looks complete
-    server.delays.clear()
+    server.holds.clear()
+    hold.release.set()
 
     done_before = server.count("GET", LFS_GET)
     result = collect(load_config(config, PARAMS), work / "raw")

@@ -54,8 +54,8 @@ def test_speakers_review_on_a_busy_port_is_one_line_suggesting_port(tmp_path, ca
     import pytest
 
     from tts_pipeline.errors import PipelineError
-    from tts_pipeline.speaker_review import make_review_app_server
     from tts_pipeline.speakers import make_review_server
+    from tts_pipeline.speakers.review_server import make_review_app_server
 
     holder, port = _busy_port()
     with holder:

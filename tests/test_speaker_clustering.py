@@ -18,11 +18,11 @@ import pytest
 from noisy_clips import variants
 from sklearn.metrics import adjusted_rand_score
 
-from tts_pipeline import speaker_clustering as sc
 from tts_pipeline import speakers as sp
 from tts_pipeline.audio import decode_audio, write_wav
 from tts_pipeline.config import ConfigError, SpeakerSection, load_config
 from tts_pipeline.errors import PipelineError
+from tts_pipeline.speakers import duplicates
 
 DATA = Path(__file__).parent / "data" / "librispeech-6spk"
 #: (clip, copies) exported more than once: the same take under other names.
@@ -172,9 +172,9 @@ def test_near_duplicate_groups_are_transitive_and_blockwise(monkeypatch):
     turned = [np.cos(t * angle) * eye[1] + np.sin(t * angle) * eye[8] for t in (1, 2)]
     X = np.vstack([eye[:5], *turned, eye[3]])
     assert X[5] @ X[1] >= 0.99 and X[6] @ X[5] >= 0.99 and X[6] @ X[1] < 0.99
-    monkeypatch.setattr(sc, "DUPLICATE_BLOCK", 3)  # pairs across blocks are found too
-    assert sc.near_duplicate_groups(X, 0.99) == [[1, 5, 6], [3, 7]]
-    assert sc.near_duplicate_groups(X[:5], 0.99) == []
+    monkeypatch.setattr(duplicates, "DUPLICATE_BLOCK", 3)  # pairs across blocks are found too
+    assert duplicates.near_duplicate_groups(X, 0.99) == [[1, 5, 6], [3, 7]]
+    assert duplicates.near_duplicate_groups(X[:5], 0.99) == []
 
 
 def test_auto_keeps_hdbscan_beyond_the_k_means_range():

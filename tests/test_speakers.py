@@ -1,6 +1,6 @@
 """speakers stage on real speech: 60 LibriSpeech clips by 6 readers (labels = folder names).
 
-Held-out protocol: the few constants in speakers.py (single-speaker silhouette threshold,
+Held-out protocol: the few constants in speakers/clustering.py (single-speaker silhouette threshold,
 confidence temperature) were chosen looking only at clips 0000-0004 of each reader; the
 accuracy tests below assert on clips 0005-0009, which nothing was tuned on, and on all 60.
 Embeddings are computed once per module (and cached by content hash like the stage does).
@@ -145,6 +145,73 @@ def test_embedding_cache_is_used(embedded, cache_root):
             raise AssertionError("should have come from the cache")
 
     np.testing.assert_array_equal(sp.embed_clips(clips, Refuses(), cache_root, "resemblyzer"), X)
+
+
+def test_batches_on_several_workers_give_the_same_vectors(embedded, embedder):
+    """Two batches at once (one torch thread each) = one batch at a time; torch threads restored."""
+    import torch
+
+    clips, _ = embedded
+    clips = clips[:20]  # two batches
+    threads = torch.get_num_threads()
+    together = sp.embed_clips(clips, embedder, None, "resemblyzer", workers=2)
+    assert torch.get_num_threads() == threads
+    one_by_one = sp.embed_clips(clips, embedder, None, "resemblyzer", workers=1)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_clip_without_an_embedding_is_named(embedded, workers):
+    """One batch at a time or several at once, the error names the clip to remove."""
+    from tts_pipeline.embeddings import EmbeddingError
+    from tts_pipeline.errors import PipelineError
+
+    clips, _ = embedded
+    bad = clips[20]
+
+    class OneSilentClip:
+        name, dim, parallel_batches = "fake", 4, True
+
+        def embed(self, samples, sample_rate):
+            if len(samples) == bad_len:
+                raise EmbeddingError("silent audio")
+            return np.ones(4, dtype=np.float32) / 2
+
+    bad_len = len(sp.load_samples(bad)[0])
+    with pytest.raises(PipelineError, match=f"{bad.path}: silent audio; remove the clip"):
+        sp.embed_clips(clips, OneSilentClip(), None, "fake", workers=workers)
+
+
+def test_damaged_embedding_cache_entries_are_recomputed(embedded, embedder, tmp_path):
+    """A cut-short vector, or a vector without its marker (a crash between the two), is a miss."""
+    import shutil
+
+    from tts_pipeline.cache import ContentCache
+    from tts_pipeline.fsutil import sha256_file
+    from tts_pipeline.speakers.embedding_cache import cache_dir
+
+    clips, X = embedded
+    clips = clips[:4]
+    root = tmp_path / "speakers"
+    sp.embed_clips(clips, embedder, root, "resemblyzer")
+    cache = ContentCache(cache_dir(root, "resemblyzer", None), ".npy")
+    cut = cache.paths(sha256_file(clips[0].path))[0]
+    cut.write_bytes(cut.read_bytes()[:40])
+    cache.paths(sha256_file(clips[1].path))[1].unlink()
+    computed = []
+
+    class Counts:
+        name, dim = "resemblyzer", 256
+
+        def embed(self, samples, sample_rate):
+            computed.append(len(samples))
+            return embedder.embed(samples, sample_rate)
+
+    again = sp.embed_clips(clips, Counts(), root, "resemblyzer")
+    assert len(computed) == 2  # only the two damaged entries
+    np.testing.assert_allclose(again, X[:4], atol=1e-6)
+    assert all(cache.get(sha256_file(c.path)) is not None for c in clips)  # repaired
+    shutil.rmtree(root)
 
 
 # --------------------------------------------------------------------------- stage outputs

@@ -199,36 +199,61 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "model.safetensors"))
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path, two_speakers):
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, two_speakers):
+    """An uninterrupted 6-step run, and one "killed" after step 4 then resumed to step 6.
+
+    6 train clips, batch 2: 3 batches per epoch, so step 4 resumes in the middle of epoch 2.
+    Shared by the resume tests below (each checks one behaviour); none of them changes it.
+    """
     from tts_pipeline.train import train
 
-    # 6 train clips, batch 2: 3 batches per epoch, so step 4 resumes in the middle of epoch 2
-    straight = train(make_config(tmp_path, max_steps=6), paths_for(tmp_path, two_speakers, "straight"))
+    tmp = tmp_path_factory.mktemp("resume")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `one_torch_thread`, which a module fixture runs before
+    try:
+        straight = train(make_config(tmp, max_steps=6), paths_for(tmp, two_speakers, "straight"))
+        part = paths_for(tmp, two_speakers, "resumed")
+        first = train(make_config(tmp, max_steps=4), part)  # "killed" after step 4
+        resumed = train(make_config(tmp, max_steps=6), part)  # same settings, longer run
+    finally:
+        torch.set_num_threads(threads)
+    return tmp, straight, first, resumed, part
+
+
+def test_resume_after_kill_equals_uninterrupted_run(resumed_run):
+    tmp, straight, first, resumed, part = resumed_run
     assert straight.steps == 6 and straight.resumed_from is None
-
-    part = paths_for(tmp_path, two_speakers, "resumed")
-    first = train(make_config(tmp_path, max_steps=4), part)  # "killed" after step 4
     assert first.steps == 4
-    resumed = train(make_config(tmp_path, max_steps=6), part)  # same settings, longer run
     assert resumed.resumed_from == 4 and resumed.steps == 6
-
     a, b = _weights(straight.model_dir), _weights(resumed.model_dir)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     disc_a = torch.load(
         part.checkpoint_dir / "checkpoint-6" / "state" / "discriminator.pt", weights_only=True
     )
-    disc_b = torch.load(tmp_path / "straight" / "checkpoints" / "checkpoint-6" / "state" / "discriminator.pt",
+    disc_b = torch.load(tmp / "straight" / "checkpoints" / "checkpoint-6" / "state" / "discriminator.pt",
                         weights_only=True)  # fmt: skip
     assert all(torch.equal(disc_a[k], disc_b[k]) for k in disc_a)
-    # the curve of the resumed run continues the first part's
+
+
+def test_resumed_training_curve_continues_the_first_part(resumed_run):
+    _, _, _, _, part = resumed_run
     curve = (part.metrics_file.parent / "train_curve.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in curve[1:]] == ["1", "2", "3", "4", "5", "6"]
 
-    # keep the last 2 (save_total_limit) plus the best; index.json lists them
+
+def test_resume_keeps_the_last_checkpoints_and_the_best(resumed_run):
+    """save_total_limit keeps the last 2 plus the best; index.json lists them."""
+    _, _, _, _, part = resumed_run
     index = json.loads((part.checkpoint_dir / "index.json").read_text())
     steps = [c["step"] for c in index["checkpoints"]]
     assert steps[-2:] == [4, 6] and set(steps) <= {2, 4, 6} and index["best_step"] in steps
+
+
+def test_checkpoints_resolve_by_latest_best_and_step_and_speak(resumed_run):
+    _, _, _, _, part = resumed_run
+    index = json.loads((part.checkpoint_dir / "index.json").read_text())
     assert modeling.resolve_checkpoint(part.output_dir, part.checkpoint_dir, "latest") == (
         part.checkpoint_dir / "checkpoint-6" / "model"
     )
@@ -239,14 +264,21 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, two_speakers):
     )
     assert modeling.load_voice(best).synthesize("hello there", speaker_id=1).size > 0
 
-    # a changed setting starts over (automatically) ...
+
+def test_a_changed_setting_starts_over(resumed_run, tmp_path):
+    """--resume insists on the checkpoints; otherwise another config clears them (on a copy here)."""
+    import shutil
+
     from tts_pipeline.train import choose_resume
 
-    assert choose_resume(part.checkpoint_dir, "another-config", resume=True) is not None  # --resume insists
-    assert choose_resume(part.checkpoint_dir, "another-config", resume=None) is None
-    assert modeling.list_checkpoints(part.checkpoint_dir) == []
+    _, _, _, _, part = resumed_run
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(part.checkpoint_dir, checkpoints)
+    assert choose_resume(checkpoints, "another-config", resume=True) is not None  # --resume insists
+    assert choose_resume(checkpoints, "another-config", resume=None) is None
+    assert modeling.list_checkpoints(checkpoints) == []
     with pytest.raises(PipelineError, match="no checkpoint"):
-        choose_resume(part.checkpoint_dir, "x", resume=True)
+        choose_resume(checkpoints, "x", resume=True)
 
 
 def test_saved_model_reloads_bit_identically_and_speaks(tmp_path, two_speakers):

@@ -29,7 +29,7 @@ log = logging.getLogger("tts_pipeline")
 STAGES: dict[str, tuple[str, str]] = {
     "collect": ("collect", "Codex project (GitLab or local) -> raw/audio + metadata.csv"),
     "preprocess": ("preprocess", "raw audio -> 16 kHz mono 16-bit WAV, loudness-normalised, measured"),
-    "speakers": ("speakers", "speaker embeddings, clustering, review page, corrections"),
+    "speakers": ("speakers.stage", "speaker embeddings, clustering, review page, corrections"),
     "dataset": ("dataset", "preprocessed clips + speakers -> Hugging Face dataset"),
     "train": ("train", "fine-tune an MMS-TTS (VITS) model"),
     "evaluate": ("evaluate", "synthesize the validation set, measure, listening page"),

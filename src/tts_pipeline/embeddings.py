@@ -1,5 +1,7 @@
 """Speaker-embedding backends behind one small interface (used by speakers and evaluate).
 
+A library, not part of the stage: `evaluate` imports it without importing the speakers stage.
+
 Why an interface: the default must work offline on a CPU laptop (`resemblyzer`, weights ship
 in its wheel), while a GPU box may prefer a stronger model (`pyannote`, `speechbrain`) that
 needs torchaudio and is therefore only available with the optional `gpu` extra.
@@ -12,7 +14,7 @@ voices with a plain dot product (cosine similarity)::
     b = embed_file(embedder, "clip.wav")
     similarity = float(a @ b)
 
-Heavy imports (torch, resemblyzer, pyannote, speechbrain, librosa) happen inside functions.
+Heavy imports (torch, resemblyzer, pyannote, speechbrain) happen inside functions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .audio import decode_audio, resample
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -81,14 +84,6 @@ def _check_samples(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-def _resample(samples: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
-    if sample_rate == target:
-        return samples
-    import librosa
-
-    return librosa.resample(samples, orig_sr=sample_rate, target_sr=target).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- resemblyzer
 
 
@@ -101,6 +96,8 @@ class ResemblyzerEmbedder:
     name = "resemblyzer"
     dim = 256
     sample_rate = 16000
+    #: `embed_many` may run for several batches at once in threads: a forward pass keeps no state.
+    parallel_batches = True
 
     def __init__(self, device: str = "cpu", weights: str | None = None) -> None:
         import torch
@@ -128,7 +125,7 @@ class ResemblyzerEmbedder:
             import webrtcvad
 
         hp = self._hp
-        wav = _resample(_check_samples(samples), sample_rate, self.sample_rate)
+        wav = resample(_check_samples(samples), sample_rate, self.sample_rate)
         rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
         if rms < 1e-7:
             raise EmbeddingError("silent audio")
@@ -286,7 +283,7 @@ class SpeechBrainEmbedder:
         return out.cpu().numpy().reshape(-1)
 
     def embed(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        wav = _resample(_check_samples(samples), sample_rate, self.sample_rate)
+        wav = resample(_check_samples(samples), sample_rate, self.sample_rate)
         return _finish(self._raw(wav), "speechbrain embedding")
 
 
@@ -323,8 +320,6 @@ def embed_many(embedder: SpeakerEmbedder, batch: Sequence[np.ndarray], sample_ra
 
 def embed_file(embedder: SpeakerEmbedder, path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Decode any audio file (WAV, WebM/Opus, FLAC, ...) and embed it; errors name the file."""
-    from .audio import decode_audio
-
     samples = decode_audio(path, sample_rate)
     try:
         return embedder.embed(samples, sample_rate)

@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -36,6 +36,7 @@ from tqdm import tqdm
 from . import modeling
 from .audio import AudioError, decode_wav_bytes, resample, write_wav
 from .config import Config, EvaluationSection, SpeakerSection
+from .embeddings import EmbeddingError, SpeakerEmbedder, embed_many, get_embedder
 from .errors import PipelineError
 from .evaluation_report import (
     PAGE_NAME,
@@ -54,9 +55,6 @@ from .fsutil import atomic_directory, atomic_write_bytes, claim_output_dir, read
 from .speech_metrics import MetricThresholds, SampleMetrics, measure_sample, summarize_by_speaker
 from .text import tokenizer_view
 from .tracking import run_tags, scrub, self_contained_html, tracking_uri, use_experiment
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .embeddings import SpeakerEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +221,6 @@ def embed_or_none(
     embedder: SpeakerEmbedder | None, samples: np.ndarray, sample_rate: int, what: str
 ) -> np.ndarray | None:
     """A speaker embedding, or None (with a warning) for audio that yields none."""
-    from .embeddings import EmbeddingError
-
     if embedder is None or samples.size == 0:
         return None
     try:
@@ -237,8 +233,6 @@ def embed_or_none(
 def embed_real(embedder: SpeakerEmbedder | None, items: Sequence[ValidationItem]) -> list[np.ndarray | None]:
     """Embeddings of the real recordings: one batched pass when the backend has one and all
     clips share a rate, else clip by clip (a clip without an embedding gets None)."""
-    from .embeddings import EmbeddingError, embed_many
-
     if embedder is None:
         return [None] * len(items)
     rates = {item.sample_rate for item in items}
@@ -317,8 +311,6 @@ def evaluate(
     `plot_file` gets a copy of the summary image outside the report directory, for a DVC
     `plots` entry (`dvc plots diff` then shows two experiments' images side by side).
     """
-    from .embeddings import get_embedder
-
     claim_output_dir(output_dir, "evaluate", EVALUATE_LEGACY)  # before loading anything
     items = load_validation(dataset_path, options.max_samples)
     voice = modeling.load_voice(model_dir, device=options.device)

@@ -195,7 +195,7 @@ def speakers_yaml(code: str) -> str:
         f"# Speaker corrections for {code}, applied on the next `speakers` run. Optional: no file or\n"
         "# an empty one means no corrections. The review page prints the exact lines to paste:\n"
         f"#   tts-pipeline speakers review --config languages/{code}.yaml\n"
-        "# Format (top of src/tts_pipeline/speakers.py):\n"
+        "# Format (top of src/tts_pipeline/speakers/corrections.py):\n"
         "# speakers:\n"
         "#   Maria:                        # the reader's name\n"
         "#     anchors: [audio/MRK_001_001.wav]   # the cluster holding this clip is Maria\n"

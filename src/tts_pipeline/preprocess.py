@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import functools
 import importlib
-import json
 import logging
 import math
 import os
@@ -47,6 +46,7 @@ from tqdm import tqdm
 
 from . import audio_quality as aq
 from .audio import AudioError, AudioTooLongError, decode_audio_native, is_lfs_pointer, write_wav
+from .cache import ContentCache
 from .clip_processing import (
     ClipMeasures,
     Filters,
@@ -60,7 +60,6 @@ from .config import Config
 from .errors import PipelineError
 from .fsutil import (
     atomic_directory,
-    atomic_write_text,
     claim_output_dir,
     overlapping_input,
     sha256_file,
@@ -227,36 +226,19 @@ def cache_key(content_sha256: str, params: ProcessParams, code: str) -> str:
     )
 
 
-def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
-    folder = cache_dir / key[:2]
-    return folder / f"{key}.json", folder / f"{key}.wav"
-
-
 def _read_cache(cache_dir: Path, key: str) -> dict[str, Any] | None:
-    entry_path, wav_path = _cache_paths(cache_dir, key)
-    try:
-        entry = json.loads(entry_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    hit = ContentCache(cache_dir, ".wav").get(key)
+    if hit is None or hit.meta.get("format") != CACHE_FORMAT or (hit.meta.get("audio") and hit.data is None):
         return None
-    if entry.get("format") != CACHE_FORMAT or (entry.get("audio") and not wav_path.is_file()):
-        return None
-    return entry
+    return hit.meta
 
 
 def _write_cache(
     cache_dir: Path, key: str, audio: np.ndarray | None, entry: dict[str, Any], rate: int
 ) -> None:
-    """WAV first (temp name + rename), then the JSON that marks the entry complete."""
-    entry_path, wav_path = _cache_paths(cache_dir, key)
-    wav_path.parent.mkdir(parents=True, exist_ok=True)
-    if audio is not None:
-        tmp = wav_path.with_name(f".{wav_path.name}.{os.getpid()}.part")
-        try:
-            write_wav(tmp, audio, rate)
-            os.replace(tmp, wav_path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    atomic_write_text(entry_path, json.dumps(entry, sort_keys=True))
+    """WAV first, then the JSON that marks the entry complete (`cache.ContentCache`)."""
+    write = None if audio is None else (lambda path: write_wav(path, audio, rate))
+    ContentCache(cache_dir, ".wav").put(key, entry, write=write)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -325,7 +307,7 @@ def process_clip(ctx: Context, task: ClipTask) -> ClipOutcome:
         return outcome
 
     out_name = f"{task.stem}.wav"
-    _link_or_copy(_cache_paths(ctx.cache_dir, key)[1], ctx.out_audio_dir / out_name)
+    _link_or_copy(ContentCache(ctx.cache_dir, ".wav").paths(key)[0], ctx.out_audio_dir / out_name)
     chars = aq.count_speech_chars(transcription)
     out_row: dict[str, Any] = dict(row)
     out_row.update(

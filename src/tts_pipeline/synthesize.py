@@ -31,11 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from . import approvals, modeling, writeback
+from .cache import ContentCache
 from .fsutil import (
     atomic_directory,
-    atomic_write_bytes,
     claim_output_dir,
-    read_json,
     sha256_json,
     write_json,
 )
@@ -234,35 +233,22 @@ def _write_report(
     )
 
 
-def _cache_paths(cache: Path, key: str, fmt: str) -> tuple[Path, Path]:
-    folder = cache / key[:2]
-    return folder / f"{key}.{fmt}", folder / f"{key}.json"
-
-
 def _from_cache(cache: Path | None, key: str, fmt: str, target: Path) -> float | None:
     """Copy a cached verse to `target`; its duration, or None on a miss (or a damaged entry)."""
-    if cache is None:
-        return None
-    audio, info = _cache_paths(cache, key, fmt)
-    if not (audio.is_file() and info.is_file()):
+    hit = ContentCache(cache, f".{fmt}").get(key) if cache is not None else None
+    if hit is None or hit.data is None:
         return None
     try:
-        meta = read_json(info)
-        duration = float(meta["duration_s"])
-        if audio.stat().st_size != int(meta["size"]):
-            return None
-    except (ValueError, KeyError, TypeError, OSError):
+        duration = float(hit.meta["duration_s"])
+    except (ValueError, KeyError, TypeError):
         return None
-    shutil.copyfile(audio, target)
+    shutil.copyfile(hit.data, target)
     return duration
 
 
 def _to_cache(cache: Path | None, key: str, fmt: str, data: bytes, duration: float) -> None:
-    if cache is None:
-        return
-    audio, info = _cache_paths(cache, key, fmt)
-    atomic_write_bytes(audio, data)  # audio first: an entry counts only once its .json exists
-    write_json(info, {"duration_s": duration, "size": len(data)})
+    if cache is not None:  # audio first: an entry counts only once its .json exists
+        ContentCache(cache, f".{fmt}").put(key, {"duration_s": duration}, data)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -11,14 +11,9 @@ import pytest
 import yaml
 from browser_helpers import serving
 
-from tts_pipeline.speaker_review import (
-    CorrectionsEditor,
-    EditError,
-    ReviewServerApp,
-    ReviewState,
-    make_review_app_server,
-)
 from tts_pipeline.speakers import load_corrections
+from tts_pipeline.speakers.review_edit import CorrectionsEditor, EditError, ReviewState
+from tts_pipeline.speakers.review_server import ReviewServerApp, make_review_app_server
 
 # Last run: speaker 0 = Maria (named), 1 and 2 automatic.
 CLIPS = {

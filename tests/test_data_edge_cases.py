@@ -194,7 +194,7 @@ def test_corrections_block_round_trips_any_clip_or_speaker_name(tmp_path):
     """The review page's blocks are pasted as they are: a '#' or ': ' in a clip name, a long
     name, or an accented speaker name must read back as written (not as a comment, a wrapped
     line or an escape sequence)."""
-    from tts_pipeline.speaker_review import corrections_block
+    from tts_pipeline.speakers.review_page import corrections_block
 
     clips = ["audio/take #2.wav", "audio/a: b.wav", "audio/" + "long name with spaces " * 6 + ".wav"]
     block = corrections_block("Maria José", clips[:1], clips[1:], comment="id 0")

@@ -16,7 +16,7 @@ from browser_helpers import browser, open_page, screenshot, serving  # noqa: F40
 
 from tts_pipeline import speakers as sp
 from tts_pipeline.audio import decode_audio, write_wav
-from tts_pipeline.speaker_review import ReviewServerApp, make_review_app_server
+from tts_pipeline.speakers.review_server import ReviewServerApp, make_review_app_server
 
 DATA = Path(__file__).parent / "data" / "librispeech-6spk"
 READERS = ("1998", "2033", "3080")

@@ -7,13 +7,17 @@ and the notes saying why, which the metrics and the review page show).
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .errors import PipelineError
+from ..embeddings import l2_normalise
+from ..errors import PipelineError
+from .duplicates import DUPLICATE_COSINE, collapse_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +40,10 @@ HDBSCAN_PCA_DIMS = 32
 SPLIT_SAMPLE = 300
 #: k-means picks k on a random sample of this many clips when the corpus is larger.
 KMEANS_SELECT_SAMPLE = 2000
+#: k-means++ restarts per candidate k when k is chosen on that sample.
+SAMPLED_N_INIT = 3
 #: `clustering_method` values. auto runs both and keeps the better-separated result.
 METHODS = ("auto", "hdbscan", "kmeans")
-#: Two clips whose embeddings have at least this cosine are one take (exported twice,
-#: re-encoded): grouped before clustering. Distinct clips of one reader reach 0.97 on the
-#: tuning half of the LibriSpeech test set (long clean clips of one chapter; held-out half
-#: 0.961, 1.5-4 s cuts <= 0.89), so the default sits above that. The same 3 s take with noise
-#: at 40 dB SNR or 50 ms trimmed stays >= 0.994; resampled through 8 kHz or made 10 dB
-#: quieter it can fall to 0.82-0.88 (resemblyzer only raises quiet audio): not caught.
-DUPLICATE_COSINE = 0.99
-#: Rows of the similarity matrix computed at once when looking for near-duplicates.
-DUPLICATE_BLOCK = 2048
 
 
 @dataclass
@@ -71,8 +68,6 @@ class Clustering:
 
 def centroids_of(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """L2-normalised mean embedding of each cluster 0..k-1."""
-    from .embeddings import l2_normalise
-
     return l2_normalise(np.stack([X[labels == c].mean(axis=0) for c in range(k)]))
 
 
@@ -111,13 +106,30 @@ def _silhouette(X: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
     return float(silhouette_score(X, labels, metric="cosine", sample_size=sample, random_state=seed))
 
 
-def _kmeans(X: np.ndarray, k: int, seed: int, init: np.ndarray | None = None) -> np.ndarray:
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
+@functools.cache
+def _threadpools() -> Any:
+    """One threadpoolctl controller: making one scans the loaded libraries (~20 ms, per k-means call before)."""
+    from threadpoolctl import ThreadpoolController
 
-    n_init = 1 if init is not None else (10 if len(X) <= 2000 else 3)
+    return ThreadpoolController()
+
+
+def _cosine_distances(X: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity of L2-normalised rows, clipped at 0 as sklearn's cosine distance."""
+    D = 1.0 - (X @ X.T).astype(np.float64)
+    np.fill_diagonal(D, 0.0)
+    return np.clip(D, 0.0, 2.0)
+
+
+def _kmeans(
+    X: np.ndarray, k: int, seed: int, init: np.ndarray | None = None, n_init: int | None = None
+) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    if n_init is None:
+        n_init = 1 if init is not None else (10 if len(X) <= 2000 else 3)
     # One thread for small inputs: thread start-up costs 10x the work on a busy 2-core machine.
-    with warnings.catch_warnings(), threadpool_limits(1 if len(X) < 5000 else None):
+    with warnings.catch_warnings(), _threadpools().limit(limits=1 if len(X) < 5000 else None):
         warnings.simplefilter("ignore")  # ConvergenceWarning on near-duplicate points
         model = KMeans(
             n_clusters=k, init="k-means++" if init is None else init, n_init=n_init, random_state=seed
@@ -142,21 +154,33 @@ class _KSearch:
     average-linkage (cosine) clusters, the better by silhouette. The linkage seed keeps small
     readers as clusters of their own when one reader has most of the clips."""
 
-    def __init__(self, X: np.ndarray, seed: int) -> None:
+    def __init__(self, X: np.ndarray, seed: int, n_init: int | None = None) -> None:
         from scipy.cluster.hierarchy import linkage
 
-        self.X, self.seed = X, seed
+        self.X, self.seed, self.n_init = X, seed, n_init
         self.tree = linkage(X.astype(np.float64), method="average", metric="cosine")
+        # On a sample (n_init given) every candidate is scored on the same clips: their cosine
+        # distances once, not once per silhouette (two per k).
+        self.distances = None if n_init is None else _cosine_distances(X)
+
+    def score(self, labels: np.ndarray) -> float | None:
+        if self.distances is None:
+            return _silhouette(self.X, labels, self.seed)
+        from sklearn.metrics import silhouette_score
+
+        if not 2 <= len(np.unique(labels)) < len(self.X):
+            return None
+        return float(silhouette_score(self.distances, labels, metric="precomputed"))
 
     def labels(self, k: int) -> tuple[np.ndarray, float | None]:
         from scipy.cluster.hierarchy import fcluster
 
-        candidates = [_kmeans(self.X, k, self.seed)]
+        candidates = [_kmeans(self.X, k, self.seed, n_init=self.n_init)]
         tree_labels = fcluster(self.tree, k, criterion="maxclust") - 1
         found = int(tree_labels.max()) + 1
         if found == k:
             candidates.append(_kmeans(self.X, k, self.seed, init=centroids_of(self.X, tree_labels, k)))
-        scored = [(_silhouette(self.X, c, self.seed), i) for i, c in enumerate(candidates)]
+        scored = [(self.score(c), i) for i, c in enumerate(candidates)]
         score, best = max(scored, key=lambda t: (-np.inf if t[0] is None else t[0], -t[1]))
         return candidates[best], score
 
@@ -179,7 +203,9 @@ def _kmeans_auto(
         else None
     )
     Xs = X if probe is None else X[probe]
-    search = _KSearch(Xs, seed)
+    # On a sample of a large corpus 3 k-means++ restarts (not 10): the linkage-seeded candidate
+    # and the final run on all clips make up for it; k-means was most of the 10,000-clip time.
+    search = _KSearch(Xs, seed, n_init=None if probe is None else SAMPLED_N_INIT)
     best: tuple[float, int, np.ndarray] | None = None
     ks = [hi] if lo == hi else range(max(lo, 2), min(hi, len(Xs) - 1) + 1)
     for k in ks:
@@ -209,7 +235,9 @@ def _split_mixed(X: np.ndarray, labels: np.ndarray, min_size: int, seed: int, no
     HDBSCAN chains two readers together through a few in-between clips (single linkage), so
     each cluster is checked: among k-means splits (k = 2..10, parts of at least `min_size`)
     whose parts all sound different (every centroid pair below SAME_VOICE_COSINE), the best
-    by silhouette is taken, and the parts are checked again.
+    by silhouette is taken, and the parts are checked again. A cluster judged on a sample
+    whose 2-way split already sounds alike is one voice (finer splits are not tried: they
+    were most of the time at 10,000 clips and never split such a cluster in the benchmarks).
     """
     labels = np.asarray(labels, dtype=int).copy()
     queue = sorted(set(labels.tolist()))
@@ -229,6 +257,8 @@ def _split_mixed(X: np.ndarray, labels: np.ndarray, min_size: int, seed: int, no
             if np.bincount(sub, minlength=k).min() < min_size:
                 continue
             if _farthest_and_closest(X[probe], sub)[1] >= SAME_VOICE_COSINE:
+                if k == 2 and len(probe) < len(members):
+                    break  # a large cluster whose two halves sound alike is one voice
                 continue
             score = _silhouette(X[probe], sub, seed)
             if score is not None and (best is None or score > best[0] + 1e-9):
@@ -257,32 +287,6 @@ def _merge_to(X: np.ndarray, labels: np.ndarray, target: int) -> np.ndarray:
         a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
         labels[labels == ids[max(a, b)]] = ids[min(a, b)]
     return np.searchsorted(np.unique(labels), labels)
-
-
-def near_duplicate_groups(X: np.ndarray, threshold: float) -> list[list[int]]:
-    """Groups (of 2 or more clip indices, ascending) joined by cosine >= threshold, transitively.
-
-    Blockwise, so 10,000 clips never hold a 10,000 x 10,000 matrix.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = len(X)
-    rows, cols = [], []
-    for start in range(0, n, DUPLICATE_BLOCK):
-        sims = X[start : start + DUPLICATE_BLOCK] @ X.T
-        r, c = np.nonzero(sims >= threshold)
-        keep = start + r < c  # each pair once, no self pairs
-        rows.append(start + r[keep])
-        cols.append(c[keep])
-    r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, int), np.zeros(0, int))
-    if not len(r):
-        return []
-    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    sizes = np.bincount(component)
-    groups = [np.flatnonzero(component == g).tolist() for g in np.flatnonzero(sizes > 1)]
-    return sorted(groups)
 
 
 @dataclass
@@ -374,6 +378,29 @@ def _choose(X: np.ndarray, h: _Result, k: _Result, size: int) -> tuple[str, str]
     return name, f"auto: {both}; kept {name} (better separated)"
 
 
+def _run_auto(
+    R: np.ndarray,
+    lo: int,
+    hi: int,
+    hdb_hi: int,
+    size: int,
+    seed: int,
+    max_speakers: int | None,
+    notes: list[str],
+) -> tuple[str, _Result, str]:
+    """auto: HDBSCAN and k-means on the same points, the better separated kept (`_choose`)."""
+    hdb = _run_method(R, "hdbscan", lo, hdb_hi, size, seed)
+    km = _run_method(R, "kmeans", lo, hi, size, seed)
+    if max_speakers is None and hdb.k > AUTO_MAX_SPEAKERS:  # beyond what k-means searched
+        chosen = "hdbscan"
+        reason = f"auto: hdbscan found {hdb.k} speakers, more than k-means tries ({AUTO_MAX_SPEAKERS}): kept hdbscan"
+    else:
+        chosen, reason = _choose(R, hdb, km, size)
+    notes += [f"{name}: {note}" for name, r in (("hdbscan", hdb), ("k-means", km)) for note in r.notes]
+    notes.append(reason)
+    return chosen, hdb if chosen == "hdbscan" else km, reason
+
+
 def cluster_embeddings(
     X: np.ndarray,
     method: str = "auto",
@@ -395,32 +422,18 @@ def cluster_embeddings(
     auto: both, the better-separated kept (`_choose`); the reason is in `reason` and `notes`.
     Tiny or degenerate input (fewer than 3 distinct clips) is one speaker, with a warning.
     """
-    from .embeddings import l2_normalise
-
     if method not in METHODS:
         raise PipelineError(
             f"speaker_diarization.clustering_method: unknown method {method!r} ({' | '.join(METHODS)})"
         )
     X = l2_normalise(X)
     n = len(X)
+    groups, inverse, R = collapse_duplicates(X, duplicate_cosine)
     notes: list[str] = []
-    groups = near_duplicate_groups(X, duplicate_cosine) if duplicate_cosine is not None and n > 1 else []
-    # representative of each clip: itself, or the first clip of its duplicate group
-    rep = np.arange(n)
-    for group in groups:
-        rep[group] = group[0]
-    unique, inverse = np.unique(rep, return_inverse=True)
-    if groups:  # one point per take: the mean of its copies
-        sums = np.zeros((len(unique), X.shape[1]), dtype=np.float64)
-        np.add.at(sums, inverse, X)
-        R = l2_normalise(sums)
-    else:
-        R = X
     if groups:
-        extra = sum(len(g) - 1 for g in groups)
         notes.append(
             f"{len(groups)} group(s) of near-duplicate clips (cosine >= {duplicate_cosine}): "
-            f"{extra} clip(s) clustered with their first copy"
+            f"{sum(len(g) - 1 for g in groups)} clip(s) clustered with their first copy"
         )
     m = len(R)
     distinct = len(np.unique(np.round(R, 5), axis=0)) if m else 0
@@ -442,18 +455,9 @@ def cluster_embeddings(
     hi = max(1, min(hi, m, distinct))
     lo = min(lo, hi)
     size = max(2, min(min_cluster_size, m // 2))
-
     if method == "auto":
-        hdb = _run_method(R, "hdbscan", lo, max(1, min(max_speakers or m, m, distinct)), size, seed)
-        km = _run_method(R, "kmeans", lo, hi, size, seed)
-        if max_speakers is None and hdb.k > AUTO_MAX_SPEAKERS:  # beyond what k-means searched
-            chosen = "hdbscan"
-            reason = f"auto: hdbscan found {hdb.k} speakers, more than k-means tries ({AUTO_MAX_SPEAKERS}): kept hdbscan"
-        else:
-            chosen, reason = _choose(R, hdb, km, size)
-        result = hdb if chosen == "hdbscan" else km
-        notes += [f"{name}: {note}" for name, r in (("hdbscan", hdb), ("k-means", km)) for note in r.notes]
-        notes.append(reason)
+        hdb_hi = max(1, min(max_speakers or m, m, distinct))
+        chosen, result, reason = _run_auto(R, lo, hi, hdb_hi, size, seed, max_speakers, notes)
     else:
         chosen = method
         result = _run_method(R, method, lo, hi, size, seed)
@@ -461,23 +465,20 @@ def cluster_embeddings(
         reason = f"clustering_method {method}: " + (
             result.notes[-1] if result.notes else f"{result.k} speaker(s)"
         )
-
-    labels = _relabel_by_size(np.asarray(result.labels, dtype=int))[inverse]
-    noise_mask = result.noise_mask[inverse]
-    k = int(labels.max()) + 1
-    confidence, _ = centroid_confidence(X, labels, k)
-    uncertain = noise_mask | (confidence < UNCERTAIN_BELOW)
     for note in notes:
         log.info("speakers: %s", note)
+    return _per_clip(X, result, inverse, chosen, notes, requested=method, reason=reason, duplicates=groups)
+
+
+def _per_clip(
+    X: np.ndarray, result: _Result, inverse: np.ndarray, chosen: str, notes: list[str], **facts: Any
+) -> Clustering:
+    """The result on the points spread back to every clip (copies share their take's label),
+    clusters numbered by size, each clip's confidence against the clusters' centroids."""
+    labels = _relabel_by_size(np.asarray(result.labels, dtype=int))[inverse]
+    noise_mask = result.noise_mask[inverse]
+    confidence, _ = centroid_confidence(X, labels, int(labels.max()) + 1)
+    uncertain = noise_mask | (confidence < UNCERTAIN_BELOW)
     return Clustering(
-        labels,
-        confidence,
-        uncertain,
-        chosen,
-        result.silhouette,
-        int(noise_mask.sum()),
-        notes,
-        requested=method,
-        reason=reason,
-        duplicates=groups,
+        labels, confidence, uncertain, chosen, result.silhouette, int(noise_mask.sum()), notes, **facts
     )
