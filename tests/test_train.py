@@ -276,6 +276,8 @@ def test_saved_model_reloads_bit_identically_and_speaks(tmp_path, two_speakers):
 
     info = json.loads((paths.output_dir / "training_info.json").read_text())
     assert info["steps"] == 2 and info["speakers"] == 2 and info["train_split"]["kept"] == 6
+    assert info["dropout"] == {"hidden_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
+                               "duration_predictor_dropout": 0.0}  # training.dropout (default 0) was applied
     metrics = json.loads(paths.metrics_file.read_text())
     assert metrics["step"] == 2 and metrics["val_loss"] is not None and result.metrics == metrics
     header = (paths.metrics_file.parent / "train_curve.tsv").read_text().splitlines()[0].split("\t")

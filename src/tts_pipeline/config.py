@@ -171,6 +171,9 @@ class TrainingSection:
     weight_discriminator: float = _range(0, None, default=3.0)
     #: optimiser steps over which the adversarial + feature-matching weights ramp 0 -> 1
     adversarial_warmup_steps: int = _range(0, None, default=0)
+    #: dropout of the text encoder (hidden, attention, activation) and of the duration predictor
+    #: while training; null = as the model's config says (MMS: 0.1 and 0.5)
+    dropout: float | None = _range(0, 0.9, default=0.0)
     seed: int = 42
     num_workers: int = _range(0, 64, default=2)
     max_nonfinite_steps: int = _range(1, None, default=20)

@@ -272,7 +272,7 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
 
-        prepare_for_training(model)
+        prepare_for_training(model, settings.dropout)
         self.spec_config = SpectrogramConfig.from_model_config(
             model.config, n_mels=settings.mel_bins, fmin=settings.mel_fmin, fmax=settings.mel_fmax
         )
