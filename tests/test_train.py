@@ -160,6 +160,13 @@ def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
     assert any(not torch.equal(v, before_acc[k]) for k, v in trainer.model.state_dict().items())
 
 
+def test_adam_epsilon_setting_reaches_both_optimisers(tmp_path, two_speakers):
+    """training.adam_epsilon (default 1e-8, as A1; VITS's 1e-9 learned the mel more slowly)."""
+    assert make_config(tmp_path).training.adam_epsilon == 1e-8
+    trainer = make_trainer(make_config(tmp_path, adam_epsilon=1e-7), two_speakers, tmp_path)
+    assert [g["eps"] for opt in (trainer.opt_g, trainer.opt_d) for g in opt.param_groups] == [1e-7, 1e-7]
+
+
 def test_balance_is_logged_and_discriminator_weight_and_clipping_apply(tmp_path, two_speakers):
     """Discriminator loss weight (A1: 3) scales its gradient; the balance figures are logged."""
     from tts_pipeline.vits.data import collate

@@ -148,6 +148,8 @@ class TrainingSection:
     learning_rate: float = _range(0, 1, default=1e-4)
     adam_beta1: float = _range(0, 1, default=0.8)
     adam_beta2: float = _range(0, 1, default=0.99)
+    #: AdamW epsilon of both optimisers (A1/transformers: 1e-8; VITS: 1e-9)
+    adam_epsilon: float = _range(0, 1, default=1e-8)
     weight_decay: float = _range(0, 1, default=0.01)
     lr_decay: float = _range(0, 1, default=0.999875)
     batch_size: int | None = _range(1, 4096, default=None)
