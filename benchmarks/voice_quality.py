@@ -3,7 +3,9 @@
 A1 is ylacombe/finetune-hf-vits run unmodified through `../shared/anchors/a1/run_a1.py` (its
 venv from `setup.sh`). Both systems train the same tiny model (A1's `TINY_CONFIG`, 6 speakers,
 speaker embedding 16), from random init, on the same clips, batch 4, lr 2e-4, no warm-up,
-fp32 on CPU, for the same number of steps, for each seed. Then the SAME evaluation code (ours)
+AdamW weight decay 0.01 (torch's default, which A1 keeps), fp32 on CPU, for the same number
+of steps, for each seed; otherwise each system runs with its own defaults (ours: params.yaml's
+`training:` values, e.g. `dropout: 0`). Then the SAME evaluation code (ours)
 measures both final models:
 
 * train mel L1 / KL / duration NLL / discriminator and generator-adversarial loss: mean of the
@@ -170,7 +172,7 @@ def run_ours(corpus: Path, train_rows, val_rows, seed: int, steps: int, work: Pa
 
     cfg = tiny_config()
     settings = dict(base_model=None, max_steps=steps, learning_rate=2e-4, batch_size=4, gradient_accumulation_steps=1,
-                    mixed_precision="no", warmup_steps=0, weight_decay=0.0, segment_size=cfg["segment_size"],
+                    mixed_precision="no", warmup_steps=0, weight_decay=0.01, segment_size=cfg["segment_size"],
                     save_steps=10**9, eval_steps=10**9, logging_steps=5, seed=seed, num_workers=0, mlflow=False,
                     eval_samples=0, discriminator_width=0.0625)  # fmt: skip
     settings.update(override)

@@ -160,6 +160,13 @@ def test_one_step_changes_generator_and_discriminator(tmp_path, two_speakers):
     assert any(not torch.equal(v, before_acc[k]) for k, v in trainer.model.state_dict().items())
 
 
+def test_adam_epsilon_setting_reaches_both_optimisers(tmp_path, two_speakers):
+    """training.adam_epsilon (default 1e-8, as A1; VITS's 1e-9 learned the mel more slowly)."""
+    assert make_config(tmp_path).training.adam_epsilon == 1e-8
+    trainer = make_trainer(make_config(tmp_path, adam_epsilon=1e-7), two_speakers, tmp_path)
+    assert [g["eps"] for opt in (trainer.opt_g, trainer.opt_d) for g in opt.param_groups] == [1e-7, 1e-7]
+
+
 def test_balance_is_logged_and_discriminator_weight_and_clipping_apply(tmp_path, two_speakers):
     """Discriminator loss weight (A1: 3) scales its gradient; the balance figures are logged."""
     from tts_pipeline.vits.data import collate
@@ -308,6 +315,8 @@ def test_saved_model_reloads_bit_identically_and_speaks(tmp_path, two_speakers):
 
     info = json.loads((paths.output_dir / "training_info.json").read_text())
     assert info["steps"] == 2 and info["speakers"] == 2 and info["train_split"]["kept"] == 6
+    assert info["dropout"] == {"hidden_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
+                               "duration_predictor_dropout": 0.0}  # training.dropout (default 0) was applied
     metrics = json.loads(paths.metrics_file.read_text())
     assert metrics["step"] == 2 and metrics["val_loss"] is not None and result.metrics == metrics
     header = (paths.metrics_file.parent / "train_curve.tsv").read_text().splitlines()[0].split("\t")

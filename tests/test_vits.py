@@ -210,12 +210,13 @@ def test_automatic_batch_size_arithmetic():
 # ------------------------------------------------------------------ issue 14: init, layout, discriminator
 
 
-def _demo_model(num_speakers: int = 1):
+def _demo_model(num_speakers: int = 1, **overrides):
     import yaml
 
     repo = Path(__file__).resolve().parents[1]
     scratch = yaml.safe_load((repo / "languages" / "demo.yaml").read_text())["training"]["scratch_model"]
-    return modeling.build_scratch_model(scratch, {c: i for i, c in enumerate("_abcdefghij ")}, num_speakers)
+    return modeling.build_scratch_model({**scratch, **overrides}, {c: i for i, c in enumerate("_abcdefghij ")},
+                                        num_speakers)  # fmt: skip
 
 
 def test_fresh_demo_model_output_on_random_latents_does_not_saturate():
@@ -260,6 +261,42 @@ def test_training_layout_has_mms_weight_norm_and_exports_loadable_weights(tmp_pa
         torch.manual_seed(3)
         b = reloaded(input_ids=ids).waveform
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def _dropout_rates(model) -> set[float]:
+    """Every dropout rate the text encoder and the duration predictor's own stacks apply."""
+    rates = set()
+    for layer in model.text_encoder.encoder.layers:
+        rates |= {layer.dropout.p, layer.attention.dropout, layer.feed_forward.dropout.p}
+    predictor = model.duration_predictor
+    stacks = [predictor.conv_dds, predictor.post_conv_dds] if hasattr(predictor, "conv_dds") else [predictor]
+    return rates | {stack.dropout.p for stack in stacks}
+
+
+@pytest.mark.parametrize("stochastic", [True, False])
+def test_training_dropout_setting_reaches_every_dropout_module(stochastic):
+    from tts_pipeline.vits.models import DROPOUT_KEYS, model_summary
+
+    torch.manual_seed(0)
+    model = _demo_model(use_stochastic_duration_prediction=stochastic)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+
+    def encode(seed):  # a training-mode text encoder forward: dropout is live
+        torch.manual_seed(seed)
+        return model.text_encoder(input_ids=ids, padding_mask=torch.ones(1, 6, 1)).last_hidden_state
+
+    # null: the checkpoint's own rates (transformers' defaults 0.1, duration predictor 0.5)
+    assert prepare_for_training(model, None) == {**dict.fromkeys(DROPOUT_KEYS[:3], 0.1), "duration_predictor_dropout": 0.5}
+    assert _dropout_rates(model) == {0.1, 0.5}
+    assert not torch.equal(encode(1), encode(2))
+    # a number: every one of those modules, and the config the model is saved with
+    assert prepare_for_training(model, 0.0) == dict.fromkeys(DROPOUT_KEYS, 0.0)
+    assert _dropout_rates(model) == {0.0} and model.training
+    assert torch.equal(encode(1), encode(2))
+    assert model.config.hidden_dropout == 0.0 and model.config.duration_predictor_dropout == 0.0
+    prepare_for_training(model, 0.3)
+    assert _dropout_rates(model) == {0.3}
+    assert model_summary(model, VitsDiscriminator(DiscriminatorConfig([2], 1, 0.0625)))["dropout"] == dict.fromkeys(DROPOUT_KEYS, 0.3)
 
 
 def test_length_buckets_change_members_from_epoch_to_epoch():

@@ -148,6 +148,8 @@ class TrainingSection:
     learning_rate: float = _range(0, 1, default=1e-4)
     adam_beta1: float = _range(0, 1, default=0.8)
     adam_beta2: float = _range(0, 1, default=0.99)
+    #: AdamW epsilon of both optimisers (A1/transformers: 1e-8; VITS: 1e-9)
+    adam_epsilon: float = _range(0, 1, default=1e-8)
     weight_decay: float = _range(0, 1, default=0.01)
     lr_decay: float = _range(0, 1, default=0.999875)
     batch_size: int | None = _range(1, 4096, default=None)
@@ -173,6 +175,9 @@ class TrainingSection:
     weight_discriminator: float = _range(0, None, default=3.0)
     #: optimiser steps over which the adversarial + feature-matching weights ramp 0 -> 1
     adversarial_warmup_steps: int = _range(0, None, default=0)
+    #: dropout of the text encoder (hidden, attention, activation) and of the duration predictor
+    #: while training; null = as the model's config says (MMS: 0.1 and 0.5)
+    dropout: float | None = _range(0, 0.9, default=0.0)
     seed: int = 42
     num_workers: int = _range(0, 64, default=2)
     max_nonfinite_steps: int = _range(1, None, default=20)

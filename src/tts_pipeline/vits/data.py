@@ -12,9 +12,7 @@ seed and the epoch number, so a resumed run sees exactly the batches an uninterr
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import AudioError, decode_wav_bytes, resample
 from ..errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -113,25 +112,18 @@ def dataset_speakers(path: str | Path, data) -> dict[int, dict[str, Any]]:
 
 
 def _decode(audio: dict[str, Any], sampling_rate: int, where: str) -> np.ndarray:
-    import soundfile as sf
-
+    """A dataset row's audio (embedded bytes, else its path) as mono float32 at `sampling_rate`."""
     payload = audio.get("bytes")
     try:
         if payload:
-            samples, rate = sf.read(io.BytesIO(payload), dtype="float32", always_2d=True)
+            samples, rate = decode_wav_bytes(payload, where)
         elif audio.get("path") and Path(audio["path"]).is_file():
-            samples, rate = sf.read(audio["path"], dtype="float32", always_2d=True)
+            samples, rate = decode_wav_bytes(Path(audio["path"]).read_bytes(), where)
         else:
             raise PipelineError(f"{where}: audio has no embedded bytes (the dataset must be self-contained)")
-    except sf.LibsndfileError as exc:
-        raise PipelineError(f"{where}: cannot decode audio: {exc}") from None
-    samples = samples.mean(axis=1)
-    if rate != sampling_rate:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(int(rate), int(sampling_rate))
-        samples = resample_poly(samples, sampling_rate // g, rate // g).astype(np.float32)
-    return samples
+    except AudioError as exc:
+        raise PipelineError(str(exc)) from None
+    return resample(samples, rate, sampling_rate)
 
 
 def prepare_split(

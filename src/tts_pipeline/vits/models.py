@@ -35,16 +35,52 @@ def weight_norm_modules(model) -> dict[str, torch.nn.Module]:
     return found
 
 
-def prepare_for_training(model) -> None:
+#: the VitsConfig keys that `training.dropout` sets (text encoder, duration predictor)
+DROPOUT_KEYS = ("hidden_dropout", "attention_dropout", "activation_dropout", "duration_predictor_dropout")
+
+
+def set_dropout(model, p: float | None) -> dict[str, float]:
+    """Set the text encoder's and the duration predictor's dropout to `p` (None: leave them as
+    the config says); returns the effective values by config key.
+
+    The modules keep the rate they were built with, so besides the config every dropout they
+    hold is set: per encoder layer the residual (`hidden_dropout`), the attention weights
+    (`attention_dropout`, a plain float there) and the feed-forward (`activation_dropout`); in
+    the duration predictor its main and posterior convolution stacks (`duration_predictor_dropout`;
+    its flows are built without dropout, as in VITS). Why a setting: finetune-hf-vits never
+    calls `model.train()`, so it fine-tunes with all of them off, and on small corpora that
+    learns the KL, durations and mel faster (README, "Voice quality").
+    """
+    if p is not None:
+        p = float(p)
+        for key in DROPOUT_KEYS:
+            setattr(model.config, key, p)
+        for layer in model.text_encoder.encoder.layers:
+            layer.dropout.p = p
+            layer.attention.dropout = p
+            layer.feed_forward.dropout.p = p
+        predictor = model.duration_predictor
+        if model.config.use_stochastic_duration_prediction:
+            predictor.conv_dds.dropout.p = p
+            predictor.post_conv_dds.dropout.p = p
+        else:
+            predictor.dropout.p = p
+    return {key: float(getattr(model.config, key)) for key in DROPOUT_KEYS}
+
+
+def prepare_for_training(model, dropout: float | None = None) -> dict[str, float]:
     """MMS's training layout: weight norm where MMS trains with it (see `weight_norm_modules`),
-    layerdrop as the model's config says (0 for the demo's scratch model, 0.1 for MMS)."""
+    layerdrop as the model's config says (0 for the demo's scratch model, 0.1 for MMS), and
+    the dropout `set_dropout` sets (None: the config's). Returns the effective dropouts."""
     model.text_encoder.encoder.layerdrop = float(model.config.layerdrop)
+    dropouts = set_dropout(model, dropout)
     if not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.decoder.modules()):
         model.decoder.apply_weight_norm()
     for module in weight_norm_modules(model).values():
         if not torch.nn.utils.parametrize.is_parametrized(module):
             torch.nn.utils.parametrizations.weight_norm(module)
     model.train()
+    return dropouts
 
 
 def init_new_weights(model, new_keys: list[str]) -> None:
@@ -116,6 +152,8 @@ def model_summary(model, discriminator) -> dict[str, Any]:
         "discriminator_parameters": parameter_count(discriminator),
         "num_speakers": int(model.config.num_speakers),
         "speaker_embedding_size": int(model.config.speaker_embedding_size),
+        # effective training dropout (`set_dropout`): into training_info.json and MLflow
+        "dropout": {key: float(getattr(model.config, key)) for key in DROPOUT_KEYS},
     }
 
 

@@ -8,7 +8,7 @@ against the *updated* discriminator and the generator steps, as in VITS. With ac
 this is exactly VITS's order; with more, the generator losses of the earlier micro-batches see
 the discriminator as it was before this step (keeping their graphs alive or re-running the
 generator would cost the memory or time accumulation is there to save), as in finetune-hf-vits
-(`accelerator.accumulate` over both models). Both optimisers are AdamW (betas from the config), with a
+(`accelerator.accumulate` over both models). Both optimisers are AdamW (betas and epsilon from the config), with a
 linear warm-up over `warmup_steps` and then exponential decay by `lr_decay` per epoch (VITS's
 schedule, applied smoothly per step); gradients are clipped to `max_grad_norm`. A step whose
 loss (or, in fp32/bf16, gradient norm) is NaN or inf is skipped for the optimiser concerned and
@@ -244,7 +244,7 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
 
-        prepare_for_training(model)
+        prepare_for_training(model, settings.dropout)
         if settings.gradient_checkpointing:  # for cards under ~12 GB (see vits/checkpointing.py)
             enable_gradient_checkpointing(model)
         self.spec_config = SpectrogramConfig.from_model_config(
@@ -265,7 +265,7 @@ class Trainer:
         def adamw(module):
             return torch.optim.AdamW(
                 module.parameters(), lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
-                eps=1e-9, weight_decay=settings.weight_decay,
+                eps=settings.adam_epsilon, weight_decay=settings.weight_decay,
             )  # fmt: skip
 
         gen_module = GeneratorTrainingModule(model, self.spec_config, self.segment_frames)
