@@ -825,13 +825,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    audio_dir = args.audio_dir or cfg.path("preprocessed")
+    audio_dir = cfg.flag_or_path(args, "audio_dir", "preprocessed")
     metadata_csv = args.metadata_csv or default_metadata_csv(audio_dir)
     if args.speaker_ids is not None and not args.speaker_ids.is_file():
         raise PipelineError(f"{args.speaker_ids}: speaker ids file not found (given with --speaker_ids)")
     speaker_ids = args.speaker_ids or cfg.path("speaker_analysis") / SPEAKER_IDS_FILE
-    output_dir = args.output_dir or cfg.path("hf_dataset")
-    metrics_file = args.metrics_file or cfg.path("metrics") / "dataset.json"
+    output_dir = cfg.flag_or_path(args, "output_dir", "hf_dataset")
+    metrics_file = cfg.flag_or_path(args, "metrics_file", "metrics", under="dataset.json")
     summary = build_dataset(
         metadata_csv,
         audio_dir,

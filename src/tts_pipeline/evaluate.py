@@ -19,7 +19,6 @@ Outputs (one DVC `outs` directory, written atomically):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
@@ -54,7 +53,7 @@ from .evaluation_report import (
 from .fsutil import atomic_directory, atomic_write_bytes, claim_output_dir, read_json, write_json
 from .speech_metrics import MetricThresholds, SampleMetrics, measure_sample, summarize_by_speaker
 from .text import tokenizer_view
-from .tracking import run_tags, scrub, self_contained_html, tracking_uri, use_experiment
+from .tracking import Tracker, self_contained_html
 
 log = logging.getLogger(__name__)
 
@@ -439,45 +438,27 @@ def log_to_mlflow(report: EvaluationReport, run_id: str | None = None) -> str | 
     model's training_info.json; when none of those exists in the tracking store, a new run
     `evaluate-<code>` in the training's experiment. Returns the run id logged to, or None.
     """
-    try:
-        import mlflow
-    except ImportError:
-        return None
     recorded, step = training_run(report.model_dir)
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or recorded
-    try:
-        mlflow.set_tracking_uri(tracking_uri())
-        active = None
-        if run_id:
-            try:
-                active = mlflow.start_run(run_id=run_id)
-            except Exception as exc:  # trained on another machine: its run is in another store
-                log.info("MLflow run %s not found here (%s); logging to a new run", run_id, scrub(str(exc)))
-        if active is None:
-            use_experiment(mlflow, f"tts-pipeline-{report.code}")
-            active = mlflow.start_run(run_name=f"evaluate-{report.code}")
-            tags = {"language": report.code, "stage": "evaluate", "model_dir": report.model_dir}
-            if run_id:
-                tags["training_run_id"] = run_id
-            mlflow.set_tags(run_tags(tags))
-        with active:
-            mlflow.log_metrics(
-                {f"eval/{k}": v for k, v in _flat_metrics(report.metrics()).items()}, step=step
-            )
-            mlflow.log_artifacts(str(report.output_dir), artifact_path="evaluation")
-            # MLflow's viewer resolves no relative links: its copy of the page carries its assets
-            page = Path(report.output_dir) / PAGE_NAME
-            if page.is_file():
-                mlflow.log_text(self_contained_html(page), f"evaluation/{PAGE_NAME}")
-            logged = active.info.run_id
-        log.info("evaluation logged to MLflow run %s (artifact evaluation/%s)", logged, PAGE_NAME)
-        return logged
-    except Exception as exc:  # a tracking store problem must not fail the evaluation
-        # MLflow's messages repeat the tracking URI, credentials included
-        log.warning("could not log the evaluation to MLflow (%s: %s)", type(exc).__name__, scrub(str(exc)))
-        with contextlib.suppress(Exception):
-            mlflow.end_run(status="FAILED")
+    tags = {"language": report.code, "stage": "evaluate", "model_dir": report.model_dir}
+    if run_id:
+        tags["training_run_id"] = run_id
+    tracker = Tracker()
+    logged = tracker.start(f"tts-pipeline-{report.code}", f"evaluate-{report.code}", params={}, tags=tags,
+                           resume_run_id=run_id, tag_resumed=False)  # fmt: skip
+    tracker.log_metrics({f"eval/{k}": v for k, v in _flat_metrics(report.metrics()).items()}, step)
+    tracker.log_artifacts(report.output_dir, "evaluation")
+    # MLflow's viewer resolves no relative links: its copy of the page carries its assets
+    page = Path(report.output_dir) / PAGE_NAME
+    if page.is_file():
+        tracker.log_text(self_contained_html(page), f"evaluation/{PAGE_NAME}")
+    if tracker.error is not None:  # a tracking store problem must not fail the evaluation
+        log.warning("could not log the evaluation to MLflow (%s)", tracker.error)
+        tracker.end_failed()
         return None
+    tracker.end()
+    log.info("evaluation logged to MLflow run %s (artifact evaluation/%s)", logged, PAGE_NAME)
+    return logged
 
 
 # --------------------------------------------------------------------------- CLI
@@ -499,11 +480,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    model_dir = args.model_dir or cfg.paths.model
-    dataset_path = args.dataset_path or cfg.paths.hf_dataset
-    output_dir = args.output_dir or cfg.paths.reports
-    metrics_file = args.metrics_file or str(Path(cfg.paths.metrics) / "evaluate.json")
-    plot_file = args.plot_file or str(Path(cfg.paths.metrics) / "evaluate.png")
+    model_dir = cfg.flag_or_path(args, "model_dir", "model")
+    dataset_path = cfg.flag_or_path(args, "dataset_path", "hf_dataset")
+    output_dir = cfg.flag_or_path(args, "output_dir", "reports")
+    metrics_file = cfg.flag_or_path(args, "metrics_file", "metrics", under="evaluate.json")
+    plot_file = cfg.flag_or_path(args, "plot_file", "metrics", under="evaluate.png")
     options = EvaluateOptions.from_config(cfg)
     report = evaluate(model_dir, dataset_path, output_dir, metrics_file, options, plot_file=plot_file)
     if getattr(args, "mlflow", True):

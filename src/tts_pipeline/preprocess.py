@@ -632,12 +632,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         input_metadata = (input_dir or cfg.path("raw_dataset")) / "metadata.csv"
     if input_dir is None and not getattr(args, "input_metadata", None):
         input_dir = cfg.path("raw_dataset")
-    output_dir = Path(args.output_dir) if getattr(args, "output_dir", None) else cfg.path("preprocessed")
-    metrics_file = (
-        Path(args.metrics_file)
-        if getattr(args, "metrics_file", None)
-        else cfg.path("metrics") / "preprocess.json"
-    )
+    output_dir = cfg.flag_or_path(args, "output_dir", "preprocessed")
+    metrics_file = cfg.flag_or_path(args, "metrics_file", "metrics", under="preprocess.json")
     workers = getattr(args, "workers", None) or cfg.preprocess.workers
     summary = preprocess_corpus(
         input_metadata=input_metadata,

@@ -276,9 +276,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    model_root = Path(getattr(args, "model_dir", None) or cfg.paths.model)
-    checkpoint_dir = Path(getattr(args, "checkpoint_dir", None) or cfg.paths.checkpoints)
-    output_dir = Path(getattr(args, "output_dir", None) or cfg.paths.synthesized)
+    model_root = cfg.flag_or_path(args, "model_dir", "model")
+    checkpoint_dir = cfg.flag_or_path(args, "checkpoint_dir", "checkpoints")
+    output_dir = cfg.flag_or_path(args, "output_dir", "synthesized")
     speaker = getattr(args, "speaker", None) or cfg.synthesis.speaker
     settings = cfg.synthesis
     if not getattr(args, "dry_run", False):

@@ -14,6 +14,7 @@ not a training run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import logging
@@ -177,6 +178,7 @@ class Tracker:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.run_id: str | None = None
+        self.error: str | None = None  # the first failure (scrubbed), once tracking turned itself off
         self._mlflow: Any = None
 
     def _safe(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -185,12 +187,9 @@ class Tracker:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - tracking must never kill training
-            log.warning(  # MLflow's messages repeat the tracking URI, credentials included
-                "MLflow %s failed (%s: %s); continuing without tracking",
-                what,
-                type(exc).__name__,
-                scrub(str(exc)),
-            )
+            # MLflow's messages repeat the tracking URI, credentials included
+            self.error = f"{type(exc).__name__}: {scrub(str(exc))}"
+            log.warning("MLflow %s failed (%s); continuing without tracking", what, self.error)
             self.enabled = False
             return None
 
@@ -201,8 +200,12 @@ class Tracker:
         params: dict[str, Any],
         tags: dict[str, str] | None = None,
         resume_run_id: str | None = None,
+        tag_resumed: bool = True,
     ) -> str | None:
-        """Start (or, with `resume_run_id`, continue) a run; returns its id."""
+        """Start (or, with `resume_run_id`, continue) a run; returns its id.
+
+        `tag_resumed=False`: a continued run keeps its own tags (evaluate adding to the training run).
+        """
 
         def _start() -> str:
             import mlflow
@@ -224,6 +227,8 @@ class Tracker:
                 items = list(flat.items())
                 for i in range(0, len(items), 100):
                     mlflow.log_params(dict(items[i : i + 100]))
+            elif not tag_resumed:
+                return run.info.run_id
             mlflow.set_tags(run_tags(tags))
             return run.info.run_id
 
@@ -239,8 +244,18 @@ class Tracker:
     def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
         self._safe("log_artifacts", lambda: self._mlflow.log_artifacts(str(directory), artifact_path))
 
+    def log_text(self, text: str, name: str) -> None:
+        self._safe("log_text", lambda: self._mlflow.log_text(text, name))
+
     def log_dict(self, data: dict[str, Any], name: str) -> None:
         self._safe("log_dict", lambda: self._mlflow.log_dict(data, name))
+
+    def end_failed(self) -> None:
+        """Close the run as FAILED even after tracking turned itself off (never raises)."""
+        with contextlib.suppress(Exception):
+            if self._mlflow is not None and self._mlflow.active_run() is not None:
+                self._mlflow.end_run(status="FAILED")
+        self.run_id = None
 
     def end(self, status: str = "FINISHED") -> None:
         if self._mlflow is not None:

@@ -366,13 +366,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(
-        args.model_dir or cfg.paths.model,
-        args.checkpoint_dir or cfg.paths.checkpoints,
+        cfg.flag_or_path(args, "model_dir", "model"),
+        cfg.flag_or_path(args, "checkpoint_dir", "checkpoints"),
         cfg.synthesis.checkpoint,
     )
     app = build_app(
         model_dir,
-        args.synthesized_dir or cfg.paths.synthesized,
+        cfg.flag_or_path(args, "synthesized_dir", "synthesized"),
         cfg.synthesis,
         text_normalizer(cfg.dataset),
         unrecorded_examples(cfg),

@@ -266,22 +266,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int | None:
-    output_dir = Path(getattr(args, "output_dir", None) or cfg.paths.speaker_analysis)
+    output_dir = cfg.flag_or_path(args, "output_dir", "speaker_analysis")
     if getattr(args, "action", "run") == "review":
         serve_review(
             output_dir,
             getattr(args, "port", 0) or 0,
             not getattr(args, "no_browser", False),
             corrections_file=Path(getattr(args, "corrections", None) or corrections_path(cfg)),
-            audio_dir=Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed),
+            audio_dir=cfg.flag_or_path(args, "audio_dir", "preprocessed"),
             rerun=f"tts-pipeline speakers --config {cfg.config_path}",
         )
         return 0
-    audio_dir = Path(getattr(args, "audio_dir", None) or cfg.paths.preprocessed)
+    audio_dir = cfg.flag_or_path(args, "audio_dir", "preprocessed")
     metadata_csv = Path(getattr(args, "metadata_csv", None) or default_metadata_csv(audio_dir))
     if not metadata_csv.is_file() and not getattr(args, "metadata_csv", None):
         metadata_csv = Path(cfg.paths.preprocessed) / "metadata.csv"
-    metrics_file = Path(getattr(args, "metrics_file", None) or Path(cfg.paths.metrics) / "speakers.json")
+    metrics_file = cfg.flag_or_path(args, "metrics_file", "metrics", under="speakers.json")
     corrections_file = Path(getattr(args, "corrections", None) or corrections_path(cfg))
     sd = cfg.speaker_diarization
     result = run_speakers(
