@@ -366,9 +366,9 @@ def resume_trainer(
     return int(trainer.state.step)
 
 
-def batch_scale(cfg: Config, trainer: Any) -> dict[str, Any]:
+def batch_scale(s: TrainingSection, trainer: Any) -> dict[str, Any]:
     """Effective batch (batch x accumulation x processes) and the learning-rate rule, for logs and info."""
-    return launch.scale_summary(trainer.state.batch_size, cfg.training.gradient_accumulation_steps,
+    return launch.scale_summary(trainer.state.batch_size, s.gradient_accumulation_steps,
                                 trainer.accelerator.num_processes)  # fmt: skip
 
 
@@ -380,7 +380,7 @@ def fit_tracked(cfg: Config, trainer: Any, tracker: Any) -> Any:
         run_name=run_name("train", cfg.code, stage_settings(cfg, "train")),
         params={
             **cfg.to_dict(),
-            "effective": {"batch_size": trainer.state.batch_size, **batch_scale(cfg, trainer), **trainer.summary},
+            "effective": {"batch_size": trainer.state.batch_size, **batch_scale(s, trainer), **trainer.summary},
         },
         tags={"language": cfg.code, "base_model": str(s.base_model)},
         resume_run_id=trainer.state.mlflow_run_id,
@@ -415,7 +415,7 @@ def training_info(
         "speakers": num_speakers,
         "batch_size": state.batch_size,
         "gradient_accumulation_steps": s.gradient_accumulation_steps,
-        **batch_scale(cfg, trainer),
+        **batch_scale(s, trainer),
         "mixed_precision": accelerator.mixed_precision,
         "device": str(accelerator.device),
         "sampling_rate": sampling_rate,
@@ -500,7 +500,7 @@ def train(cfg: Config, paths: TrainPaths, resume: bool | None = None, tracker=No
 
 def log_plan(s: TrainingSection, trainer: Any, accelerator: Any, splits: Splits, num_speakers: int) -> None:
     """What is about to be trained, on what, and how (and the effective batch)."""
-    scale = launch.scale_summary(trainer.state.batch_size, s.gradient_accumulation_steps, accelerator.num_processes)
+    scale = batch_scale(s, trainer)
     log.info("effective batch %d clips per optimiser step (batch %d x %d accumulation x %d processes); "
              "learning-rate scaling: %s", scale["effective_batch_size"], trainer.state.batch_size,
              s.gradient_accumulation_steps, accelerator.num_processes, scale["learning_rate_scaling"])  # fmt: skip
