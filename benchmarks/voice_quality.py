@@ -2,7 +2,10 @@
 
 A1 is ylacombe/finetune-hf-vits run unmodified through `../shared/anchors/a1/run_a1.py` (its
 venv from `setup.sh`). Both systems train the same tiny model (A1's `TINY_CONFIG`, 6 speakers,
-speaker embedding 16), from random init, on the same clips, batch 4, lr 2e-4, no warm-up,
+speaker embedding 16; our discriminator built in A1's layout from its channel lists) from the
+same initial weights (`--init a1`: A1's runner builds its tiny model for the seed and ours
+loads that generator, tokenizer and discriminator; `--init own`: our own random draw), on the
+same clips, batch 4, lr 2e-4, no warm-up,
 AdamW weight decay 0.01 (torch's default, which A1 keeps), fp32 on CPU, for the same number
 of steps, for each seed; otherwise each system runs with its own defaults (ours: params.yaml's
 `training:` values, e.g. `dropout: 0`). Then the SAME evaluation code (ours)
@@ -22,8 +25,8 @@ sentences, 16 kHz. `--corpus harvard` (the one the trainer was tuned on) and `--
     python benchmarks/voice_quality.py --corpus harvard --steps 400 --seeds 123 456
     python benchmarks/voice_quality.py --corpus rainbow --steps 400 --seeds 123 456
 
-Options: `--a1-python` / `--a1-src` (default /work/a1venv), `--only ours|a1`, `--override` JSON
-for our training settings (ablations), `--workdir`.
+Options: `--a1-python` / `--a1-src` (default /work/a1venv), `--only ours|a1`, `--init a1|own`,
+`--override` JSON for our training settings (ablations), `--workdir`.
 """
 
 from __future__ import annotations
@@ -162,9 +165,20 @@ def load_examples(rows: list[dict], directory: Path, tokenizer, hop: int):
     return examples
 
 
+def a1_initial_model(corpus: Path, seed: int, work: Path, a1_python: str, a1_src: str) -> Path:
+    """A1's freshly built tiny model for `seed` (generator, discriminator and tokenizer, before any
+    step), so that both trainers start from the same weights: built by the runner itself, which
+    saves it before training (one step is run and thrown away)."""
+    init = work / "tiny_model"
+    if not (init / "model.safetensors").is_file():
+        run_a1(corpus, seed, 1, work, a1_python, a1_src)
+    return init
+
+
 def run_ours(corpus: Path, train_rows, val_rows, seed: int, steps: int, work: Path, override: dict,
-             model_override: dict | None = None) -> dict:
+             model_override: dict | None = None, init: Path | None = None) -> dict:
     from accelerate.utils import set_seed
+    from transformers import VitsModel, VitsTokenizer
 
     from tts_pipeline import modeling
     from tts_pipeline.config import TrainingSection
@@ -174,17 +188,25 @@ def run_ours(corpus: Path, train_rows, val_rows, seed: int, steps: int, work: Pa
     settings = dict(base_model=None, max_steps=steps, learning_rate=2e-4, batch_size=4, gradient_accumulation_steps=1,
                     mixed_precision="no", warmup_steps=0, weight_decay=0.01, segment_size=cfg["segment_size"],
                     save_steps=10**9, eval_steps=10**9, logging_steps=5, seed=seed, num_workers=0, mlflow=False,
-                    eval_samples=0, discriminator_width=0.0625)  # fmt: skip
+                    eval_samples=0, discriminator_period_channels=cfg["discriminator_period_channels"],
+                    discriminator_scale_channels=cfg["discriminator_scale_channels"])  # fmt: skip
+    if init is not None:  # A1's initial weights, discriminator included
+        settings["discriminator_checkpoint"] = str(init / "model.safetensors")
     settings.update(override)
     s = TrainingSection(**settings)
-    texts = [r["transcription"] for r in train_rows + val_rows]
     work.mkdir(parents=True, exist_ok=True)
-    tokenizer = modeling.make_tokenizer(modeling.build_vocab(texts), work / "tokenizer")
-    overrides = {k: v for k, v in cfg.items() if k not in ("num_speakers", "speaker_embedding_size", "sampling_rate")}
-    overrides["speaker_embedding_size"] = 16
-    overrides.update(model_override or {})
-    set_seed(seed)
-    model = modeling.build_scratch_model(overrides, tokenizer.get_vocab(), 6, SR)
+    if init is not None:
+        tokenizer = VitsTokenizer.from_pretrained(str(init))
+        model = VitsModel.from_pretrained(str(init))
+        tokenizer.save_pretrained(str(work / "tokenizer"))
+    else:  # our own scratch model (same config, our own random draw)
+        texts = [r["transcription"] for r in train_rows + val_rows]
+        tokenizer = modeling.make_tokenizer(modeling.build_vocab(texts), work / "tokenizer")
+        overrides = {k: v for k, v in cfg.items() if k not in ("num_speakers", "speaker_embedding_size", "sampling_rate")}
+        overrides["speaker_embedding_size"] = 16
+        overrides.update(model_override or {})
+        set_seed(seed)
+        model = modeling.build_scratch_model(overrides, tokenizer.get_vocab(), 6, SR)
     hop = int(math.prod(model.config.upsample_rates))
     train = load_examples(train_rows, corpus / "train", tokenizer, hop)
     val = load_examples(val_rows, corpus / "val", tokenizer, hop)
@@ -274,6 +296,9 @@ def main() -> None:
     ap.add_argument("--override", default="{}", help="JSON overrides of our training settings (ablations)")
     ap.add_argument("--model-override", default="{}",
                     help='JSON overrides of our tiny VitsConfig, e.g. \'{"hidden_dropout": 0}\' (ablations)')
+    ap.add_argument("--init", choices=["a1", "own"], default="a1",
+                    help="a1: our trainer starts from A1's initial weights for the seed (the same model, "
+                         "discriminator included); own: from our own scratch model (another random draw)")
     ap.add_argument("--a1-python", default="/work/a1venv/bin/python")
     ap.add_argument("--a1-src", default="/work/a1venv/finetune-hf-vits")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "voice-quality"))
@@ -298,8 +323,11 @@ def main() -> None:
             if system == "a1":
                 r = run_a1(corpus, seed, args.steps, work / f"a1_s{seed}", args.a1_python, args.a1_src)
             else:
+                init = None
+                if args.init == "a1":
+                    init = a1_initial_model(corpus, seed, work / f"a1init_s{seed}", args.a1_python, args.a1_src)
                 r = run_ours(corpus, train_rows, val_rows, seed, args.steps, work / f"ours_s{seed}",
-                             json.loads(args.override), json.loads(args.model_override))  # fmt: skip
+                             json.loads(args.override), json.loads(args.model_override), init)  # fmt: skip
             r["val"] = evaluate(r["model_dir"], r["tokenizer_dir"], corpus, val_rows, seed)
             row = {"system": system, "seed": seed, **{k: r[g][k] for g, k in COLUMNS}}
             results.append(row)

@@ -319,6 +319,16 @@ def test_discriminator_periods_are_checked_when_the_config_loads(
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("channels", ["[]", "[1]", "[8, 16]", "[1, 0]", "[1, x]"])
+def test_discriminator_channels_are_checked_when_the_config_loads(tmp_path: Path, params: Path, channels: str) -> None:
+    path = lang(tmp_path, f"source: {{type: local, path: p}}\ntraining: {{discriminator_scale_channels: {channels}}}\n")
+    with pytest.raises(ConfigError, match="discriminator_scale_channels must be null or a list") as info:
+        load_config(path, params)
+    assert str(path) in str(info.value)
+    ok = lang(tmp_path, "source: {type: local, path: p}\ntraining: {discriminator_period_channels: [1, 8, 16]}\n")
+    assert load_config(ok, params).training.discriminator_period_channels == [1, 8, 16]
+
+
 def test_a_flag_wins_over_the_configured_path(tmp_path: Path, params: Path) -> None:
     import argparse
 

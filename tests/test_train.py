@@ -167,6 +167,35 @@ def test_adam_epsilon_setting_reaches_both_optimisers(tmp_path, two_speakers):
     assert [g["eps"] for opt in (trainer.opt_g, trainer.opt_d) for g in opt.param_groups] == [1e-7, 1e-7]
 
 
+def test_discriminator_channels_setting_builds_and_loads_that_layout(tmp_path, two_speakers):
+    """training.discriminator_*_channels build finetune-hf-vits' layout for those channels, and a
+    discriminator saved in that recipe's file layout (keys under `discriminator.`, `final_conv`,
+    weight norm folded) loads into it and then trains."""
+    from safetensors.torch import save_file
+
+    from tts_pipeline.vits.data import collate
+
+    channels = {"discriminator_period_channels": [1, 4, 8, 16], "discriminator_scale_channels": [1, 8, 16]}
+    source = make_trainer(make_config(tmp_path, **channels), two_speakers, tmp_path).bare_discriminator
+    assert tuple(source.discriminators[1].convs[0].weight.shape) == (4, 1, 5, 1)
+    assert tuple(source.discriminators[0].convs[1].weight.shape) == (16, 2, 41)  # 8 -> 16, groups 4
+    folded = {}
+    for name, module in source.named_modules():
+        if hasattr(module, "parametrizations"):
+            key = f"discriminator.{name.replace('conv_post', 'final_conv')}"
+            folded[f"{key}.weight"] = module.weight.detach().clone() * 1.5  # recognisably not a fresh draw
+            folded[f"{key}.bias"] = module.bias.detach().clone()
+    save_file(folded, str(tmp_path / "model.safetensors"))
+    cfg = make_config(tmp_path, discriminator_checkpoint=str(tmp_path / "model.safetensors"), **channels)
+    trainer = make_trainer(cfg, two_speakers, tmp_path)
+    loaded = dict(trainer.bare_discriminator.named_modules())
+    for key, value in folded.items():
+        if key.endswith(".weight"):
+            module = loaded[key[len("discriminator.") : -len(".weight")].replace("final_conv", "conv_post")]
+            assert torch.allclose(module.weight, value, atol=1e-6), key
+    assert trainer.train_step([collate(trainer.train_examples[:2])])["nonfinite"] == 0
+
+
 def test_balance_is_logged_and_discriminator_weight_and_clipping_apply(tmp_path, two_speakers):
     """Discriminator loss weight (A1: 3) scales its gradient; the balance figures are logged."""
     from tts_pipeline.vits.data import collate

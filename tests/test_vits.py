@@ -89,6 +89,32 @@ def test_discriminator_layout_size_and_outputs():
     assert float(losses.feature_matching_loss(fmaps_r, fmaps_g)) == 0.0
 
 
+def test_discriminator_channels_given_outright_build_the_finetune_hf_vits_layout():
+    """Channel lists in finetune-hf-vits' convention build its layout exactly (here its tiny
+    CPU model's), and the original's lists are the same as the width-1 default."""
+    tiny = VitsDiscriminator(DiscriminatorConfig(period_channels=[1, 8, 16, 32, 64], scale_channels=[1, 16, 32, 64]))
+    shapes = {k.replace(".parametrizations.weight.original1", ""): tuple(v.shape)
+              for k, v in tiny.state_dict().items() if k.endswith("original1")}  # fmt: skip
+    # scale discriminator: wide first conv, grouped strided convs (groups 4, 16, 64), a plain last
+    assert [shapes[f"discriminators.0.convs.{i}"] for i in range(5)] == [
+        (16, 1, 15), (32, 4, 41), (64, 2, 41), (64, 1, 41), (64, 64, 5)
+    ]  # fmt: skip
+    assert shapes["discriminators.0.conv_post"] == (1, 64, 3)
+    # period discriminators: four strided 2-D convs, one at the last width, then the output
+    assert [shapes[f"discriminators.1.convs.{i}"] for i in range(5)] == [
+        (8, 1, 5, 1), (16, 8, 5, 1), (32, 16, 5, 1), (64, 32, 5, 1), (64, 64, 5, 1)
+    ]  # fmt: skip
+    assert [d.convs[i].stride[0] for d in tiny.discriminators[1:] for i in range(5)] == [3, 3, 3, 3, 1] * 5
+    assert abs(sum(p.numel() for p in tiny.parameters()) - 207_124) < 10
+    torch.manual_seed(0)
+    default = VitsDiscriminator().state_dict()
+    torch.manual_seed(0)
+    explicit = VitsDiscriminator(
+        DiscriminatorConfig(period_channels=[1, 32, 128, 512, 1024], scale_channels=[1, 16, 64, 256, 1024])
+    ).state_dict()
+    assert default.keys() == explicit.keys() and all(torch.equal(default[k], explicit[k]) for k in default)
+
+
 def test_discriminator_checkpoint_with_old_weight_norm_names_loads(tmp_path):
     source = VitsDiscriminator(DiscriminatorConfig(width=1 / 16))
     old_style = {}

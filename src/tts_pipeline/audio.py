@@ -332,9 +332,9 @@ def decode_audio_native(path: str | Path, max_seconds: float | None = None) -> t
             if planar:
                 size = samples * itemsize
                 for chunk, plane in zip(chunks, frame.planes, strict=False):
-                    chunk.append(bytes(plane)[:size])
-            else:
-                chunks[0].append(bytes(frame.planes[0])[: samples * channels * itemsize])
+                    chunk.append(bytes(memoryview(plane)[:size]))
+            else:  # a memoryview slice copies only the samples (bytes(plane) copies the padded buffer)
+                chunks[0].append(bytes(memoryview(frame.planes[0])[: samples * channels * itemsize]))
             total += samples
             if limit is not None and total > limit:
                 raise AudioTooLongError(f"{path}: longer than {max_seconds:g} s")

@@ -186,6 +186,8 @@ class TrainingSection:
     discriminator_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
     discriminator_scales: int = _range(1, 3, default=1)
     discriminator_width: float = _range(0.001, 4, default=1.0)
+    discriminator_period_channels: list[int] | None = None
+    discriminator_scale_channels: list[int] | None = None
     # mel spectrogram of the mel L1 loss
     mel_bins: int = _range(8, 512, default=80)
     mel_fmin: float = _range(0, None, default=0.0)
@@ -647,6 +649,16 @@ def _check(cfg: Config) -> None:
             f"{cfg.origins.get('training.discriminator_periods', where)}: "
             "training.discriminator_periods must be a list of positive integers"
         )
+    for name in ("discriminator_period_channels", "discriminator_scale_channels"):
+        channels = getattr(cfg.training, name)
+        if channels is not None and (
+            len(channels) < 2 or channels[0] != 1
+            or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels)
+        ):  # fmt: skip
+            raise ConfigError(
+                f"{cfg.origins.get(f'training.{name}', where)}: training.{name} must be null or a list of "
+                "positive integers starting with the input channel 1, e.g. [1, 32, 128, 512, 1024]"
+            )
 
 
 def load_config(config_path: str | Path, params_path: str | Path | None = None) -> Config:

@@ -6,7 +6,10 @@ period; extra scales, on 2x/4x average-pooled audio as in HiFi-GAN's MSD, come a
 converted VITS/MMS `D_*.pth` or a finetune-hf-vits discriminator loads with
 `load_discriminator_checkpoint` (old-style `weight_g/weight_v` names are mapped to the torch
 parametrization names). `width` scales every channel count: 1.0 is the 46.7 M-parameter original;
-tests and the CPU demo use a small fraction.
+tests and the CPU demo use a small fraction. `period_channels` / `scale_channels` instead give
+the channels outright, in finetune-hf-vits' `VitsConfig` convention (`discriminator_period_channels`,
+`discriminator_scale_channels`, input channel first), so any layout that recipe trains is built
+exactly: the original is [1, 32, 128, 512, 1024] and [1, 16, 64, 256, 1024].
 """
 
 from __future__ import annotations
@@ -25,20 +28,29 @@ from ..errors import PipelineError
 log = logging.getLogger(__name__)
 
 LRELU_SLOPE = 0.1
-_PERIOD_CHANNELS = [32, 128, 512, 1024, 1024]
-# (out_channels, kernel, stride, groups, padding) of the scale discriminator's convolutions
-_SCALE_LAYERS = [(16, 15, 1, 1, 7), (64, 41, 4, 4, 20), (256, 41, 4, 16, 20), (1024, 41, 4, 64, 20),
-                 (1024, 41, 4, 256, 20), (1024, 5, 1, 1, 2)]  # fmt: skip
+#: the original VITS/MMS channels (finetune-hf-vits convention: the input channel first)
+PERIOD_CHANNELS = [1, 32, 128, 512, 1024]
+SCALE_CHANNELS = [1, 16, 64, 256, 1024]
 
 
 @dataclass
 class DiscriminatorConfig:
     periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
     scales: int = 1  # VITS uses 1 scale discriminator; HiFi-GAN uses 3 (audio, x2 pooled, x4 pooled)
-    width: float = 1.0  # channel multiplier
+    width: float = 1.0  # channel multiplier of the original layout
+    period_channels: list[int] | None = None  # given outright (then `width` does not apply to them)
+    scale_channels: list[int] | None = None
+
+    def channels(self) -> tuple[list[int], list[int]]:
+        """(period, scale) channel lists: as given, else the original's scaled by `width`."""
+        period = self.period_channels or [1] + [_ch(c, self.width) for c in PERIOD_CHANNELS[1:]]
+        scale = self.scale_channels or [1] + [_ch(c, self.width) for c in SCALE_CHANNELS[1:]]
+        return list(period), list(scale)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"periods": list(self.periods), "scales": self.scales, "width": self.width}
+        period, scale = self.channels()
+        return {"periods": list(self.periods), "scales": self.scales, "width": self.width,
+                "period_channels": period, "scale_channels": scale}  # fmt: skip
 
 
 def _wn(module: nn.Module) -> nn.Module:
@@ -65,14 +77,15 @@ def _run_convs(
 class PeriodDiscriminator(nn.Module):
     """Reshapes audio to (T/p, p) and applies 2-D convolutions along time (HiFi-GAN MPD)."""
 
-    def __init__(self, period: int, width: float = 1.0, kernel_size: int = 5, stride: int = 3):
+    def __init__(self, period: int, channels: list[int], kernel_size: int = 5, stride: int = 3):
+        """channels: [input, ...]: one strided convolution per step, then one more at the last width."""
         super().__init__()
         self.period = period
-        channels = [1] + [_ch(c, width) for c in _PERIOD_CHANNELS]
+        channels = list(channels) + [channels[-1]]
         pad = (kernel_size - 1) // 2
         self.convs = nn.ModuleList()
-        for i in range(len(_PERIOD_CHANNELS)):
-            s = stride if i < len(_PERIOD_CHANNELS) - 1 else 1
+        for i in range(len(channels) - 1):
+            s = stride if i < len(channels) - 2 else 1
             self.convs.append(
                 _wn(nn.Conv2d(channels[i], channels[i + 1], (kernel_size, 1), (s, 1), (pad, 0)))
             )
@@ -91,13 +104,18 @@ class PeriodDiscriminator(nn.Module):
 class ScaleDiscriminator(nn.Module):
     """Grouped 1-D convolutions on (optionally average-pooled) audio (HiFi-GAN MSD)."""
 
-    def __init__(self, width: float = 1.0, pool: int = 1):
+    def __init__(self, channels: list[int], pool: int = 1):
+        """channels: [input, first, ...]: a wide first convolution, grouped strided ones (groups
+        4, 16, ... as far as the channels allow), one more strided and one plain at the last width."""
         super().__init__()
         self.pool = nn.AvgPool1d(pool * 2, pool, padding=pool) if pool > 1 else nn.Identity()
         self.convs = nn.ModuleList()
-        in_ch = 1
-        for out, kernel, stride, groups, padding in _SCALE_LAYERS:
-            out_ch = _ch(out, width)
+        # (out_channels, kernel, stride, groups, padding)
+        layers = [(channels[1], 15, 1, 1, 7)]
+        layers += [(out, 41, 4, 4 ** (i + 1), 20) for i, out in enumerate(channels[2:] + channels[-1:])]
+        layers.append((channels[-1], 5, 1, 1, 2))
+        in_ch = channels[0]
+        for out_ch, kernel, stride, groups, padding in layers:
             g = math.gcd(math.gcd(in_ch, out_ch), groups)
             self.convs.append(_wn(nn.Conv1d(in_ch, out_ch, kernel, stride, groups=g, padding=padding)))
             in_ch = out_ch
@@ -113,9 +131,10 @@ class VitsDiscriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig | None = None):
         super().__init__()
         self.config = config or DiscriminatorConfig()
-        subs: list[nn.Module] = [ScaleDiscriminator(self.config.width)]
-        subs += [PeriodDiscriminator(p, self.config.width) for p in self.config.periods]
-        subs += [ScaleDiscriminator(self.config.width, pool=2**i) for i in range(1, self.config.scales)]
+        period, scale = self.config.channels()
+        subs: list[nn.Module] = [ScaleDiscriminator(scale)]
+        subs += [PeriodDiscriminator(p, period) for p in self.config.periods]
+        subs += [ScaleDiscriminator(scale, pool=2**i) for i in range(1, self.config.scales)]
         self.discriminators = nn.ModuleList(subs)
 
     def forward(self, real: torch.Tensor, fake: torch.Tensor):
@@ -194,7 +213,8 @@ def load_discriminator_checkpoint(discriminator: VitsDiscriminator, path: str | 
         raise PipelineError(
             f"{path}: discriminator shapes differ from training.discriminator_* settings "
             f"(e.g. {mismatched[0]}: {tuple(state[mismatched[0]].shape)} vs {tuple(own[mismatched[0]].shape)}); "
-            "use width 1.0 and periods [2, 3, 5, 7, 11] for VITS/MMS checkpoints"
+            "use width 1.0 and periods [2, 3, 5, 7, 11] for VITS/MMS checkpoints, or set a finetune-hf-vits "
+            "model's discriminator_period_channels / discriminator_scale_channels"
         )
     result = discriminator.load_state_dict(state, strict=False)
     if result.missing_keys:

@@ -257,6 +257,8 @@ class Trainer:
                 list(settings.discriminator_periods),
                 settings.discriminator_scales,
                 settings.discriminator_width,
+                settings.discriminator_period_channels,
+                settings.discriminator_scale_channels,
             )  # fmt: skip
         )
         self.discriminator_source = self._load_discriminator(settings)
