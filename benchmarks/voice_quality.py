@@ -167,11 +167,12 @@ def load_examples(rows: list[dict], directory: Path, tokenizer, hop: int):
 
 def a1_initial_model(corpus: Path, seed: int, work: Path, a1_python: str, a1_src: str) -> Path:
     """A1's freshly built tiny model for `seed` (generator, discriminator and tokenizer, before any
-    step), so that both trainers start from the same weights: built by the runner itself, which
-    saves it before training (one step is run and thrown away)."""
-    init = work / "tiny_model"
-    if not (init / "model.safetensors").is_file():
-        run_a1(corpus, seed, 1, work, a1_python, a1_src)
+    step), so that both trainers start from the same weights: the one A1's own run of this seed
+    saved before training, else built by the runner (one step is run and thrown away)."""
+    for init in (work / f"a1_s{seed}" / "tiny_model", work / f"a1init_s{seed}" / "tiny_model"):
+        if (init / "model.safetensors").is_file():
+            return init
+    run_a1(corpus, seed, 1, init.parent, a1_python, a1_src)
     return init
 
 
@@ -325,7 +326,7 @@ def main() -> None:
             else:
                 init = None
                 if args.init == "a1":
-                    init = a1_initial_model(corpus, seed, work / f"a1init_s{seed}", args.a1_python, args.a1_src)
+                    init = a1_initial_model(corpus, seed, work, args.a1_python, args.a1_src)
                 r = run_ours(corpus, train_rows, val_rows, seed, args.steps, work / f"ours_s{seed}",
                              json.loads(args.override), json.loads(args.model_override), init)  # fmt: skip
             r["val"] = evaluate(r["model_dir"], r["tokenizer_dir"], corpus, val_rows, seed)

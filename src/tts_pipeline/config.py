@@ -644,21 +644,23 @@ def _check(cfg: Config) -> None:
     if pp.min_duration_s > pp.max_duration_s:
         raise ConfigError(f"{where}: preprocess.min_duration_s > preprocess.max_duration_s")
     periods = cfg.training.discriminator_periods
-    if not periods or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in periods):
+    if not periods or not _positive_ints(periods):
         raise ConfigError(
             f"{cfg.origins.get('training.discriminator_periods', where)}: "
             "training.discriminator_periods must be a list of positive integers"
         )
     for name in ("discriminator_period_channels", "discriminator_scale_channels"):
         channels = getattr(cfg.training, name)
-        if channels is not None and (
-            len(channels) < 2 or channels[0] != 1
-            or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels)
-        ):  # fmt: skip
+        if channels is not None and (len(channels) < 2 or channels[0] != 1 or not _positive_ints(channels)):
             raise ConfigError(
                 f"{cfg.origins.get(f'training.{name}', where)}: training.{name} must be null or a list of "
                 "positive integers starting with the input channel 1, e.g. [1, 32, 128, 512, 1024]"
             )
+
+
+def _positive_ints(values: list[Any]) -> bool:
+    """Whether every value is an int >= 1 (YAML's true/false are not numbers here)."""
+    return all(not isinstance(v, bool) and isinstance(v, int) and v >= 1 for v in values)
 
 
 def load_config(config_path: str | Path, params_path: str | Path | None = None) -> Config:

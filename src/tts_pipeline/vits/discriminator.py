@@ -18,7 +18,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -46,11 +45,6 @@ class DiscriminatorConfig:
         period = self.period_channels or [1] + [_ch(c, self.width) for c in PERIOD_CHANNELS[1:]]
         scale = self.scale_channels or [1] + [_ch(c, self.width) for c in SCALE_CHANNELS[1:]]
         return list(period), list(scale)
-
-    def to_dict(self) -> dict[str, Any]:
-        period, scale = self.channels()
-        return {"periods": list(self.periods), "scales": self.scales, "width": self.width,
-                "period_channels": period, "scale_channels": scale}  # fmt: skip
 
 
 def _wn(module: nn.Module) -> nn.Module:
