@@ -167,6 +167,17 @@ def test_adam_epsilon_setting_reaches_both_optimisers(tmp_path, two_speakers):
     assert [g["eps"] for opt in (trainer.opt_g, trainer.opt_d) for g in opt.param_groups] == [1e-7, 1e-7]
 
 
+def test_discriminator_learning_rate_is_scaled_from_the_generators(tmp_path, two_speakers):
+    cfg = make_config(tmp_path, learning_rate=2e-4, discriminator_lr_scale=0.25, warmup_steps=0)
+    trainer = make_trainer(cfg, two_speakers, tmp_path)
+    assert [g["lr"] for g in trainer.opt_g.param_groups] == [2e-4]
+    assert [g["lr"] for g in trainer.opt_d.param_groups] == [pytest.approx(5e-5)]
+    for _ in range(3):  # the schedule keeps the ratio
+        trainer.sched_g.step()
+        trainer.sched_d.step()
+    assert trainer.sched_d.get_last_lr()[0] == pytest.approx(0.25 * trainer.sched_g.get_last_lr()[0])
+
+
 def test_discriminator_channels_setting_builds_and_loads_that_layout(tmp_path, two_speakers):
     """training.discriminator_*_channels build finetune-hf-vits' layout for those channels, and a
     discriminator saved in that recipe's file layout (keys under `discriminator.`, `final_conv`,
@@ -633,3 +644,44 @@ def test_mlflow_run_has_params_metrics_and_audio_and_failures_only_warn(
             make_config(tmp_path, max_steps=1, mlflow=True), paths_for(tmp_path, two_speakers, "b")
         )
     assert broken.steps == 1 and any("MLflow" in r.message for r in caplog.records)
+
+
+def test_the_saved_voice_is_the_weight_average_and_resumes_with_it(resumed_run):
+    """training.ema_length (default on): the checkpoint keeps the raw weights to go on training and
+    the average beside them; the model folders hold the average (resume exactness covers it)."""
+    _, _, _, resumed, part = resumed_run
+    checkpoint = part.checkpoint_dir / "checkpoint-6"
+    raw = torch.load(checkpoint / "state" / "generator.pt", weights_only=True)
+    average = torch.load(checkpoint / "state" / "weight_average.pt", weights_only=True)
+    assert average["steps"] == 6
+    key = "text_encoder.embed_tokens.weight"
+    saved = _weights(checkpoint / "model")
+    assert not torch.equal(saved[key], raw[key])
+    assert torch.equal(saved[key], _weights(resumed.model_dir)[key])
+    assert any(torch.equal(saved[key], a) for a in average["average"])
+
+
+def test_without_weight_average_the_voice_is_the_last_step_and_old_checkpoints_resume(
+    resumed_run, tmp_path, two_speakers, caplog
+):
+    import shutil
+
+    from tts_pipeline.train import train
+
+    _, _, _, _, part = resumed_run
+    run = paths_for(tmp_path, two_speakers, "plain")
+    result = train(make_config(tmp_path, max_steps=2, ema_length=None), run)
+    checkpoint = run.checkpoint_dir / "checkpoint-2"
+    assert not (checkpoint / "state" / "weight_average.pt").exists()
+    raw = torch.load(checkpoint / "state" / "generator.pt", weights_only=True)
+    key = "text_encoder.embed_tokens.weight"
+    assert torch.equal(_weights(result.model_dir)[key], raw[key])
+    # a checkpoint made without the average (or by an older version) resumes; the average restarts
+    old = paths_for(tmp_path, two_speakers, "old")
+    shutil.copytree(part.checkpoint_dir, old.checkpoint_dir)
+    for extra in old.checkpoint_dir.glob("checkpoint-*/state/weight_average.pt"):
+        extra.unlink()
+    with caplog.at_level(logging.WARNING):
+        resumed = train(make_config(tmp_path, max_steps=7), old, resume=True)
+    assert resumed.resumed_from == 6 and resumed.steps == 7
+    assert "no weight average in this checkpoint" in caplog.text

@@ -238,6 +238,8 @@ def model_card(code: str, info: dict[str, Any]) -> str:
         f"- speakers: {info.get('speakers')}; steps: {info.get('steps')} ({info.get('epochs')} epochs); "
         f"batch {info.get('batch_size')} x {info.get('gradient_accumulation_steps')}; "
         f"precision {info.get('mixed_precision')}",
+        "- weights: " + (f"running average of the generator's weights (power EMA, {info['weight_average']:g} of the "
+                         "run wide: training.ema_length)" if info.get("weight_average") else "the last step's"),
         "- load with `transformers.VitsModel.from_pretrained(<this folder>)`; speakers.json maps speaker ids to names",
         "",
     ])  # fmt: skip
@@ -417,6 +419,7 @@ def training_info(
         "gradient_accumulation_steps": s.gradient_accumulation_steps,
         **batch_scale(s, trainer),
         "mixed_precision": accelerator.mixed_precision,
+        "weight_average": s.ema_length,
         "device": str(accelerator.device),
         "sampling_rate": sampling_rate,
         "metrics": {k: v for k, v in metrics.items() if k not in VOLATILE_METRICS},

@@ -28,6 +28,11 @@ Resuming is exact: the checkpoint holds both models (weight-norm parametrisation
 both optimisers, schedulers and fp16 grad scalers, the python/numpy/torch/CUDA RNG states,
 and the position in the epoch; batches are a pure function of (seed, epoch), evaluation and
 sample synthesis run under a forked RNG. So k steps + resume to N equals N straight steps.
+
+The voice saved (final model, each checkpoint's `model/`) and the one the validation loss and
+samples measure is a running average of the generator's weights (`ema_length`, see
+averaging.py); training itself goes on with the raw weights, which the checkpoint's state keeps
+beside the average.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import torch
 from .. import fsutil, modeling
 from ..errors import PipelineError
 from . import losses
+from .averaging import WeightAverage
 from .batch_probe import auto_batch_size, probe_batch_size
 from .checkpointing import enable_gradient_checkpointing
 from .data import Example, collate, epoch_batches
@@ -71,6 +77,7 @@ STATE_DIR = "state"
 FULL_CLIP = 1 << 30  # segment length that the training forward clamps to the shortest clip
 MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.json"
+WEIGHT_AVERAGE = "weight_average.pt"
 #: Beside TRAINER_STATE: the run's volatile facts (MLflow run id, seconds, speed, memory). The
 #: `*.volatile.json` pattern is in `.dvcignore`, so the checkpoints' DVC hash stays a pure
 #: function of inputs, settings and code, while a resume on the same machine still continues
@@ -264,16 +271,18 @@ class Trainer:
         self.discriminator_source = self._load_discriminator(settings)
         self.summary = model_summary(model, self.discriminator)
 
-        def adamw(module):
+        def adamw(module, lr: float):
             return torch.optim.AdamW(
-                module.parameters(), lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
+                module.parameters(), lr=lr, betas=(settings.adam_beta1, settings.adam_beta2),
                 eps=settings.adam_epsilon, weight_decay=settings.weight_decay,
             )  # fmt: skip
 
         gen_module = GeneratorTrainingModule(model, self.spec_config, self.segment_frames)
         # the optimisers stay plain torch ones: prepared, they would share accelerate's scaler
         self.gen, self.disc = self.accelerator.prepare(gen_module, self.discriminator)
-        self.opt_g, self.opt_d = opt_g, opt_d = adamw(model), adamw(self.discriminator)
+        self.opt_g = opt_g = adamw(model, settings.learning_rate)
+        self.opt_d = opt_d = adamw(self.discriminator, settings.learning_rate * settings.discriminator_lr_scale)
+        self.weight_average = WeightAverage(model, settings.ema_length) if settings.ema_length else None
         self.state = TrainerState(config_hash=config_hash, num_processes=self.accelerator.num_processes)
         self._steps_per_epoch_key: tuple[int, int] | None = None
         self._steps_per_epoch = 1
@@ -484,6 +493,12 @@ class Trainer:
         size = max(1, self.state.batch_size)
         return [items[i : i + size] for i in range(0, len(items), size)]
 
+    def averaged_weights(self):
+        """Context: the generator carries the averaged weights (the voice that is saved); the raw
+        ones until `fit` has made a step (`train_step` alone does not update the average)."""
+        average = self.weight_average
+        return average.applied() if average and average.steps else contextlib.nullcontext()
+
     def _fork_rng(self):
         devices = [self.device] if self.device.type == "cuda" else []
         return torch.random.fork_rng(devices=devices)
@@ -499,7 +514,7 @@ class Trainer:
         totals: dict[str, float] = defaultdict(float)
         count = 0
         try:
-            with self._fork_rng():
+            with self._fork_rng(), self.averaged_weights():
                 torch.manual_seed(s.seed)
                 window_rng = torch.Generator().manual_seed(s.seed)
                 for examples in self._val_batches():
@@ -528,7 +543,7 @@ class Trainer:
         model.eval()
         paths = []
         try:
-            with self._fork_rng():
+            with self._fork_rng(), self.averaged_weights():
                 for i, example in enumerate(self.val_examples[: self.s.eval_samples]):
                     torch.manual_seed(self.s.seed + i)
                     ids = torch.tensor([example.input_ids], device=self.device)
@@ -544,8 +559,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, directory: str | Path, extra_info: dict[str, Any] | None = None) -> None:
-        """A loadable model directory: decoder weight norm folded, tokenizer, speakers.json."""
-        model = export_generator(self.model).to("cpu")
+        """A loadable model directory (the averaged weights): decoder weight norm folded, tokenizer,
+        speakers.json."""
+        with self.averaged_weights():
+            model = export_generator(self.model).to("cpu")
         directory = Path(directory)
         model.save_pretrained(str(directory))
         self.tokenizer.save_pretrained(str(directory))
@@ -566,6 +583,8 @@ class Trainer:
             state_dir.mkdir()
             torch.save(self.model.state_dict(), state_dir / "generator.pt")
             torch.save(self.bare_discriminator.state_dict(), state_dir / "discriminator.pt")
+            if self.weight_average:
+                torch.save(self.weight_average.state_dict(), state_dir / WEIGHT_AVERAGE)
             torch.save({"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict(),
                         "sched_generator": self.sched_g.state_dict(), "sched_discriminator": self.sched_d.state_dict(),
                         "scaler_generator": self.scaler_g.state_dict(),
@@ -607,6 +626,7 @@ class Trainer:
 
         self.model.load_state_dict(load("generator.pt"))
         self.bare_discriminator.load_state_dict(load("discriminator.pt"))
+        self._load_weight_average(state_dir)
         opt = load("optimizers.pt")
         self.opt_g.load_state_dict(opt["generator"])
         self.opt_d.load_state_dict(opt["discriminator"])
@@ -624,6 +644,17 @@ class Trainer:
         self.state.config_hash = config_hash or self.state.config_hash
         _set_rng_state(load("rng.pt"))
         self._continue_with_process_count(self.accelerator.num_processes)
+
+    def _load_weight_average(self, state_dir: Path) -> None:
+        if not self.weight_average:
+            return
+        if (state_dir / WEIGHT_AVERAGE).is_file():
+            saved = torch.load(state_dir / WEIGHT_AVERAGE, map_location="cpu", weights_only=True)
+            self.weight_average.load_state_dict(saved)
+        else:  # made with ema_length off, or by an older version
+            log.warning("%s: no weight average in this checkpoint; the average starts again from its weights",
+                        state_dir.parent)  # fmt: skip
+            self.weight_average.restart()
 
     def _continue_with_process_count(self, count: int) -> None:
         """A checkpoint made by another number of processes: carry the position in the epoch over
@@ -736,6 +767,8 @@ class Trainer:
                     seconds = time.perf_counter() - started
                     group = []
                     self.state.step += 1
+                    if self.weight_average:
+                        self.weight_average.update(self.state.step)
                     self.state.batch_in_epoch = position
                     self.state.train_seconds += seconds
                     if position >= len(batches):
