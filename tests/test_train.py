@@ -406,13 +406,15 @@ def test_configured_learning_rate_reaches_the_optimizer(tmp_path, two_speakers):
     cfg_lr = cfg.training.learning_rate
     assert cfg_lr == 5e-5
     trainer = make_trainer(cfg, two_speakers, tmp_path)
-    for optimizer in (trainer.opt_g, trainer.opt_d):
+    scale = cfg.training.discriminator_lr_scale  # the discriminator's rate follows the generator's
+    for optimizer, lr in ((trainer.opt_g, 5e-5), (trainer.opt_d, 5e-5 * scale)):
         group = optimizer.param_groups[0]
-        assert group["initial_lr"] == 5e-5
-        assert group["lr"] == pytest.approx(5e-5 / 2)  # warm-up step 1 of 2
+        assert group["initial_lr"] == pytest.approx(lr)
+        assert group["lr"] == pytest.approx(lr / 2)  # warm-up step 1 of 2
         assert group["betas"] == (0.8, 0.99)
     trainer.train_step([trainer_batch(trainer)])
     assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(5e-5)
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(5e-5 * scale)
 
 
 def trainer_batch(trainer):
