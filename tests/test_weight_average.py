@@ -36,12 +36,19 @@ def test_update_follows_the_power_ema_recursion():
     assert average.steps == 5
 
 
-def test_applied_swaps_in_the_average_and_restores_the_weights_exactly_even_on_error():
-    layer = torch.nn.Linear(4, 4)
+def _average_after_a_move(layer: torch.nn.Linear) -> WeightAverage:
+    """An average started from `layer`, updated once (step 2) after its weights moved by 1."""
     average = WeightAverage(layer, 0.05)
     with torch.no_grad():
         layer.weight.add_(1.0)
+        layer.bias.add_(1.0)
     average.update(2)
+    return average
+
+
+def test_applied_swaps_in_the_average_and_restores_the_weights_exactly_even_on_error():
+    layer = torch.nn.Linear(4, 4)
+    average = _average_after_a_move(layer)
     raw = layer.weight.detach().clone()
     with average.applied():
         assert torch.equal(layer.weight, average.average[0])
@@ -54,11 +61,7 @@ def test_applied_swaps_in_the_average_and_restores_the_weights_exactly_even_on_e
 
 
 def test_state_round_trips_and_refuses_another_model():
-    layer = torch.nn.Linear(3, 3)
-    average = WeightAverage(layer, 0.05)
-    with torch.no_grad():
-        layer.bias.add_(2.0)
-    average.update(2)
+    average = _average_after_a_move(torch.nn.Linear(3, 3))
     copy = WeightAverage(torch.nn.Linear(3, 3), 0.05)
     copy.load_state_dict(average.state_dict())
     assert copy.steps == 2 and all(torch.equal(a, b) for a, b in zip(copy.average, average.average, strict=True))

@@ -626,7 +626,12 @@ class Trainer:
 
         self.model.load_state_dict(load("generator.pt"))
         self.bare_discriminator.load_state_dict(load("discriminator.pt"))
-        self._load_weight_average(state_dir)
+        if self.weight_average and (state_dir / WEIGHT_AVERAGE).is_file():
+            self.weight_average.load_state_dict(load(WEIGHT_AVERAGE))
+        elif self.weight_average:  # made with ema_length off, or by an older version: start it again
+            log.warning("%s: no weight average in this checkpoint; the average starts again from its weights",
+                        directory)  # fmt: skip
+            self.weight_average.restart()
         opt = load("optimizers.pt")
         self.opt_g.load_state_dict(opt["generator"])
         self.opt_d.load_state_dict(opt["discriminator"])
@@ -644,17 +649,6 @@ class Trainer:
         self.state.config_hash = config_hash or self.state.config_hash
         _set_rng_state(load("rng.pt"))
         self._continue_with_process_count(self.accelerator.num_processes)
-
-    def _load_weight_average(self, state_dir: Path) -> None:
-        if not self.weight_average:
-            return
-        if (state_dir / WEIGHT_AVERAGE).is_file():
-            saved = torch.load(state_dir / WEIGHT_AVERAGE, map_location="cpu", weights_only=True)
-            self.weight_average.load_state_dict(saved)
-        else:  # made with ema_length off, or by an older version
-            log.warning("%s: no weight average in this checkpoint; the average starts again from its weights",
-                        state_dir.parent)  # fmt: skip
-            self.weight_average.restart()
 
     def _continue_with_process_count(self, count: int) -> None:
         """A checkpoint made by another number of processes: carry the position in the epoch over
