@@ -7,7 +7,7 @@ goes the other way round (VITS paper, Kim et al. 2021, section 2):
 2. posterior encoder on the *linear* spectrogram of the target audio -> z ~ q(z|spec);
 3. flow(z) -> z_p, which should look like a sample of the prior;
 4. monotonic alignment search between z_p and the per-token prior gives hard durations;
-5. stochastic duration predictor: NLL of those durations given h;
+5. stochastic duration predictor: NLL of those durations given h (`duration.py`);
 6. KL between q and the aligned prior;
 7. a random window of z (`segment_frames`) -> HiFi-GAN decoder -> audio, compared with the
    same window of the real audio (mel L1 here, adversarial losses in the trainer).
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from . import alignment
+from .duration import stochastic_duration_nll
 from .losses import kl_loss
 from .spectrogram import SpectrogramConfig, linear_spectrogram, spectrogram_to_mel
 
@@ -132,7 +133,7 @@ def training_forward(
     # --- durations
     durations = attn.sum(1).unsqueeze(1)  # (B, 1, Tx) frames per token
     if model.config.use_stochastic_duration_prediction:
-        nll = model.duration_predictor(hidden, x_mask, g, durations=durations, reverse=False)
+        nll = stochastic_duration_nll(model.duration_predictor, hidden, x_mask, g, durations)
         duration_loss = torch.sum(nll.float()) / torch.clamp_min(torch.sum(x_mask.float()), 1.0)
     else:
         log_target = torch.log(durations + 1e-6) * x_mask
