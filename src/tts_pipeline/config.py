@@ -173,8 +173,8 @@ class TrainingSection:
     weight_generator: float = _range(0, None, default=1.0)
     weight_feature_matching: float = _range(0, None, default=1.0)
     weight_discriminator: float = _range(0, None, default=3.0)
-    #: the discriminator's learning rate = learning_rate x this (0.25: README "Voice quality")
-    discriminator_lr_scale: float = _range(0.001, 100, default=0.25)
+    #: the discriminator's learning rate = learning_rate x this (0.5: README "Voice quality")
+    discriminator_lr_scale: float = _range(0.001, 100, default=0.5)
     #: optimiser steps over which the adversarial + feature-matching weights ramp 0 -> 1
     adversarial_warmup_steps: int = _range(0, None, default=0)
     #: the saved voice is a running average of the generator's weights over this share of the
