@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import functools
 import http.server
+import signal
 import threading
 import urllib.request
 
@@ -17,18 +18,31 @@ def _server(directory) -> http.server.ThreadingHTTPServer:
 
 
 def test_serves_until_ctrl_c_then_releases_the_port(tmp_path, capsys):
+    # interrupt_main does nothing unless SIGINT has a Python handler; an earlier test in the same
+    # process may have left another one (one CI run hung here for 15 min), so set Python's own
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     (tmp_path / "page.html").write_text("<html>ok</html>", encoding="utf-8")
     server = _server(tmp_path)
     url = f"http://127.0.0.1:{server.server_address[1]}/page.html"
     got: list[bytes] = []
+    returned = threading.Event()
+    watchdog_stopped_it: list[bool] = []
 
     def visit_then_press_ctrl_c() -> None:
         with urllib.request.urlopen(url, timeout=10) as response:
             got.append(response.read())
         _thread.interrupt_main()  # what Ctrl-C does to the main thread
+        if not returned.wait(30):  # never hang the suite: stop the server, and fail below
+            watchdog_stopped_it.append(True)
+            server.shutdown()
 
     threading.Thread(target=visit_then_press_ctrl_c, daemon=True).start()
-    serve_until_interrupted(server, f"page: {url}  (Ctrl-C to stop)")  # returns instead of raising
+    try:
+        serve_until_interrupted(server, f"page: {url}  (Ctrl-C to stop)")  # returns instead of raising
+    finally:
+        returned.set()
+        signal.signal(signal.SIGINT, previous)
+    assert not watchdog_stopped_it, "Ctrl-C did not stop the server"
     assert got == [b"<html>ok</html>"]
     assert capsys.readouterr().out == f"page: {url}  (Ctrl-C to stop)\n"
     assert server.socket.fileno() == -1  # closed: the port is free again
