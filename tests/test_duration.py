@@ -14,7 +14,7 @@ SHORT, LONG = 2.0, 7.0
 
 def _train_on_two_kinds_of_token(steps: int = 100):
     """A tiny predictor trained on one fixed batch: tokens of one kind last SHORT frames, of the
-    other LONG; returns (predictor, hidden states, which kind each token is)."""
+    other LONG; returns (predictor, hidden states, mask, which kind each token is)."""
     torch.manual_seed(0)
     config = VitsConfig(hidden_size=16, duration_predictor_num_flows=2, duration_predictor_filter_channels=16,
                         duration_predictor_dropout=0.0)  # fmt: skip

@@ -9,7 +9,7 @@ backwards from noise. In VITS, and so in every MMS checkpoint, each flow stack i
 `transformers.VitsStochasticDurationPredictor.forward(reverse=False)` flips after every flow,
 the elementwise one included, while its `reverse=True` pass follows VITS. Trained through it,
 the main flows learn a map that synthesis does not invert. On the voice benchmark that made
-every token last about the same, far too long: 16-28 frames against 1-8 measured, and speech
+every token last about the same, far too long: 15-28 frames against 1-10 measured, and speech
 8-14 times too long. Trained here, as VITS and finetune-hf-vits train it, the same weights
 give durations near the measured ones. It also keeps a pretrained MMS predictor's flows acting
 on the channels they were trained on.
