@@ -229,11 +229,16 @@ def run_ours(corpus: Path, train_rows, val_rows, seed: int, steps: int, work: Pa
 # ----------------------------------------------------------------------------------- A1
 
 
-def run_a1(corpus: Path, seed: int, steps: int, work: Path, a1_python: str, a1_src: str) -> dict:
+def run_a1(corpus: Path, seed: int, steps: int, work: Path, a1_python: str, a1_src: str,
+           training_seed_offset: int = 0) -> dict:
+    """A1 for `seed`: its initial weights are drawn from `seed`; its training (batch order, noise,
+    segments) from `seed + training_seed_offset`, so an offset run is A1 against itself."""
     shutil.rmtree(work, ignore_errors=True)
     cmd = [a1_python, str(A1_DIR / "run_a1.py"), "--src", a1_src, "--workdir", str(work), "--steps", str(steps),
            "--batch", "4", "--seed", str(seed), "--lr", "2e-4", "--data-dir", str(corpus / "train"), "--multispeaker",
            "--threads", str(os.environ.get("BENCH_THREADS", "1"))]  # fmt: skip
+    if training_seed_offset:
+        cmd += ["--recipe-override", json.dumps({"seed": seed + training_seed_offset})]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"A1 failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -308,6 +313,9 @@ def main() -> None:
     ap.add_argument("--init", choices=["a1", "own"], default="a1",
                     help="a1: our trainer starts from A1's initial weights for the seed (the same model, "
                          "discriminator included); own: from our own scratch model (another random draw)")
+    ap.add_argument("--a1-training-seed-offset", type=int, default=0,
+                    help="A1 trains with seed + this (its initial weights still from seed): with --only a1 "
+                         "and another --workdir, A1 against itself, the per-run spread of the comparison")
     ap.add_argument("--a1-python", default="/work/a1venv/bin/python")
     ap.add_argument("--a1-src", default="/work/a1venv/finetune-hf-vits")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "voice-quality"))
@@ -330,7 +338,8 @@ def main() -> None:
             if args.only and system != args.only:
                 continue
             if system == "a1":
-                r = run_a1(corpus, seed, args.steps, work / f"a1_s{seed}", args.a1_python, args.a1_src)
+                r = run_a1(corpus, seed, args.steps, work / f"a1_s{seed}", args.a1_python, args.a1_src,
+                           args.a1_training_seed_offset)
             else:
                 init = None
                 if args.init == "a1":

@@ -167,8 +167,10 @@ class TrainingSection:
     warmup_steps: int = _range(0, None, default=500)
     segment_size: int = _range(256, None, default=8192)
     max_audio_s: float = _range(0.1, None, default=15.0)
-    weight_mel: float = _range(0, None, default=35.0)
-    weight_kl: float = _range(0, None, default=1.5)
+    #: loss weights of mel L1 and KL: VITS's own (45 / 1.0, its published configs;
+    #: finetune-hf-vits: 35 / 1.5; README "Voice quality")
+    weight_mel: float = _range(0, None, default=45.0)
+    weight_kl: float = _range(0, None, default=1.0)
     weight_duration: float = _range(0, None, default=1.0)
     weight_generator: float = _range(0, None, default=1.0)
     weight_feature_matching: float = _range(0, None, default=1.0)
@@ -179,7 +181,7 @@ class TrainingSection:
     adversarial_warmup_steps: int = _range(0, None, default=0)
     #: the saved voice is a running average of the generator's weights over this share of the
     #: steps so far (power EMA, vits/averaging.py); null = the last step's weights
-    ema_length: float | None = _range(0.001, 0.28, default=0.02)
+    ema_length: float | None = _range(0.001, 0.28, default=0.05)
     #: dropout of the text encoder (hidden, attention, activation) and of the duration predictor
     #: while training; null = as the model's config says (MMS: 0.1 and 0.5)
     dropout: float | None = _range(0, 0.9, default=0.0)
