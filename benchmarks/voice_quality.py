@@ -285,11 +285,12 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, corpus: Path, val_rows: list[
             tf["kl"].append(float(out.kl))
             tf["duration"].append(float(out.duration))
             ref = ex.audio.astype(np.float32) / 32768.0
+            ref_speech_s = max(sm.speech_duration_s(ref, SR), 1e-3)
             for draw in range(draws):
                 torch.manual_seed(seed + i + 1000 * draw)  # draw 0: the single draw of earlier tables
                 wave = model(input_ids=torch.tensor([ex.input_ids]), speaker_id=ex.speaker_id).waveform[0].numpy()
                 mcd.append(sm.mcd_dtw(ref, wave, SR))
-                ratio.append(sm.speech_duration_s(wave, SR) / max(sm.speech_duration_s(ref, SR), 1e-3))
+                ratio.append(sm.speech_duration_s(wave, SR) / ref_speech_s)
                 clipped += sm.clipping_ratio(wave) > 0.001
     return {"val_mel_l1": float(np.mean(tf["mel_l1"])), "val_kl": float(np.mean(tf["kl"])),
             "val_duration": float(np.mean(tf["duration"])), "mcd_dtw": float(np.mean(mcd)),
