@@ -214,12 +214,41 @@ def test_balance_is_logged_and_discriminator_weight_and_clipping_apply(tmp_path,
     batch = [collate([e]) for e in make_trainer(make_config(tmp_path), two_speakers, tmp_path).train_examples[:1]]
     norms = {}
     for weight in (1.0, 3.0):
-        cfg = make_config(tmp_path, weight_discriminator=weight, max_grad_norm=1e9)
+        cfg = make_config(tmp_path, weight_discriminator=weight, max_grad_norm=1e9, discriminator_generator_loss_weight=0.0)
         metrics = make_trainer(cfg, two_speakers, tmp_path).train_step(batch)
         norms[weight] = metrics["grad_norm_disc"]
         for key in ("disc_score_real", "disc_score_fake", "grad_norm_gen", "grad_norm_disc", "loss_disc"):
             assert math.isfinite(metrics[key]), key
     assert norms[3.0] == pytest.approx(3 * norms[1.0], rel=1e-4)
+
+
+def test_discriminator_generator_loss_pulls_the_discriminator_towards_balance(tmp_path, two_speakers):
+    """`discriminator_generator_loss_weight` adds the generator's adversarial loss to the
+    discriminator's objective: with it alone, the discriminator's step raises its score of the
+    generated audio (towards "real"); with neither term, the discriminator gets no gradient."""
+    from tts_pipeline.vits.data import collate
+
+    def one_step(follow: float, weight_d: float):
+        cfg = make_config(tmp_path, discriminator_generator_loss_weight=follow, weight_discriminator=weight_d,
+                          weight_feature_matching=0.0, learning_rate=1e-3, discriminator_lr_scale=1.0,
+                          warmup_steps=0, max_grad_norm=1e9)  # fmt: skip
+        trainer = make_trainer(cfg, two_speakers, tmp_path)
+        batch = [collate(trainer.train_examples[:2])]
+        with torch.no_grad():
+            out = trainer.gen(batch[0].to(trainer.device))
+
+        def fake_score() -> float:
+            with torch.no_grad():
+                _, scores, _, _ = trainer.bare_discriminator(out.target, out.generated)
+            return float(sum(x.float().mean() for x in scores) / len(scores))
+
+        before = fake_score()
+        metrics = trainer.train_step(batch)
+        return before, fake_score(), metrics["grad_norm_disc"]
+
+    before, after, norm = one_step(follow=1.0, weight_d=0.0)
+    assert norm > 0 and after > before, (before, after, norm)
+    assert one_step(follow=0.0, weight_d=0.0)[2] == 0.0
 
 
 def test_overfits_one_short_utterance(tmp_path, two_speakers):

@@ -175,6 +175,9 @@ class TrainingSection:
     weight_generator: float = _range(0, None, default=1.0)
     weight_feature_matching: float = _range(0, None, default=1.0)
     weight_discriminator: float = _range(0, None, default=3.0)
+    #: weight of the generator's adversarial + feature-matching losses in the discriminator's
+    #: own objective (a pull towards balance; A1 does it by accident of its loop: vits/trainer.py)
+    discriminator_generator_loss_weight: float = _range(0, None, default=0.0)
     #: the discriminator's learning rate = learning_rate x this (0.5: README "Voice quality")
     discriminator_lr_scale: float = _range(0.001, 100, default=0.5)
     #: optimiser steps over which the adversarial + feature-matching weights ramp 0 -> 1

@@ -14,6 +14,15 @@ schedule, applied smoothly per step); gradients are clipped to `max_grad_norm`. 
 loss (or, in fp32/bf16, gradient norm) is NaN or inf is skipped for the optimiser concerned and
 counted; `max_nonfinite_steps` in a row stop the run with an error.
 
+The discriminator's own objective can include the generator's adversarial and feature-matching
+losses on the same (detached) generated audio, weighted by `discriminator_generator_loss_weight`:
+a pull towards scoring generated audio as real, which keeps the discriminator near the balanced
+point instead of winning. finetune-hf-vits (A1) does this by accident of its loop (the
+discriminator keeps `requires_grad` during the generator step, so its next step adds the
+generator's gradient to its own, weight 1 against its loss weight 3); here it is explicit, on
+the current step's audio, costs no extra forward pass and keeps the step stateless (resume
+stays exact).
+
 Mixed precision: `accelerate` places the models, wraps them for DDP and picks the precision,
 but the optimisers are *not* passed through `accelerator.prepare`: accelerate would give both
 one shared GradScaler whose `update()` runs at each optimiser's step, so with accumulation a
@@ -436,13 +445,19 @@ class Trainer:
                 # discriminator: real vs. detached generated audio
                 with self._autocast():
                     out = self.gen(batch)
-                    scores_r, scores_g, _, _ = self.disc(out.target, out.generated.detach())
+                    scores_r, scores_g, fmaps_r, fmaps_g = self.disc(out.target, out.generated.detach())
                     loss_d = losses.discriminator_loss(scores_r, scores_g)
+                    objective_d = loss_d * s.weight_discriminator
+                    if s.discriminator_generator_loss_weight:  # see the module docstring
+                        objective_d = objective_d + s.discriminator_generator_loss_weight * self.adversarial_ramp() * (
+                            s.weight_generator * losses.generator_adversarial_loss(scores_g)
+                            + s.weight_feature_matching * losses.feature_matching_loss(fmaps_r, fmaps_g)
+                        )
                 # with several processes every rank joins DDP's gradient all-reduce, finite or not
                 # (one rank skipping backward would hang the others); the flags are combined below
-                if _finite(loss_d) or acc.num_processes > 1:
-                    self.scaler_d.scale(loss_d * s.weight_discriminator / n).backward()
-                bad_d = bad_d or not _finite(loss_d)
+                if _finite(objective_d) or acc.num_processes > 1:
+                    self.scaler_d.scale(objective_d / n).backward()
+                bad_d = bad_d or not _finite(objective_d)
                 sums["loss_disc"] += float(loss_d.detach()) / n
                 # balance: mean LSGAN scores (real -> 1, generated -> 0 for a winning discriminator)
                 sums["disc_score_real"] += float(sum(x.detach().float().mean() for x in scores_r) / len(scores_r)) / n
