@@ -19,6 +19,21 @@ import tempfile
 TERMS = ("mel", "kl", "duration", "adversarial", "feature_matching")
 
 
+def step_record(model, losses: dict, loss_disc, slice_starts) -> dict:
+    """What each side of the comparison saves: the loss values, the decoder windows and, per
+    term in TERMS, the generator's gradient of that term alone (by parameter name). Shared by
+    both sides (`a1_step_equivalence.py` imports it), so they record the same things alike."""
+    import torch
+
+    params = dict(model.named_parameters())
+    gradients = {}
+    for term in TERMS:
+        grads = torch.autograd.grad(losses[term], list(params.values()), retain_graph=True, allow_unused=True)
+        gradients[term] = {n: g.detach().clone() for n, g in zip(params, grads, strict=True) if g is not None}
+    return {"losses": {k: float(v.detach()) for k, v in losses.items()}, "discriminator": float(loss_disc.detach()),
+            "slice_starts": slice_starts.tolist(), "gradients": gradients}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", required=True, help="finetune-hf-vits checkout (A1's)")
@@ -87,15 +102,7 @@ def main() -> None:
         "adversarial": recipe.generator_loss(scores_gen)[0],
         "feature_matching": recipe.feature_loss(fmaps_real, fmaps_gen),
     }  # fmt: skip
-    params = dict(model.named_parameters())
-    result = {"losses": {k: float(v.detach()) for k, v in losses.items()}, "discriminator": float(loss_disc.detach()),
-              "slice_starts": out.ids_slice.tolist(), "gradients": {}}  # fmt: skip
-    for term in TERMS:
-        grads = torch.autograd.grad(losses[term], list(params.values()), retain_graph=True, allow_unused=True)
-        result["gradients"][term] = {
-            n: g.detach().clone() for n, g in zip(params, grads, strict=True) if g is not None
-        }
-    torch.save(result, args.out)
+    torch.save(step_record(model, losses, loss_disc, out.ids_slice), args.out)
 
 
 if __name__ == "__main__":

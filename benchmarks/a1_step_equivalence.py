@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import voice_quality as vq  # noqa: E402  (corpus, A1's initial model, data loading)
+from a1_side_gradients import TERMS, step_record  # noqa: E402  (what both sides record)
 
-TERMS = ("mel", "kl", "duration", "adversarial", "feature_matching")
 LOSS_TOLERANCE = 1e-4  # relative
 GRADIENT_TOLERANCE = 1e-2  # relative, per parameter tensor
 NEGLIGIBLE_GRADIENT = 1e-6  # |g| below this is numerically zero on both sides
@@ -79,15 +79,7 @@ def ours_side(corpus: Path, init: Path, batch_size: int, torch_seed: int) -> dic
     terms = {"mel": out.mel_l1, "kl": out.kl, "duration": out.duration,
              "adversarial": losses.generator_adversarial_loss(scores_gen),
              "feature_matching": losses.feature_matching_loss(fmaps_real, fmaps_gen)}  # fmt: skip
-    params = dict(model.named_parameters())
-    result = {"losses": {k: float(v.detach()) for k, v in terms.items()}, "discriminator": float(loss_disc.detach()),
-              "slice_starts": out.slice_starts.tolist(), "gradients": {}}  # fmt: skip
-    for term in TERMS:
-        grads = torch.autograd.grad(terms[term], list(params.values()), retain_graph=True, allow_unused=True)
-        result["gradients"][term] = {
-            n: g.detach().clone() for n, g in zip(params, grads, strict=True) if g is not None
-        }
-    return result
+    return step_record(model, terms, loss_disc, out.slice_starts)
 
 
 def compare(a1: dict, ours: dict) -> bool:

@@ -423,6 +423,12 @@ class Trainer:
         warm = self.s.adversarial_warmup_steps
         return 1.0 if not warm else min(1.0, (self.state.step + 1) / warm)
 
+    def adversarial_objective(self, loss_adv: torch.Tensor, loss_fm: torch.Tensor) -> torch.Tensor:
+        """The generator's adversarial + feature-matching terms as weighted and ramped in its loss
+        (also what `discriminator_generator_loss_weight` adds to the discriminator's)."""
+        s = self.s
+        return self.adversarial_ramp() * (s.weight_generator * loss_adv + s.weight_feature_matching * loss_fm)
+
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
         """One optimiser step over `micro_batches`; returns the (averaged) losses and norms."""
         s, acc = self.s, self.accelerator
@@ -449,9 +455,8 @@ class Trainer:
                     loss_d = losses.discriminator_loss(scores_r, scores_g)
                     objective_d = loss_d * s.weight_discriminator
                     if s.discriminator_generator_loss_weight:  # see the module docstring
-                        objective_d = objective_d + s.discriminator_generator_loss_weight * self.adversarial_ramp() * (
-                            s.weight_generator * losses.generator_adversarial_loss(scores_g)
-                            + s.weight_feature_matching * losses.feature_matching_loss(fmaps_r, fmaps_g)
+                        objective_d = objective_d + s.discriminator_generator_loss_weight * self.adversarial_objective(
+                            losses.generator_adversarial_loss(scores_g), losses.feature_matching_loss(fmaps_r, fmaps_g)
                         )
                 # with several processes every rank joins DDP's gradient all-reduce, finite or not
                 # (one rank skipping backward would hang the others); the flags are combined below
@@ -476,9 +481,8 @@ class Trainer:
                         loss_adv = losses.generator_adversarial_loss(scores_g)
                         loss_fm = losses.feature_matching_loss(fmaps_r, fmaps_g)
                     mel = out.mel_l1
-                    ramp = self.adversarial_ramp()
                     loss_g = (s.weight_mel * mel + s.weight_kl * out.kl.float() + s.weight_duration * out.duration.float()
-                              + ramp * (s.weight_generator * loss_adv + s.weight_feature_matching * loss_fm))  # fmt: skip
+                              + self.adversarial_objective(loss_adv, loss_fm))  # fmt: skip
                     if _finite(loss_g) or acc.num_processes > 1:
                         self.scaler_g.scale(loss_g / n).backward()
                     bad_g = bad_g or not _finite(loss_g)
